@@ -1,0 +1,516 @@
+"""The YAML configuration: schema, loading and one-line error messages.
+
+A configuration names the inputs (samples and their files), the analysis parameters
+(cut thresholds with bounds and temperatures), the objects and their cuts, the event
+selection, the regions with their observable and binning, the statistical model, the
+objective and the optimiser. :func:`load` validates it and returns an :class:`AnalysisConfig`.
+
+Example:
+    >>> from diffana.config import load_dict
+    >>> cfg = load_dict({"samples": {"sig": {"files": ["s.root"]}},
+    ...                  "regions": {"SR": {"observable": "ht",
+    ...                              "binning": {"bins": 3, "low": 0, "high": 300}}},
+    ...                  "observables": {"ht": {"kind": "sum", "collection": "jets", "field": "pt"}},
+    ...                  "objects": {"jets": {"source": "Jet"}},
+    ...                  "model": {"signal": ["sig"]}})
+    >>> cfg.regions["SR"].binning.edges
+    [0.0, 100.0, 200.0, 300.0]
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import numpy as np
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from diffana.exceptions import ConfigError
+
+Number = float
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- inputs ---------------------------------------------------------------------------------
+
+
+class Generate(_Strict):
+    """Synthetic events written to a local cache as ROOT files on first use."""
+
+    kind: str = "ttbar_vs_wjets"
+    events: StrictInt = Field(200_000, gt=0)
+    seed: StrictInt = 0
+
+
+class Sample(_Strict):
+    """One physics process: its files and normalisation.
+
+    ``normalisation``: ``events`` gives every event ``σ·L/N_total`` (``N_total`` from
+    ``n_total`` or counted in the files); ``genweight`` gives ``σ·L·genWeight/ΣgenWeight``;
+    ``none`` gives weight 1 (data).
+    """
+
+    files: list[str] = Field(min_length=1)
+    tree: str | None = None
+    cross_section: Number | None = Field(None, gt=0)
+    normalisation: Literal["events", "genweight", "none"] = "events"
+    n_total: StrictInt | None = Field(None, gt=0)
+    variation_of: str | None = None
+    label: str | None = None
+
+    @model_validator(mode="after")
+    def _needs_xsec(self) -> Sample:
+        if self.normalisation != "none" and self.cross_section is None:
+            raise ValueError(
+                f"normalisation {self.normalisation!r} needs a cross_section (pb); "
+                "give one or set normalisation: none"
+            )
+        return self
+
+
+# --- parameters -----------------------------------------------------------------------------
+
+
+class Parameter(_Strict):
+    """A named analysis parameter (a cut threshold).
+
+    ``temperature`` sets the softness of every cut that uses it: a cut ``x > c`` weighs an
+    object with ``sigmoid((x - c) / temperature)``.
+    """
+
+    value: Number
+    bounds: tuple[Number, Number]
+    trainable: StrictBool = True
+    temperature: Number = Field(1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _inside_bounds(self) -> Parameter:
+        lo, hi = self.bounds
+        if not lo < hi:
+            raise ValueError(f"bounds must be increasing, got [{lo}, {hi}]")
+        if not lo <= self.value <= hi:
+            raise ValueError(f"value {self.value} is outside bounds [{lo}, {hi}]")
+        return self
+
+
+# --- objects and selection ------------------------------------------------------------------
+
+Threshold = Union[Number, str]
+
+
+class ObjectCut(_Strict):
+    """A cut on one field of each object of a collection.
+
+    ``above``/``below`` take a number (a hard cut, applied once when the events are
+    prepared) or a parameter name (a soft cut with that parameter's temperature).
+    ``abs`` cuts on ``|x|``. ``equals`` and ``bits_set`` are hard flag requirements
+    (``jetId & bits_set == bits_set``).
+    """
+
+    field: str
+    above: Threshold | None = None
+    below: Threshold | None = None
+    abs: StrictBool = False
+    equals: Number | StrictBool | None = None
+    bits_set: StrictInt | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> ObjectCut:
+        given = [k for k in ("above", "below", "equals", "bits_set") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                f"give exactly one of above, below, equals, bits_set (got {given or 'none'})"
+            )
+        return self
+
+
+class ObjectCollection(_Strict):
+    """A collection of objects: a branch prefix (``Jet``) or a subset of another collection."""
+
+    source: str
+    fields: dict[str, str] = Field(default_factory=dict)
+    cuts: list[ObjectCut] = Field(default_factory=list)
+
+
+class Requirement(_Strict):
+    """An event requirement. Exactly one form:
+
+    - ``{count: jets, at_least: 4}`` or ``exactly: 1`` (soft count, ``temperature`` of the count),
+    - ``{observable: lep_pt, above: lep_pt_min}`` (or ``below``; number: hard, name: soft),
+    - ``{all: [...]}`` (AND, a product) or ``{any: [...]}`` (OR, ``1 - Π(1 - w)``).
+    """
+
+    count: str | None = None
+    at_least: StrictInt | None = Field(None, ge=0)
+    exactly: StrictInt | None = Field(None, ge=0)
+    temperature: Number = Field(0.5, gt=0)
+    observable: str | None = None
+    above: Threshold | None = None
+    below: Threshold | None = None
+    all: list[Requirement] | None = None
+    any: list[Requirement] | None = None
+
+    @model_validator(mode="after")
+    def _one_form(self) -> Requirement:
+        forms = [k for k in ("count", "observable", "all", "any") if getattr(self, k) is not None]
+        if len(forms) != 1:
+            raise ValueError(f"give exactly one of count, observable, all, any (got {forms or 'none'})")
+        if self.count is not None and (self.at_least is None) == (self.exactly is None):
+            raise ValueError("a count requirement needs exactly one of at_least, exactly")
+        if self.observable is not None and (self.above is None) == (self.below is None):
+            raise ValueError("an observable requirement needs exactly one of above, below")
+        return self
+
+
+class Observable(_Strict):
+    """A per-event observable computed by a registered function (see ``diffana.observe``)."""
+
+    kind: str
+    collection: str | None = None
+    field: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class Binning(_Strict):
+    """Bin edges, either explicit or regular (``bins``, ``low``, ``high``)."""
+
+    edges: list[Number] | None = None
+    bins: StrictInt | None = Field(None, gt=0)
+    low: Number | None = None
+    high: Number | None = None
+
+    @model_validator(mode="after")
+    def _edges(self) -> Binning:
+        if self.edges is not None:
+            if any(k is not None for k in (self.bins, self.low, self.high)):
+                raise ValueError("give either edges or bins/low/high, not both")
+            if len(self.edges) < 2:
+                raise ValueError(f"edges need at least two values, got {self.edges}")
+            if any(b <= a for a, b in zip(self.edges, self.edges[1:], strict=False)):
+                raise ValueError(f"edges must be strictly increasing, got {self.edges}")
+            return self
+        if None in (self.bins, self.low, self.high):
+            raise ValueError("give edges, or all of bins, low, high")
+        if not self.low < self.high:
+            raise ValueError(f"low must be below high, got low={self.low}, high={self.high}")
+        object.__setattr__(
+            self, "edges", [float(x) for x in np.linspace(self.low, self.high, self.bins + 1)]
+        )
+        return self
+
+
+class Region(_Strict):
+    """An analysis region: extra requirements, the observable histogrammed and its binning."""
+
+    selection: list[Requirement] = Field(default_factory=list)
+    observable: str
+    binning: Binning
+    bandwidth: Number = Field(1.0, gt=0)
+    floor: Number = Field(1e-3, ge=0)
+
+
+# --- model, objective, optimiser ------------------------------------------------------------
+
+
+class Systematic(_Strict):
+    """A systematic uncertainty in the HistFactory model.
+
+    ``normsys``: ``up``/``down`` are yield factors (e.g. 1.1/0.9) on ``samples``.
+    ``histosys``: ``variations`` maps a sample to its ``{up: SAMPLE, down: SAMPLE}`` variation
+    samples (``down`` may be omitted: symmetrised as ``2·nominal − up``).
+    ``lumi`` uses ``up`` as the relative uncertainty on every sample listed.
+    """
+
+    name: str
+    type: Literal["normsys", "histosys", "lumi"]
+    samples: list[str] = Field(default_factory=list)
+    up: Number | None = None
+    down: Number | None = None
+    variations: dict[str, dict[str, str]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _complete(self) -> Systematic:
+        if self.type == "normsys" and (self.up is None or self.down is None or not self.samples):
+            raise ValueError("a normsys needs samples, up and down")
+        if self.type == "histosys":
+            if not self.variations:
+                raise ValueError("a histosys needs variations: {sample: {up: ..., down: ...}}")
+            for s, v in self.variations.items():
+                extra = set(v) - {"up", "down"}
+                if "up" not in v or extra:
+                    raise ValueError(f"variations.{s} needs up (and optionally down), got {sorted(v)}")
+        if self.type == "lumi" and (self.up is None or not self.samples):
+            raise ValueError("a lumi systematic needs samples and up (the relative uncertainty)")
+        return self
+
+
+class ModelConfig(_Strict):
+    """The HistFactory model: signal samples carry the POI normfactor."""
+
+    poi: str = "mu"
+    signal: list[str] = Field(min_length=1)
+    staterror: StrictBool = False
+    systematics: list[Systematic] = Field(default_factory=list)
+
+
+OBJECTIVES = ("discovery_significance", "expected_cls", "poi_uncertainty", "asimov_significance")
+
+
+class Objective(_Strict):
+    """The figure of merit. Significances are maximised; CLs and uncertainties minimised."""
+
+    kind: Literal[
+        "discovery_significance", "expected_cls", "poi_uncertainty", "asimov_significance"
+    ] = "discovery_significance"
+    poi_value: Number = 1.0
+    relative_background_uncertainty: Number = Field(0.1, gt=0)
+
+
+class Optimiser(_Strict):
+    """Any optax optimiser by name, its keyword arguments, and when to stop."""
+
+    name: str = "adam"
+    options: dict[str, Any] = Field(default_factory=lambda: {"learning_rate": 0.02})
+    steps: StrictInt = Field(100, ge=0)
+    tolerance: Number | None = Field(None, gt=0)
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        import optax
+
+        if not callable(getattr(optax, name, None)) or name.startswith("_"):
+            raise ValueError(f"{name!r} is not an optax optimiser (e.g. adam, sgd, adamw, lbfgs)")
+        return name
+
+
+class AnalysisConfig(_Strict):
+    """A whole analysis run."""
+
+    name: str = "analysis"
+    description: str = ""
+    generate: Generate | None = None
+    tree: str = "Events"
+    step_size: StrictInt = Field(500_000, gt=0)
+    luminosity: Number = Field(1.0, gt=0)
+    samples: dict[str, Sample] = Field(min_length=1)
+    parameters: dict[str, Parameter] = Field(default_factory=dict)
+    objects: dict[str, ObjectCollection] = Field(default_factory=dict)
+    observables: dict[str, Observable] = Field(default_factory=dict)
+    selection: list[Requirement] = Field(default_factory=list)
+    regions: dict[str, Region] = Field(min_length=1)
+    model: ModelConfig
+    objective: Objective = Field(default_factory=Objective)
+    optimiser: Optimiser = Field(default_factory=Optimiser)
+    engine: Literal["compiled", "awkward"] = "compiled"
+    seed: StrictInt = 0
+
+    @model_validator(mode="after")
+    def _references(self) -> AnalysisConfig:
+        _check_references(self)
+        return self
+
+    @property
+    def nominal_samples(self) -> list[str]:
+        """Samples that enter the model as processes (not variations)."""
+        return [n for n, s in self.samples.items() if s.variation_of is None]
+
+
+class _RefError(ValueError):
+    def __init__(self, path: str, message: str):
+        super().__init__(message)
+        self.path = path
+
+
+def _check_references(cfg: AnalysisConfig) -> None:
+    """Cross-references: names used must be defined, thresholds must name parameters."""
+    from diffana.observe import OBSERVABLES
+
+    params = set(cfg.parameters)
+
+    def threshold(path: str, value: Threshold | None) -> None:
+        if isinstance(value, str) and value not in params:
+            raise _RefError(path, f"{value!r} is not a parameter (defined: {sorted(params)})")
+
+    for name, coll in cfg.objects.items():
+        if coll.source in cfg.objects:
+            if list(cfg.objects).index(coll.source) >= list(cfg.objects).index(name):
+                raise _RefError(
+                    f"objects.{name}.source",
+                    f"{coll.source!r} must be defined before {name!r}",
+                )
+        for i, cut in enumerate(coll.cuts):
+            threshold(f"objects.{name}.cuts[{i}].above", cut.above)
+            threshold(f"objects.{name}.cuts[{i}].below", cut.below)
+
+    for name, obs in cfg.observables.items():
+        if obs.kind not in OBSERVABLES:
+            raise _RefError(
+                f"observables.{name}.kind",
+                f"unknown observable kind {obs.kind!r} (registered: {sorted(OBSERVABLES)})",
+            )
+        if obs.collection is not None and obs.collection not in cfg.objects:
+            raise _RefError(
+                f"observables.{name}.collection",
+                f"{obs.collection!r} is not an object collection (defined: {sorted(cfg.objects)})",
+            )
+
+    def requirement(path: str, req: Requirement) -> None:
+        if req.count is not None and req.count not in cfg.objects:
+            raise _RefError(
+                f"{path}.count", f"{req.count!r} is not an object collection ({sorted(cfg.objects)})"
+            )
+        if req.observable is not None and req.observable not in cfg.observables:
+            raise _RefError(
+                f"{path}.observable",
+                f"{req.observable!r} is not an observable (defined: {sorted(cfg.observables)})",
+            )
+        threshold(f"{path}.above", req.above)
+        threshold(f"{path}.below", req.below)
+        for key in ("all", "any"):
+            for i, sub in enumerate(getattr(req, key) or []):
+                requirement(f"{path}.{key}[{i}]", sub)
+
+    for i, req in enumerate(cfg.selection):
+        requirement(f"selection[{i}]", req)
+    for rname, region in cfg.regions.items():
+        for i, req in enumerate(region.selection):
+            requirement(f"regions.{rname}.selection[{i}]", req)
+        if region.observable not in cfg.observables:
+            raise _RefError(
+                f"regions.{rname}.observable",
+                f"{region.observable!r} is not an observable (defined: {sorted(cfg.observables)})",
+            )
+
+    for name, sample in cfg.samples.items():
+        if sample.variation_of is not None and sample.variation_of not in cfg.nominal_samples:
+            raise _RefError(
+                f"samples.{name}.variation_of",
+                f"{sample.variation_of!r} is not a nominal sample ({cfg.nominal_samples})",
+            )
+    nominal = cfg.nominal_samples
+    for i, s in enumerate(cfg.model.signal):
+        if s not in nominal:
+            raise _RefError(f"model.signal[{i}]", f"{s!r} is not a nominal sample ({nominal})")
+    if len(nominal) < 2:
+        raise _RefError("samples", f"the model needs at least one background sample, got {nominal}")
+    names = set()
+    for i, syst in enumerate(cfg.model.systematics):
+        if syst.name in names or syst.name == cfg.model.poi:
+            raise _RefError(f"model.systematics[{i}].name", f"duplicate name {syst.name!r}")
+        names.add(syst.name)
+        for j, s in enumerate(syst.samples):
+            if s not in nominal:
+                raise _RefError(
+                    f"model.systematics[{i}].samples[{j}]", f"{s!r} is not a nominal sample"
+                )
+        for s, var in syst.variations.items():
+            if s not in nominal:
+                raise _RefError(f"model.systematics[{i}].variations.{s}", f"{s!r} is not a nominal sample")
+            for k, v in var.items():
+                if v not in cfg.samples or cfg.samples[v].variation_of != s:
+                    raise _RefError(
+                        f"model.systematics[{i}].variations.{s}.{k}",
+                        f"{v!r} is not a sample with variation_of: {s}",
+                    )
+
+
+# --- loading --------------------------------------------------------------------------------
+
+
+def _format_loc(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("function-after[_one_kind()]",) or str(part).startswith(
+            ("function-", "union[", "tagged-union[")
+        ):
+            continue
+        elif str(part) in ("float", "str", "int", "bool"):
+            continue
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "<top level>"
+
+
+def _format_validation_error(source: str, err: ValidationError) -> str:
+    e = err.errors(include_url=False)[0]
+    path = _format_loc(e["loc"])
+    msg = e["msg"].removeprefix("Value error, ")
+    if e["type"] == "extra_forbidden":
+        return f"{source}: {path}: unknown key (value {e['input']!r})"
+    if e["type"] == "missing":
+        return f"{source}: {path}: required key is missing"
+    if isinstance(e.get("ctx", {}).get("error"), _RefError):
+        ref = e["ctx"]["error"]
+        return f"{source}: {ref.path}: {msg}"
+    value = e.get("input")
+    shown = "" if isinstance(value, dict) else f" (got {value!r})"
+    return f"{source}: {path}: {msg}{shown}"
+
+
+def load_dict(data: Any, source: str = "<config>") -> AnalysisConfig:
+    """Validate a configuration given as a Python mapping.
+
+    Raises:
+        ConfigError: one line naming ``source``, the key path, the value and what is allowed.
+    """
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{source}: <top level>: expected a mapping of keys, got {type(data).__name__}"
+        )
+    try:
+        return AnalysisConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(source, err)) from None
+
+
+def load(path: str | Path) -> AnalysisConfig:
+    """Read and validate a YAML configuration file.
+
+    Raises:
+        ConfigError: the file is missing, is not valid YAML, or does not follow the schema.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: configuration file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{path}: {where}YAML syntax error: {problem}") from None
+    if data is None:
+        raise ConfigError(f"{path}: the file is empty; expected a mapping of keys")
+    return load_dict(data, source=str(path))
+
+
+def dump(cfg: AnalysisConfig) -> str:
+    """The resolved configuration (defaults filled in) as YAML."""
+    return yaml.safe_dump(cfg.model_dump(mode="json", exclude_none=True), sort_keys=False)
+
+
+def resolve_path(pattern: str, base: Path, generated: Path | None) -> Path:
+    """Expand ``{generated}`` and make a relative file path relative to the config's directory."""
+    text = pattern
+    if "{generated}" in text:
+        if generated is None:
+            raise ConfigError(f"{pattern}: uses {{generated}} but the config has no generate: block")
+        text = text.replace("{generated}", str(generated))
+    p = Path(text).expanduser()
+    return p if p.is_absolute() else base / p

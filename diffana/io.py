@@ -1,0 +1,129 @@
+"""Reading events: uproot (TTree or RNTuple) → Awkward arrays, with clear errors.
+
+Example:
+    >>> from diffana.io import read_branches
+    >>> events = read_branches(["tests/data/nano_tt_v12.root"], "Events", ["Jet_pt", "nJet"])
+    >>> len(events)
+    200
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+from pathlib import Path
+
+import awkward as ak
+import numpy as np
+import uproot
+
+from diffana.exceptions import DataError
+
+
+def _open_events(path: Path, tree: str):
+    if not path.is_file():
+        raise DataError(f"{path}: input file not found")
+    try:
+        handle = uproot.open(path)
+    except Exception as err:  # uproot raises many types for damaged files
+        raise DataError(f"{path}: cannot be read as a ROOT file ({type(err).__name__}: {err})") from None
+    try:
+        obj = handle[tree]
+    except Exception:
+        keys = sorted({k.split(";")[0] for k in handle.keys(recursive=False)})
+        raise DataError(f"{path}: no tree or RNTuple named {tree!r} (the file has {keys})") from None
+    if not hasattr(obj, "arrays"):
+        raise DataError(f"{path}: {tree!r} is a {type(obj).__name__}, not a TTree or RNTuple")
+    return obj
+
+
+def _available(obj) -> list[str]:
+    return [str(k) for k in obj.keys()]
+
+
+def _check_branches(path: Path, obj, branches: Sequence[str]) -> None:
+    have = set(_available(obj))
+    for b in branches:
+        if b not in have:
+            similar = difflib.get_close_matches(b, sorted(have), n=4, cutoff=0.6)
+            hint = f"; similar branches: {similar}" if similar else ""
+            raise DataError(f"{path}: branch {b!r} not found in {obj.name!r}{hint}")
+
+
+def num_entries(files: Sequence[str | Path], tree: str) -> int:
+    """Total number of events in ``files``."""
+    return sum(int(_open_events(Path(f), tree).num_entries) for f in files)
+
+
+def read_branches(
+    files: Sequence[str | Path],
+    tree: str,
+    branches: Sequence[str],
+    step_size: int = 500_000,
+    progress=None,
+) -> ak.Array:
+    """Read ``branches`` from every file as one Awkward record array (NumPy backend).
+
+    Reads chunk by chunk (``step_size`` events) with ``TTree.iterate`` / ``RNTuple.iterate``
+    so that memory stays bounded while reading, then concatenates.
+
+    Raises:
+        DataError: a file is missing or unreadable, the tree is missing, or a branch is
+            missing (the message names the file and the branch, and similar branches).
+    """
+    chunks = []
+    branches = list(dict.fromkeys(branches))
+    for f in files:
+        path = Path(f)
+        obj = _open_events(path, tree)
+        _check_branches(path, obj, branches)
+        try:
+            for chunk in obj.iterate(branches, step_size=step_size, library="ak"):
+                chunks.append(chunk)
+                if progress is not None:
+                    progress(len(chunk))
+        except DataError:
+            raise
+        except Exception as err:
+            raise DataError(f"{path}: reading {tree!r} failed ({type(err).__name__}: {err})") from None
+    if not chunks:
+        raise DataError(f"{', '.join(map(str, files))}: no events found in {tree!r}")
+    return ak.concatenate(chunks) if len(chunks) > 1 else chunks[0]
+
+
+def sum_of_weights(files: Sequence[str | Path], tree: str, branch: str = "genWeight") -> float:
+    """Σ genWeight over all events in ``files`` (for ``normalisation: genweight``)."""
+    total = 0.0
+    for f in files:
+        path = Path(f)
+        obj = _open_events(path, tree)
+        _check_branches(path, obj, [branch])
+        total += float(np.sum(obj.arrays([branch], library="np")[branch]))
+    return total
+
+
+def write_events(path: str | Path, events: dict[str, ak.Array | np.ndarray], *, tree: str = "Events",
+                 rntuple: bool = False) -> Path:
+    """Write NanoAOD-style events: jagged collections become ``nX`` + ``X_field`` branches.
+
+    ``events`` maps a collection name to an Awkward record array (jagged, one list per event)
+    or a branch name to a flat NumPy array. The file is written under a temporary name and
+    renamed, so a reader never sees a half-written file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".part")
+    with uproot.recreate(tmp) as out:
+        if rntuple:
+            flat = {}
+            for name, arr in events.items():
+                if isinstance(arr, ak.Array) and arr.fields:
+                    for field in arr.fields:
+                        flat[f"{name}_{field}"] = arr[field]
+                else:
+                    flat[name] = arr
+            out.mkrntuple(tree, ak.Array(flat))
+        else:
+            out.mktree(tree, events)
+    tmp.replace(path)
+    return path

@@ -1,0 +1,78 @@
+"""Per-event observables, registered by name so a configuration can use them.
+
+An observable is a function ``fn(ops, spec, weights, plan) -> per-event JAX array``:
+``ops`` gives the ragged operations of the running engine (see :mod:`diffana.ragged`),
+``spec`` is the :class:`~diffana.config.Observable` entry of the configuration,
+``weights`` the per-object selection weights of every collection.
+
+Analyses add their own with :func:`register_observable`:
+
+    >>> from diffana.observe import register_observable, OBSERVABLES
+    >>> @register_observable("n_soft")
+    ... def n_soft(ops, spec, weights, plan):
+    ...     return ops.sum(plan.collections[spec.collection].root, weights[spec.collection])
+    >>> "n_soft" in OBSERVABLES
+    True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from diffana.exceptions import ConfigError
+
+OBSERVABLES: dict[str, Callable] = {}
+
+
+def register_observable(name: str):
+    """Register an observable function under ``name`` (usable as ``kind:`` in YAML)."""
+
+    def deco(fn: Callable) -> Callable:
+        OBSERVABLES[name] = fn
+        return fn
+
+    return deco
+
+
+def _root(spec, plan):
+    return plan.collections[spec.collection].root
+
+
+@register_observable("sum")
+def weighted_sum(ops, spec, weights, plan):
+    """Soft sum of a field over selected objects, e.g. soft H_T = Σ w·pT."""
+    return ops.sum(_root(spec, plan), weights[spec.collection] * ops.field(_root(spec, plan), spec.field))
+
+
+@register_observable("count")
+def soft_count(ops, spec, weights, plan):
+    """Soft number of selected objects: Σ w."""
+    return ops.sum(_root(spec, plan), weights[spec.collection])
+
+
+@register_observable("leading")
+def leading(ops, spec, weights, plan):
+    """A field of the first (highest-pT) object of a branch-backed collection.
+
+    Only hard cuts may shape the collection (they were applied when lowering), so the
+    first object is structure; the event has ``options.default`` (0) when it has none.
+    """
+    cp = plan.collections[spec.collection]
+    if cp.parent is not None or cp.soft_cuts:
+        raise ConfigError(
+            f"observables: 'leading' needs a collection without soft cuts, and "
+            f"{spec.collection!r} has them; cut on the event observable instead"
+        )
+    return ops.first(cp.root, ops.field(cp.root, spec.field), float(spec.options.get("default", 0.0)))
+
+
+@register_observable("branch")
+def event_branch(ops, spec, weights, plan):
+    """A flat per-event branch (``options.branch``, e.g. ``MET_pt``)."""
+    return ops.event_branch(str(spec.options["branch"]))
+
+
+def evaluate(cfg, plan, ops, weights: dict) -> dict:
+    """All observables of the configuration, in order."""
+    return {name: OBSERVABLES[obs.kind](ops, obs, weights, plan)
+            for name, obs in cfg.observables.items()}

@@ -1,0 +1,278 @@
+"""Lowering ragged events: structure once with Awkward, weights differentiable with JAX.
+
+A soft cut never removes an object, so which objects exist, which event owns each, and in
+what order they come do not depend on the cut parameters. :func:`lower` computes that
+structure once per sample with Awkward (NumPy backend) — hard cuts (fixed thresholds,
+ID flags) are applied here by removing objects — and keeps the rest as flat buffers.
+
+The two engines see the same lowered events through an ``ops`` object with a tiny API:
+
+- ``ops.field(root, name)``: per-object values of a collection's field,
+- ``ops.ones(root)``, ``ops.mask(collection)``: constant per-object weights,
+- ``ops.sum(root, values)``: per-event sums (a segment sum, or ``ak.sum(axis=1)``),
+- ``ops.first(root, values, default)``: the first object's value per event,
+- ``ops.event_branch(name)``: a flat per-event branch,
+- ``ops.sigmoid``/``ops.step``/``ops.abs``: element-wise functions on per-object arrays.
+
+Per-event results are plain JAX arrays in both engines.
+
+:class:`CompiledOps` works on flat buffers and is traced by ``jax.jit``;
+:class:`AwkwardOps` works on JAX-backed Awkward arrays and is differentiated eagerly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import awkward as ak
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from diffana.config import AnalysisConfig, ObjectCut
+from diffana.exceptions import ConfigError
+
+
+@dataclass(frozen=True)
+class CollectionPlan:
+    """Where a collection's data comes from: its root collection, branches and cuts."""
+
+    name: str
+    root: str  # the branch-backed collection it is a subset of (itself for a root)
+    parent: str | None  # the collection it is a subset of, if any
+    soft_cuts: tuple[ObjectCut, ...]
+    hard_cuts: tuple[ObjectCut, ...]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to read and how to lower it, derived once from the configuration."""
+
+    collections: dict[str, CollectionPlan]
+    root_branches: dict[str, dict[str, str]]  # root -> field -> branch
+    event_branches: tuple[str, ...]
+
+    @property
+    def branches(self) -> list[str]:
+        out = [b for fields in self.root_branches.values() for b in fields.values()]
+        return list(dict.fromkeys(out + list(self.event_branches)))
+
+
+def _is_hard(cut: ObjectCut) -> bool:
+    threshold = cut.above if cut.above is not None else cut.below
+    return not isinstance(threshold, str)
+
+
+def plan(cfg: AnalysisConfig) -> Plan:
+    """Resolve collections to their root collections and list the branches to read."""
+    colls: dict[str, CollectionPlan] = {}
+    mapping: dict[str, dict[str, str]] = {}
+    for name, coll in cfg.objects.items():
+        if coll.source in colls:
+            root = colls[coll.source].root
+            parent = coll.source
+            if coll.fields:
+                raise ConfigError(
+                    f"objects.{name}.fields: a subset of {coll.source!r} takes its fields from "
+                    f"objects.{root}.fields"
+                )
+        else:
+            root, parent = name, None
+            mapping[root] = dict(coll.fields)
+        hard = tuple(c for c in coll.cuts if _is_hard(c))
+        soft = tuple(c for c in coll.cuts if not _is_hard(c))
+        colls[name] = CollectionPlan(name, root, parent, soft, hard)
+        for cut in coll.cuts:
+            mapping[root].setdefault(cut.field, f"{cfg.objects[root].source}_{cut.field}")
+
+    event_branches: list[str] = []
+    for oname, obs in cfg.observables.items():
+        if obs.collection is not None:
+            root = colls[obs.collection].root
+            if obs.field is not None:
+                mapping[root].setdefault(obs.field, f"{cfg.objects[root].source}_{obs.field}")
+            for f in obs.options.get("fields", []):
+                mapping[root].setdefault(f, f"{cfg.objects[root].source}_{f}")
+        if "branch" in obs.options:
+            event_branches.append(str(obs.options["branch"]))
+    for root, fields in mapping.items():
+        if not fields:
+            # A collection used only for counting still needs its multiplicity: read pT.
+            fields["pt"] = f"{cfg.objects[root].source}_pt"
+    return Plan(colls, mapping, tuple(event_branches))
+
+
+def _hard_mask(values: ak.Array, cut: ObjectCut) -> ak.Array:
+    x = abs(values) if cut.abs else values
+    if cut.above is not None:
+        return x > cut.above
+    if cut.below is not None:
+        return x < cut.below
+    if cut.equals is not None:
+        return x == cut.equals
+    return (x & cut.bits_set) == cut.bits_set
+
+
+@dataclass
+class Lowered:
+    """One sample's events after lowering.
+
+    ``jagged`` keeps, per root collection, the hard-cut Awkward record array (NumPy backend):
+    the awkward engine and the plain boolean-mask cross-checks start from it. ``buffers`` is
+    the pytree the compiled engine traces: per root collection the flat field columns, the
+    owning event of each object, the index of each event's first object and its count; the
+    constant masks of hard cuts on subsets; the event branches and the normalisation weight.
+    """
+
+    n_events: int
+    jagged: dict[str, ak.Array]
+    event_columns: dict[str, np.ndarray]
+    masks: dict[str, np.ndarray]  # subset collection -> flat 0/1 mask over root objects
+    weight: np.ndarray
+    buffers: dict = field(default_factory=dict)
+
+
+def lower(events: ak.Array, the_plan: Plan, weight: np.ndarray) -> Lowered:
+    """Apply hard cuts and flatten: the part of the analysis that no parameter changes."""
+    n = len(events)
+    jagged: dict[str, ak.Array] = {}
+    for root, fields in the_plan.root_branches.items():
+        coll = ak.zip({f: events[b] for f, b in fields.items()}, depth_limit=None)
+        for cut in the_plan.collections[root].hard_cuts:
+            coll = coll[_hard_mask(coll[cut.field], cut)]
+        jagged[root] = coll
+    masks: dict[str, np.ndarray] = {}
+    for name, cp in the_plan.collections.items():
+        if cp.parent is None:
+            continue
+        mask = ak.ones_like(jagged[cp.root][next(iter(the_plan.root_branches[cp.root]))], dtype=bool)
+        if cp.parent in masks:
+            mask = ak.unflatten(masks[cp.parent].astype(bool), ak.num(mask))
+        for cut in cp.hard_cuts:
+            mask = mask & _hard_mask(jagged[cp.root][cut.field], cut)
+        if cp.hard_cuts or cp.parent in masks:
+            masks[name] = ak.to_numpy(ak.flatten(mask)).astype(np.float64)
+    event_columns = {b: ak.to_numpy(events[b]).astype(np.float64) for b in the_plan.event_branches}
+
+    buffers: dict = {"collections": {}, "masks": {}, "events": {}, "weight": None}
+    for root, coll in jagged.items():
+        counts = ak.to_numpy(ak.num(coll)).astype(np.int64)
+        offsets = np.concatenate([[0], np.cumsum(counts)])
+        buffers["collections"][root] = {
+            "fields": {f: np.asarray(ak.to_numpy(ak.flatten(coll[f])), dtype=np.float64)
+                       for f in coll.fields},
+            "owner": np.repeat(np.arange(n, dtype=np.int32), counts),
+            "first": np.minimum(offsets[:-1], max(int(offsets[-1]) - 1, 0)).astype(np.int32),
+            "count": counts.astype(np.int32),
+        }
+    buffers["masks"] = dict(masks)
+    buffers["events"] = dict(event_columns)
+    buffers["weight"] = np.asarray(weight, dtype=np.float64)
+    return Lowered(n, jagged, event_columns, masks, np.asarray(weight, np.float64), buffers)
+
+
+def to_device(buffers: dict) -> dict:
+    """The compiled engine's buffers as JAX arrays (float64 values, int32 indices)."""
+    return jax.tree_util.tree_map(jnp.asarray, buffers)
+
+
+class CompiledOps:
+    """Ragged operations on flat buffers: traced by ``jax.jit``, runs on any JAX device."""
+
+    def __init__(self, buffers: dict, n_events: int):
+        self.buffers = buffers
+        self.n_events = n_events
+
+    def field(self, root: str, name: str):
+        return self.buffers["collections"][root]["fields"][name]
+
+    def ones(self, root: str):
+        return jnp.ones_like(self.buffers["collections"][root]["owner"], dtype=jnp.float64)
+
+    def mask(self, root: str, collection: str):
+        return self.buffers["masks"].get(collection)
+
+    def sum(self, root: str, values):
+        owner = self.buffers["collections"][root]["owner"]
+        return jax.ops.segment_sum(values, owner, num_segments=self.n_events,
+                                   indices_are_sorted=True)
+
+    def first(self, root: str, values, default: float = 0.0):
+        c = self.buffers["collections"][root]
+        if values.shape[0] == 0:
+            return jnp.full(self.n_events, default, dtype=jnp.float64)
+        return jnp.where(c["count"] > 0, values[c["first"]], default)
+
+    def event_branch(self, name: str):
+        return self.buffers["events"][name]
+
+    @staticmethod
+    def sigmoid(x):
+        return jax.nn.sigmoid(x)
+
+    @staticmethod
+    def step(x):
+        return (x > 0).astype(jnp.float64)
+
+    @staticmethod
+    def abs(x):
+        return jnp.abs(x)
+
+
+_AWKWARD_JAX_READY = False
+
+
+def enable_awkward_jax() -> None:
+    """Register Awkward's JAX backend (the ``awkward`` engine only).
+
+    Since Awkward 2.10 this pins JAX to the CPU for the whole process, which is why the
+    compiled engine never calls it.
+    """
+    global _AWKWARD_JAX_READY
+    if not _AWKWARD_JAX_READY:
+        ak.jax.register_and_check()
+        _AWKWARD_JAX_READY = True
+
+
+class AwkwardOps:
+    """The same operations on JAX-backed Awkward arrays (eager; ``jax.grad`` through Awkward)."""
+
+    def __init__(self, lowered: Lowered):
+        enable_awkward_jax()
+        self.lowered = lowered
+        self.n_events = lowered.n_events
+        self._jagged = {r: ak.to_backend(c, "jax") for r, c in lowered.jagged.items()}
+
+    def field(self, root: str, name: str):
+        return self._jagged[root][name]
+
+    def ones(self, root: str):
+        return ak.ones_like(self._jagged[root][self._jagged[root].fields[0]], dtype=np.float64)
+
+    def mask(self, root: str, collection: str):
+        flat = self.lowered.masks.get(collection)
+        if flat is None:
+            return None
+        return ak.to_backend(ak.unflatten(flat, ak.num(self.lowered.jagged[root])), "jax")
+
+    def sum(self, root: str, values):
+        return ak.to_jax(ak.sum(values, axis=1))
+
+    def first(self, root: str, values, default: float = 0.0):
+        return ak.to_jax(ak.fill_none(ak.firsts(values, axis=1), default))
+
+    def event_branch(self, name: str):
+        return jnp.asarray(self.lowered.event_columns[name])
+
+    @staticmethod
+    def sigmoid(x):
+        # Written with tanh, which Awkward dispatches to JAX, and stable for large |x|.
+        return 0.5 * (1.0 + np.tanh(0.5 * x))
+
+    @staticmethod
+    def step(x):
+        return ak.values_astype(x > 0, np.float64)
+
+    @staticmethod
+    def abs(x):
+        return abs(x)

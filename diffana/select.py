@@ -1,0 +1,130 @@
+"""Soft event selection: cuts give weights in (0, 1), never remove anything.
+
+Soft logic (each with its hard twin, the limit temperature → 0):
+
+- a cut ``x > c`` weighs with ``sigmoid((x - c) / t)`` (hard: ``x > c``),
+- AND is a product, OR is ``1 - Π(1 - w)``,
+- a soft count is a sum of object weights,
+- "at least n" is ``sigmoid((count - n + 1/2) / t)``, "exactly n" is the product of
+  "at least n" and "at most n".
+
+Example:
+    >>> import jax.numpy as jnp
+    >>> from diffana.select import soft_above
+    >>> float(soft_above(jnp.array(31.0), 30.0, 1.0))  # doctest: +ELLIPSIS
+    0.731...
+    >>> float(soft_above(jnp.array(31.0), 30.0, 1.0, hard=True))
+    1.0
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from diffana.config import AnalysisConfig, Requirement
+from diffana.ragged import Plan
+
+
+def _sigmoid_or_step(x, hard: bool, ops=None):
+    if ops is not None:
+        return ops.step(x) if hard else ops.sigmoid(x)
+    return (x > 0).astype(jnp.float64) if hard else jax.nn.sigmoid(x)
+
+
+def soft_above(x, threshold, temperature, *, hard: bool = False, ops=None):
+    """Weight of ``x > threshold``: ``sigmoid((x - threshold) / temperature)``."""
+    return _sigmoid_or_step((x - threshold) / temperature, hard, ops)
+
+
+def soft_below(x, threshold, temperature, *, hard: bool = False, ops=None):
+    """Weight of ``x < threshold``: ``sigmoid((threshold - x) / temperature)``."""
+    return _sigmoid_or_step((threshold - x) / temperature, hard, ops)
+
+
+def at_least(count, n: int, temperature, *, hard: bool = False):
+    """Weight of ``count >= n`` for a soft (real-valued) count."""
+    return soft_above(count, n - 0.5, temperature, hard=hard)
+
+
+def exactly(count, n: int, temperature, *, hard: bool = False):
+    """Weight of ``count == n`` for a soft count."""
+    return at_least(count, n, temperature, hard=hard) * soft_below(
+        count, n + 0.5, temperature, hard=hard
+    )
+
+
+def soft_and(weights):
+    """AND of weights: their product."""
+    out = weights[0]
+    for w in weights[1:]:
+        out = out * w
+    return out
+
+
+def soft_or(weights):
+    """OR of weights: ``1 - Π(1 - w)``."""
+    out = 1.0 - weights[0]
+    for w in weights[1:]:
+        out = out * (1.0 - w)
+    return 1.0 - out
+
+
+def _threshold(cfg: AnalysisConfig, params: dict, value):
+    """A threshold's value and temperature: a parameter (soft) or a number (hard, t = 1)."""
+    if isinstance(value, str):
+        return params[value], cfg.parameters[value].temperature, False
+    return value, 1.0, True
+
+
+def object_weights(cfg: AnalysisConfig, the_plan: Plan, ops, params: dict, hard: bool) -> dict:
+    """Per-object weights of every collection, in configuration order.
+
+    A subset (``source:`` another collection) multiplies its parent's weights by its own
+    cuts. Hard cuts on branch-backed collections were applied when lowering; hard cuts on
+    subsets are constant masks.
+    """
+    weights: dict = {}
+    for name, cp in the_plan.collections.items():
+        w = weights[cp.parent] if cp.parent is not None else None
+        mask = ops.mask(cp.root, name) if cp.parent is not None else None
+        if mask is not None:
+            w = mask if w is None else w * mask
+        for cut in cp.soft_cuts:
+            x = ops.field(cp.root, cut.field)
+            if cut.abs:
+                x = ops.abs(x)
+            c, t, _ = _threshold(cfg, params, cut.above if cut.above is not None else cut.below)
+            fn = soft_above if cut.above is not None else soft_below
+            cw = fn(x, c, t, hard=hard, ops=ops)
+            w = cw if w is None else w * cw
+        weights[name] = ops.ones(cp.root) if w is None else w
+    return weights
+
+
+def requirement_weight(cfg: AnalysisConfig, the_plan: Plan, ops, req: Requirement, weights: dict,
+                       observables: dict, params: dict, hard: bool):
+    """Per-event weight of one event requirement."""
+    if req.count is not None:
+        n = ops.sum(the_plan.collections[req.count].root, weights[req.count])
+        if req.at_least is not None:
+            return at_least(n, req.at_least, req.temperature, hard=hard)
+        return exactly(n, req.exactly, req.temperature, hard=hard)
+    if req.observable is not None:
+        x = observables[req.observable]
+        threshold = req.above if req.above is not None else req.below
+        c, t, fixed = _threshold(cfg, params, threshold)
+        fn = soft_above if req.above is not None else soft_below
+        return fn(x, c, t, hard=hard or fixed)
+    subs = [requirement_weight(cfg, the_plan, ops, r, weights, observables, params, hard)
+            for r in (req.all or req.any)]
+    return soft_and(subs) if req.all is not None else soft_or(subs)
+
+
+def event_weights(cfg: AnalysisConfig, the_plan: Plan, ops, requirements, weights: dict,
+                  observables: dict, params: dict, hard: bool):
+    """Product of the requirements' per-event weights (1 when there are none)."""
+    out = jnp.ones(ops.n_events, dtype=jnp.float64)
+    for req in requirements:
+        out = out * requirement_weight(cfg, the_plan, ops, req, weights, observables, params, hard)
+    return out
