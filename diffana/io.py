@@ -41,11 +41,21 @@ def _available(obj) -> list[str]:
     return [str(k) for k in obj.keys()]
 
 
+def _similar(branch: str, have: set[str]) -> list[str]:
+    """Branches that look like ``branch``: close spellings, or the same collection and kind
+    (``Jet_btagCSVV2`` for ``Jet_btagDeepFlavB``)."""
+    close = difflib.get_close_matches(branch, sorted(have), n=4, cutoff=0.6)
+    prefix, _, rest = branch.partition("_")
+    kin = sorted(k for k in have if rest and k.startswith(f"{prefix}_")
+                 and k.partition("_")[2][:4].lower() == rest[:4].lower())
+    return list(dict.fromkeys(close + kin))[:8]
+
+
 def _check_branches(path: Path, obj, branches: Sequence[str]) -> None:
     have = set(_available(obj))
     for b in branches:
         if b not in have:
-            similar = difflib.get_close_matches(b, sorted(have), n=4, cutoff=0.6)
+            similar = _similar(b, have)
             hint = f"; similar branches: {similar}" if similar else ""
             raise DataError(f"{path}: branch {b!r} not found in {obj.name!r}{hint}")
 
@@ -98,7 +108,7 @@ def sum_of_weights(files: Sequence[str | Path], tree: str, branch: str = "genWei
         path = Path(f)
         obj = _open_events(path, tree)
         _check_branches(path, obj, [branch])
-        total += float(np.sum(obj.arrays([branch], library="np")[branch]))
+        total += float(np.sum(obj.arrays([branch], library="np")[branch], dtype=np.float64))
     return total
 
 

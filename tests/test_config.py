@@ -1,0 +1,154 @@
+"""Configuration: valid configs load; bad input gives one clear line and exit code 2."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+
+import pytest
+
+from conftest import DEFAULT_CONFIG, ROOT, default_config_dict, write_config
+from diffana.cli import main
+from diffana.config import load, load_dict
+from diffana.exceptions import ConfigError
+
+
+def test_default_config_is_valid():
+    cfg = load(DEFAULT_CONFIG)
+    assert [n for n, p in cfg.parameters.items() if p.trainable] == [
+        "jet_pt_min", "btag_threshold", "lepton_pt_min"]
+    assert cfg.regions["signal_region"].binning.edges[:3] == [0.0, 100.0, 200.0]
+
+
+def mutate(path_keys, value):
+    data = default_config_dict()
+    node = data
+    for k in path_keys[:-1]:
+        node = node[k]
+    if value is KeyError:
+        del node[path_keys[-1]]
+    else:
+        node[path_keys[-1]] = value
+    return data
+
+
+CASES = [
+    # (mutation, fragments the one-line message must contain)
+    (mutate(["samples", "ttbar", "cross_sectoin"], 1.0), ["samples.ttbar.cross_sectoin", "unknown key"]),
+    (mutate(["optimiser", "stepz"], 3), ["optimiser.stepz", "unknown key"]),
+    (mutate(["parameters", "jet_pt_min", "value"], "thirty"), ["parameters.jet_pt_min.value", "thirty"]),
+    (mutate(["optimiser", "steps"], 2.5), ["optimiser.steps", "2.5"]),
+    (mutate(["parameters", "jet_pt_min", "bounds"], [40.0, 120.0]),
+     ["parameters.jet_pt_min", "outside bounds [40.0, 120.0]"]),
+    (mutate(["parameters", "btag_threshold", "temperature"], -1.0),
+     ["parameters.btag_threshold.temperature", "-1.0"]),
+    (mutate(["model"], KeyError), ["model", "required key is missing"]),
+    (mutate(["regions", "signal_region", "observable"], "mbb"),
+     ["regions.signal_region.observable", "'mbb' is not an observable"]),
+    (mutate(["regions", "signal_region", "binning"], {"edges": [0, 200, 100]}),
+     ["regions.signal_region.binning", "strictly increasing"]),
+    (mutate(["objective", "kind"], "significance"), ["objective.kind", "significance"]),
+    (mutate(["optimiser", "name"], "adamm"), ["optimiser.name", "'adamm' is not an optax optimiser"]),
+    (mutate(["model", "signal"], ["tt"]), ["model.signal[0]", "'tt' is not a nominal sample"]),
+    (mutate(["selection"], [{"count": "jets", "at_least": 4}, {"observable": "lepton_pt", "above": "lep_cut"}]),
+     ["selection[1].above", "'lep_cut' is not a parameter"]),
+]
+
+
+@pytest.mark.parametrize("data,fragments", CASES)
+def test_bad_config_one_line(tmp_path, capsys, data, fragments):
+    path = write_config(tmp_path / "bad.yaml", data)
+    with pytest.raises(ConfigError) as err:
+        load(path)
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith(str(path))
+    for f in fragments:
+        assert f in message
+    assert main(["validate", str(path)]) == 2
+    out = capsys.readouterr()
+    assert out.err.strip().endswith(message) and "Traceback" not in out.err
+
+
+@pytest.mark.parametrize("text,fragment", [
+    ("name: [unclosed\n", "YAML syntax error"),
+    ("samples:\n  a: {files: [x]\n", "YAML syntax error"),
+    ("", "the file is empty"),
+    ("- 1\n- 2\n", "expected a mapping"),
+])
+def test_yaml_problems(tmp_path, text, fragment):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=fragment) as err:
+        load(path)
+    assert "\n" not in str(err.value)
+
+
+def test_yaml_error_names_line(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("name: x\nsamples:\n  a: {files: [x]\n")
+    with pytest.raises(ConfigError, match=r"line \d+, column \d+"):
+        load(path)
+
+
+def test_missing_config_file(capsys, tmp_path):
+    assert main(["validate", str(tmp_path / "nope.yaml")]) == 2
+    assert "configuration file not found" in capsys.readouterr().err
+
+
+def run_cli(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, "-m", "diffana.cli", *args], capture_output=True,
+                          text=True, cwd=cwd, timeout=300)
+
+
+def test_missing_input_file_cli(tmp_path):
+    data = default_config_dict()
+    data["samples"]["wjets"]["files"] = [str(tmp_path / "missing.root")]
+    path = write_config(tmp_path / "c.yaml", data)
+    proc = run_cli("run", str(path), "--steps", "1", "--out", str(tmp_path / "run"), "--quiet")
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1] == f"diffana: error: {tmp_path / 'missing.root'}: input file not found"
+    assert not (tmp_path / "run" / "results.json").exists()
+
+
+def test_missing_branch_cli(tmp_path):
+    data = default_config_dict()
+    data["objects"]["jets"]["fields"]["btag"] = "Jet_btagDeepFlavB"
+    path = write_config(tmp_path / "c.yaml", data)
+    proc = run_cli("run", str(path), "--steps", "1", "--out", str(tmp_path / "run"), "--quiet")
+    assert proc.returncode == 2, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "branch 'Jet_btagDeepFlavB' not found" in last and "ttbar.root" in last
+    assert "Jet_btagCSVV2" in last  # the similar branch it does have
+    assert "Traceback" not in proc.stderr
+
+
+def test_wrong_tree_name(tmp_path):
+    from diffana.exceptions import DataError
+    from diffana.io import read_branches
+
+    with pytest.raises(DataError, match=r"no tree or RNTuple named 'tree'.*Events"):
+        read_branches([ROOT / "tests" / "data" / "nano_tt_v12.root"], "tree", ["Jet_pt"])
+
+
+def test_unreadable_file(tmp_path):
+    from diffana.exceptions import DataError
+    from diffana.io import read_branches
+
+    bad = tmp_path / "bad.root"
+    bad.write_bytes(b"not a root file at all" * 10)
+    with pytest.raises(DataError, match="cannot be read as a ROOT file"):
+        read_branches([bad], "Events", ["Jet_pt"])
+
+
+def test_overrides_are_validated():
+    data = copy.deepcopy(default_config_dict())
+    data["optimiser"]["options"] = {"learning_rat": 0.1}
+    cfg = load_dict(data)
+    from diffana.optimise import make_optimiser
+
+    with pytest.raises(ConfigError, match="optimiser.options"):
+        make_optimiser(cfg.optimiser.name, cfg.optimiser.options)
