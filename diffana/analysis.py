@@ -113,10 +113,13 @@ class Analysis:
             self._soft_events = jax.jit(partial(self._region_events_compiled, hard=False))
             self._hard_events = jax.jit(partial(self._region_events_compiled, hard=True))
         else:
-            self._ops = {n: ragged.AwkwardOps(s.lowered) for n, s in self.samples.items()}
+            ragged.enable_awkward_jax()
         self.model = Model(specmod.to_json(specmod.build(cfg, self._placeholder_yields())),
                            poi_name=cfg.model.poi)
         self._objective_from_yields = jax.jit(self.objective_from_yields)
+        sign = -1.0 if self.maximise else 1.0
+        self._loss_of_yields = jax.jit(jax.value_and_grad(
+            lambda y: sign * self.objective_from_yields(y)))
 
     # --- parameters -------------------------------------------------------------------------
 
@@ -164,7 +167,10 @@ class Analysis:
         if self.engine == "compiled":
             fn = self._hard_events if hard else self._soft_events
             return fn(params, self._buffers)
-        return {n: self._region_events(self._ops[n], params, jnp.asarray(s.lowered.weight), hard)
+        # Fresh JAX-backed Awkward arrays per evaluation: arrays reused across nested
+        # transforms (jacrev after a vjp) were seen to give wrong cotangents.
+        return {n: self._region_events(ragged.AwkwardOps(s.lowered), params,
+                                       jnp.asarray(s.lowered.weight), hard)
                 for n, s in self.samples.items()}
 
     # --- histogram --------------------------------------------------------------------------
@@ -239,6 +245,9 @@ class Analysis:
 
     def objective(self, params: dict):
         """Soft objective at ``params`` (differentiable: ``jax.grad(ana.objective)(params)``)."""
+        if self.engine == "compiled":
+            return self._objective_from_yields(self.yields(params))
+        # JAX-backed Awkward outputs under a transform cannot enter a jit-compiled function.
         return self.objective_from_yields(self.yields(params))
 
     def hard_objective(self, params: dict) -> float:
@@ -260,7 +269,11 @@ class Analysis:
         params_fixed = params_fixed or self.initial_params()
         if self.engine == "compiled":
             return self._value_and_grad(u, params_fixed, self._buffers)
-        return jax.value_and_grad(self._loss)(u, params_fixed, self.yields)
+        # Awkward cannot be jit-compiled: differentiate the ragged stages eagerly and chain
+        # them with the jit-compiled model and inference stages (∂loss/∂u = ∂loss/∂y · ∂y/∂u).
+        y, pullback = jax.vjp(lambda v: self.yields(self.from_unit(v, params_fixed)), u)
+        loss, dloss_dy = self._loss_of_yields(y)
+        return loss, pullback(dloss_dy)[0]
 
     def sensitivity(self, params: dict) -> dict:
         """∂objective/∂θ split into the contribution of each region × sample's yields.

@@ -5,8 +5,8 @@ as a static argument (or closed over), and differentiable with respect to the te
 
 * :func:`fit` is a bounded maximum-likelihood fit (projected, damped Newton on the free
   parameters inside a ``lax.while_loop``). Its derivatives come from implicit
-  differentiation of the optimality conditions (``jax.lax.custom_root``), not from
-  unrolling the iterations.
+  differentiation of the optimality conditions (a ``jax.custom_jvp`` rule that solves with
+  the Hessian at the minimum), not from unrolling the iterations.
 * :func:`discovery_significance`, :func:`expected_cls` and :func:`poi_uncertainty` are the
   Asimov figures of merit: median discovery significance ``Z0``, median expected ``CLs``
   (``qtilde``, asymptotics, as ``pyhf.infer.hypotest(..., return_expected=True)``), and the
@@ -95,19 +95,24 @@ def _projected_newton(objective, x0, lower, upper, tolerance, max_iterations):
 
     Each iteration computes the active set (parameters on a bound with the gradient pushing
     outwards), solves ``(H + lam * diag|H|) d = -g`` on the remaining ones, and projects
-    ``x + d`` back into the box. A step is accepted when it lowers the objective (or, inside
-    the round-off of the objective, lowers the scaled projected gradient); otherwise the
+    ``x + d`` back into the box. A step is accepted when it does not raise the objective
+    beyond its round-off (``1e-13 * max(1, |f|)``); otherwise the
     Levenberg-Marquardt damping ``lam`` grows tenfold, which turns the step into a short,
-    scaled gradient step that a projection cannot spoil. Accepted steps shrink ``lam``
+    scaled gradient step that the projection cannot spoil. Accepted steps shrink ``lam``
     tenfold, so the iteration ends in pure Newton steps with quadratic convergence.
 
-    Returns ``(x, f, n_iter, scaled_projected_gradient)``.
+    The loop stops right after the gradient and Hessian were refreshed, when the scaled
+    projected gradient is below ``tolerance``, when ``max_iterations`` steps were tried, or
+    when no step is accepted any more (``lam`` huge). The Hessian is computed at one place in
+    the loop only (compile time), and it is returned: implicit differentiation reuses it.
+
+    Returns:
+        ``(x, f, hessian, active, n_iter, scaled_projected_gradient)`` at the solution.
     """
-    n = x0.shape[0]
     tiny = jnp.finfo(jnp.float64).tiny
+    gradient = jax.grad(objective)
 
     def grad_and_hessian(x):
-        gradient = jax.grad(objective)
         hessian, g = jax.jacfwd(lambda y: (gradient(y), gradient(y)), has_aux=True)(x)
         return g, hessian
 
@@ -118,45 +123,56 @@ def _projected_newton(objective, x0, lower, upper, tolerance, max_iterations):
         scale = jnp.sqrt(jnp.maximum(jnp.abs(jnp.diag(hessian)), tiny))
         return jnp.max(jnp.where(active_set(x, g), 0.0, jnp.abs(g) / scale), initial=0.0)
 
+    n = x0.shape[0]
     x0 = jnp.clip(x0, lower, upper)
-    g0, h0 = grad_and_hessian(x0)
-    f0 = objective(x0)
-    state0 = (x0, f0, g0, h0, jnp.asarray(1e-3), jnp.asarray(0), scaled_gradient(x0, g0, h0))
+    state0 = dict(
+        x=x0,
+        f=objective(x0),
+        g=jnp.zeros(n, dtype=jnp.float64),
+        hessian=jnp.eye(n, dtype=jnp.float64),
+        refresh=jnp.asarray(True),
+        lam=jnp.asarray(1e-3, dtype=jnp.float64),
+        n_iter=jnp.asarray(0),
+        pgrad=jnp.asarray(jnp.inf, dtype=jnp.float64),
+        stop=jnp.asarray(False),
+    )
 
-    def keep_going(state):
-        _, _, _, _, lam, iteration, pgrad = state
-        return (iteration < max_iterations) & (pgrad > tolerance) & (lam < 1e12)
+    def body(state):
+        x, f, lam = state["x"], state["f"], state["lam"]
+        g, hessian = jax.lax.cond(
+            state["refresh"],
+            lambda: grad_and_hessian(x),
+            lambda: (state["g"], state["hessian"]),
+        )
+        pgrad = scaled_gradient(x, g, hessian)
+        stop = (pgrad <= tolerance) | (state["n_iter"] >= max_iterations) | (lam >= 1e12)
 
-    def step(state):
-        x, f, g, hessian, lam, iteration, pgrad = state
         free = ~active_set(x, g)
         both_free = free[:, None] & free[None, :]
         diag = jnp.maximum(jnp.abs(jnp.diag(hessian)), 1e-12)
-        system = jnp.where(both_free, hessian, 0.0) + jnp.diag(
-            jnp.where(free, lam * diag, 1.0)
-        )
+        system = jnp.where(both_free, hessian, 0.0) + jnp.diag(jnp.where(free, lam * diag, 1.0))
         direction = jnp.linalg.solve(system, jnp.where(free, -g, 0.0))
         x_new = jnp.clip(x + direction, lower, upper)
-        f_new, g_new = jax.value_and_grad(objective)(x_new)
-        pgrad_new = scaled_gradient(x_new, g_new, hessian)
+        f_new = objective(x_new)
+        # Close to the minimum, the change of f drowns in its round-off; a step that does not
+        # raise f beyond that is taken (Newton steps there only shrink the gradient).
         noise = 1e-13 * jnp.maximum(1.0, jnp.abs(f))
-        accept = jnp.isfinite(f_new) & jnp.all(jnp.isfinite(g_new))
-        accept = accept & ((f_new < f) | ((f_new <= f + noise) & (pgrad_new < pgrad)))
+        accept = ~stop & jnp.isfinite(f_new) & (f_new <= f + noise)
+        return dict(
+            x=jnp.where(accept, x_new, x),
+            f=jnp.where(accept, f_new, f),
+            g=g,
+            hessian=hessian,
+            refresh=accept,
+            lam=jnp.where(stop, lam, jnp.where(accept, jnp.maximum(lam * 0.1, 1e-12), lam * 10.0)),
+            n_iter=state["n_iter"] + jnp.where(stop, 0, 1),
+            pgrad=pgrad,
+            stop=stop,
+        )
 
-        def on_accept(_):
-            g_acc, h_acc = grad_and_hessian(x_new)
-            return (x_new, f_new, g_acc, h_acc, jnp.maximum(lam * 0.1, 1e-12),
-                    scaled_gradient(x_new, g_acc, h_acc))
-
-        def on_reject(_):
-            return (x, f, g, hessian, lam * 10.0, pgrad)
-
-        x, f, g, hessian, lam, pgrad = jax.lax.cond(accept, on_accept, on_reject, None)
-        return (x, f, g, hessian, lam, iteration + 1, pgrad)
-
-    x, f, _, _, _, n_iter, pgrad = jax.lax.while_loop(keep_going, step, state0)
-    del n
-    return x, f, n_iter, pgrad
+    final = jax.lax.while_loop(lambda state: ~state["stop"], body, state0)
+    active = active_set(final["x"], final["g"])
+    return final["x"], final["f"], final["hessian"], active, final["n_iter"], final["pgrad"]
 
 
 def fit(
@@ -179,11 +195,13 @@ def fit(
     on the bound while the others are solved by Newton steps.
 
     Derivatives of ``bestfit`` (and of ``twice_nll``) with respect to ``data``,
-    ``templates``, ``init`` and the ``fixed`` values come from implicit differentiation
-    (``jax.lax.custom_root``) of the optimality conditions: ``d(-2 ln L)/dx_i = 0`` for free
+    ``templates``, ``init`` and the ``fixed`` values come from implicit differentiation of
+    the optimality conditions (a ``jax.custom_jvp`` rule): ``d(-2 ln L)/dx_i = 0`` for free
     parameters inside the bounds, ``x_i = bound`` for those on an active bound (whose
-    derivative is then zero). Forward and reverse mode are both supported; the solver's
-    iterations are never differentiated.
+    derivative is then zero), so ``dx = -H^-1 d(grad)/d(theta) . dtheta`` on the free
+    block, with the Hessian ``H`` the solver already holds. Forward and reverse mode both
+    work (reverse mode transposes the linear rule); the solver's iterations are never
+    differentiated.
 
     Args:
         model: The statistical model.
@@ -195,7 +213,8 @@ def fit(
             Parameters fixed by pyhf keep their ``init`` value.
         tolerance: Stop when ``max_i |g_i| / sqrt(H_ii) < tolerance`` over the free
             parameters not held on a bound (``g``, ``H``: gradient and Hessian of
-            ``-2 ln L``).
+            ``-2 ln L``), roughly the distance to the minimum in units of each parameter's
+            uncertainty.
         max_iterations: Iteration cap.
 
     Returns:
@@ -207,47 +226,53 @@ def fit(
     for index, value in (fixed or {}).items():
         base = base.at[int(index)].set(value)
     data = jnp.asarray(data, dtype=jnp.float64)
-    lower = jnp.asarray(model.suggested_bounds[free_index, 0])
-    upper = jnp.asarray(model.suggested_bounds[free_index, 1])
+    # NumPy, not jnp: under jit a jnp constant is a tracer, and the custom_jvp rule below
+    # (traced later, when differentiating) must not close over tracers of another trace.
+    lower = np.asarray(model.suggested_bounds[free_index, 0], dtype=np.float64)
+    upper = np.asarray(model.suggested_bounds[free_index, 1], dtype=np.float64)
 
-    def full_pars(x):
-        return base.at[free_index].set(x)
+    def twice_nll(x, theta):
+        base_pars, data_, templates_ = theta
+        return -2.0 * model.logpdf(base_pars.at[free_index].set(x), data_, templates_)
 
-    def twice_nll(x):
-        return -2.0 * model.logpdf(full_pars(x), data, templates)
-
+    theta = (base, data, templates)
     if free_index.size == 0:
-        value = twice_nll(jnp.zeros(0))
-        return FitResult(base, value, jnp.asarray(True), jnp.asarray(0))
+        value = twice_nll(jnp.zeros(0), theta)
+        return FitResult(base, value, jnp.asarray(True), jnp.asarray(0, dtype=jnp.int32))
 
-    def optimality(x):
-        g = jax.grad(twice_nll)(x)
-        on_lower = jax.lax.stop_gradient((x <= lower) & (g > 0.0))
-        on_upper = jax.lax.stop_gradient((x >= upper) & (g < 0.0))
-        bound = jnp.where(on_lower, lower, upper)
-        return jnp.where(on_lower | on_upper, x - bound, g)
-
-    def solve(_, x0):
-        x, _, n_iter, pgrad = _projected_newton(
-            twice_nll, x0, lower, upper, tolerance, max_iterations
+    def solve(theta):
+        return _projected_newton(
+            lambda x: twice_nll(x, theta),
+            theta[0][free_index],
+            lower,
+            upper,
+            tolerance,
+            max_iterations,
         )
-        # custom_root's auxiliary outputs must be floating point (they get float tangents).
+
+    @jax.custom_jvp
+    def best_free_pars(theta):
+        x, _, _, _, n_iter, pgrad = solve(theta)
         return x, (n_iter.astype(jnp.float64), pgrad)
 
-    def tangent_solve(linear_map, rhs):
-        jacobian = jax.jacfwd(linear_map)(rhs)
-        return jnp.linalg.solve(jacobian, rhs)
+    @best_free_pars.defjvp
+    def best_free_pars_jvp(primals, tangents):
+        (theta,), (theta_dot,) = primals, tangents
+        x, _, hessian, active, n_iter, pgrad = solve(theta)
+        gradient_x = jax.grad(twice_nll, argnums=0)
+        _, gradient_dot = jax.jvp(lambda th: gradient_x(x, th), (theta,), (theta_dot,))
+        jacobian = jnp.where(active[:, None], jnp.eye(x.shape[0]), hessian)
+        x_dot = jnp.linalg.solve(jacobian, jnp.where(active, 0.0, -gradient_dot))
+        aux = (n_iter.astype(jnp.float64), pgrad)
+        return (x, aux), (x_dot, jax.tree_util.tree_map(jnp.zeros_like, aux))
 
-    x_best, (n_iter, pgrad) = jax.lax.custom_root(
-        optimality, base[free_index], solve, tangent_solve, has_aux=True
-    )
+    x_best, (n_iter, pgrad) = best_free_pars(theta)
     n_iter, pgrad = jax.lax.stop_gradient((n_iter, pgrad))
-    n_iter = n_iter.astype(jnp.int32)
     return FitResult(
-        bestfit=full_pars(x_best),
-        twice_nll=twice_nll(x_best),
+        bestfit=base.at[free_index].set(x_best),
+        twice_nll=twice_nll(x_best, theta),
         converged=pgrad <= 1e3 * tolerance,
-        n_iter=n_iter,
+        n_iter=n_iter.astype(jnp.int32),
     )
 
 

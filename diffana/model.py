@@ -103,15 +103,15 @@ def normsys_code4(alpha: jax.Array, hi: jax.Array, lo: jax.Array) -> jax.Array:
     rhs = jnp.stack(
         [hi - 1.0, lo - 1.0, log_hi * hi, -log_lo * lo, log_hi**2 * hi, log_lo**2 * lo]
     )
-    coefficients = jnp.tensordot(_f64(_CODE4_A_INVERSE), rhs, axes=1)
-    powers = jnp.stack([alpha, alpha**2, alpha**3, alpha**4, alpha**5, alpha**6])
-    polynomial = 1.0 + jnp.sum(coefficients * powers, axis=0)
+    a1, a2, a3, a4, a5, a6 = jnp.tensordot(_f64(_CODE4_A_INVERSE), rhs, axes=1)
+    # Horner form: cheaper to differentiate twice (and to compile) than a sum of powers.
+    polynomial = 1.0 + alpha * (a1 + alpha * (a2 + alpha * (a3 + alpha * (a4 + alpha * (a5 + alpha * a6)))))
     abs_alpha = jnp.abs(alpha)
     # Each branch is finite for hi, lo > 0, so the unselected ones cannot leak NaN gradients.
     return jnp.where(
         alpha >= 1.0,
-        jnp.power(hi, abs_alpha),
-        jnp.where(alpha > -1.0, polynomial, jnp.power(lo, abs_alpha)),
+        jnp.exp(abs_alpha * log_hi),
+        jnp.where(alpha > -1.0, polynomial, jnp.exp(abs_alpha * log_lo)),
     )
 
 
@@ -504,7 +504,12 @@ class Model:
         else:
             normsys_factors = jnp.zeros(0, dtype=jnp.float64)
         factor_values = jnp.concatenate([pars, normsys_factors, jnp.ones(1, dtype=jnp.float64)])
-        factors = jnp.prod(factor_values[self._factor_index], axis=0)
+        gathered = factor_values[self._factor_index]
+        # An explicit product over the (few, static) factor slots: jnp.prod's derivative rule
+        # guards against zeros and makes second derivatives (Newton's Hessian) costly to compile.
+        factors = gathered[0]
+        for k in range(1, gathered.shape[0]):
+            factors = factors * gathered[k]
         return factors * flat.reshape(n_samples, n_bins)
 
     def expected_actualdata(self, pars: jax.Array, templates: Templates) -> jax.Array:

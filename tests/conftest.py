@@ -37,7 +37,7 @@ def default_config_dict(events: int = 20_000) -> dict:
 def small_config():
     from diffana.config import load_dict
 
-    return load_dict(default_config_dict(), source="small")
+    return load_dict(default_config_dict(5_000), source="small")
 
 
 @pytest.fixture(scope="session")
