@@ -118,6 +118,7 @@ class Analysis:
                            poi_name=cfg.model.poi)
         self._objective_from_yields = jax.jit(self.objective_from_yields)
         sign = -1.0 if self.maximise else 1.0
+        self._dobjective_dyields = jax.jit(jax.grad(self.objective_from_yields))
         self._loss_of_yields = jax.jit(jax.value_and_grad(
             lambda y: sign * self.objective_from_yields(y)))
 
@@ -189,6 +190,10 @@ class Analysis:
         if self.engine == "compiled":
             return self._yields_compiled(params, self._buffers)
         return self._kde_yields(self.region_events(params))
+
+    @partial(jax.jit, static_argnums=0)
+    def _dyields_dtheta(self, theta, params, buffers):
+        return jax.jacfwd(lambda th: self._yields_compiled({**params, **th}, buffers))(theta)
 
     @partial(jax.jit, static_argnums=0)
     def _yields_compiled(self, params, buffers):
@@ -281,17 +286,14 @@ class Analysis:
         Returns ``{param: {"region/sample": d}}`` with ``Σ d = ∂objective/∂param`` (the chain
         rule ``∂objective/∂yields · ∂yields/∂θ`` summed over bins, nominal and Σw² together).
         """
-        fixed = dict(params)
-
-        def yields_of(theta):
-            p = dict(fixed)
-            p.update(theta)
-            return self.yields(p)
-
         theta = {n: params[n] for n in self.trainable}
         y = self.yields(params)
-        dobj_dy = jax.grad(self.objective_from_yields)(y)
-        dy_dtheta = jax.jacfwd(yields_of)(theta)
+        if self.engine == "compiled":
+            dobj_dy = self._dobjective_dyields(y)
+            dy_dtheta = self._dyields_dtheta(theta, params, self._buffers)
+        else:
+            dobj_dy = self._dobjective_dyields(y)
+            dy_dtheta = jax.jacfwd(lambda th: self.yields({**params, **th}))(theta)
         out: dict = {n: {} for n in self.trainable}
         for r in self.cfg.regions:
             for s in self.samples:

@@ -19,6 +19,8 @@ Example:
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 from pathlib import Path
 from typing import Any, Literal, Union
 
@@ -302,6 +304,7 @@ class AnalysisConfig(_Strict):
 
     name: str = "analysis"
     description: str = ""
+    imports: list[str] = Field(default_factory=list)
     generate: Generate | None = None
     tree: str = "Events"
     step_size: StrictInt = Field(500_000, gt=0)
@@ -463,7 +466,32 @@ def _format_validation_error(source: str, err: ValidationError) -> str:
     return f"{source}: {path}: {msg}{shown}"
 
 
-def load_dict(data: Any, source: str = "<config>") -> AnalysisConfig:
+def _import_plugins(imports: Any, source: str, base_dir: Path | None) -> None:
+    """Import the modules named in ``imports`` (they register observables, generators...).
+
+    An entry is a module name (``analyses.agc_ttbar``) or a ``.py`` file relative to the
+    configuration's directory.
+    """
+    if imports is None:
+        return
+    if not isinstance(imports, list):
+        raise ConfigError(f"{source}: imports: expected a list of modules, got {imports!r}")
+    for i, name in enumerate(imports):
+        try:
+            if isinstance(name, str) and name.endswith(".py"):
+                path = Path(name) if base_dir is None else base_dir / name
+                spec = importlib.util.spec_from_file_location(path.stem, path)
+                module = importlib.util.module_from_spec(spec)
+                spec.loader.exec_module(module)
+            else:
+                importlib.import_module(str(name))
+        except Exception as err:
+            raise ConfigError(
+                f"{source}: imports[{i}]: cannot import {name!r} ({type(err).__name__}: {err})"
+            ) from None
+
+
+def load_dict(data: Any, source: str = "<config>", base_dir: Path | None = None) -> AnalysisConfig:
     """Validate a configuration given as a Python mapping.
 
     Raises:
@@ -473,6 +501,7 @@ def load_dict(data: Any, source: str = "<config>") -> AnalysisConfig:
         raise ConfigError(
             f"{source}: <top level>: expected a mapping of keys, got {type(data).__name__}"
         )
+    _import_plugins(data.get("imports"), source, base_dir)
     try:
         return AnalysisConfig.model_validate(data)
     except ValidationError as err:
@@ -497,7 +526,7 @@ def load(path: str | Path) -> AnalysisConfig:
         raise ConfigError(f"{path}: {where}YAML syntax error: {problem}") from None
     if data is None:
         raise ConfigError(f"{path}: the file is empty; expected a mapping of keys")
-    return load_dict(data, source=str(path))
+    return load_dict(data, source=str(path), base_dir=path.parent)
 
 
 def dump(cfg: AnalysisConfig) -> str:

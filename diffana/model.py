@@ -609,7 +609,7 @@ class Model:
         Safe at zero yields: empty bins give finite values and finite gradients with respect
         to ``pars``, ``data`` and ``templates``. The choices that make this so:
 
-        * main Poisson term: ``n * log(max_where(rate > 0, rate, RATE_FLOOR)) - rate -
+        * main Poisson term: ``n * log(where(rate > 0, rate, RATE_FLOOR)) - rate -
           lgamma(n + 1)``. For ``rate > 0`` this is pyhf's ``xlogy``; a bin with zero rate and
           zero data contributes 0 (as in pyhf) with zero gradient; a bin with zero (or negative)
           rate and data ``n > 0`` contributes ``n * log(RATE_FLOOR)`` (about ``-708 n``)
@@ -634,9 +634,26 @@ class Model:
         pars, data = _f64(pars), _f64(data)
         main_data, aux_data = data[: self.n_bins], data[self.n_bins :]
         rates = self.expected_actualdata(pars, templates)
-        result = jnp.sum(_poisson_logpdf(main_data, rates))
+        main = jnp.sum(_poisson_logpdf(main_data, rates))
+        return main + self.constraint_logpdf(pars, aux_data, templates)
+
+    def constraint_logpdf(
+        self, pars: jax.Array, aux_data: jax.Array, templates: Templates
+    ) -> jax.Array:
+        """Log of the constraint terms alone (``pyhf.Model.constraint_logpdf``).
+
+        Args:
+            pars: Parameter values, shape ``(n_pars,)``.
+            aux_data: Auxiliary data, shape ``(n_aux,)``.
+            templates: The numbers of the spec (staterror widths and shapesys ``tau``).
+
+        Returns:
+            The summed Gaussian and Poisson constraint log densities.
+        """
+        pars, aux_data = _f64(pars), _f64(aux_data)
         _, sigma, factor = self._constraint_numbers(templates)
         constrained = pars[self._aux_pars]
+        result = jnp.zeros((), dtype=jnp.float64)
         if self._normal_aux.size:
             i = self._normal_aux
             result = result + jnp.sum(_normal_logpdf(aux_data[i], constrained[i], sigma[i]))

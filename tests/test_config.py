@@ -152,3 +152,20 @@ def test_overrides_are_validated():
 
     with pytest.raises(ConfigError, match="optimiser.options"):
         make_optimiser(cfg.optimiser.name, cfg.optimiser.options)
+
+
+def test_imports_register_observables(tmp_path):
+    (tmp_path / "my_observables.py").write_text(
+        "from diffana.observe import register_observable\n"
+        "@register_observable('n_jets_squared')\n"
+        "def n2(ops, spec, weights, plan):\n"
+        "    n = ops.sum(plan.collections[spec.collection].root, weights[spec.collection])\n"
+        "    return n * n\n")
+    data = default_config_dict()
+    data["imports"] = ["my_observables.py"]
+    data["observables"]["n2"] = {"kind": "n_jets_squared", "collection": "jets"}
+    cfg = load(write_config(tmp_path / "c.yaml", data))
+    assert cfg.observables["n2"].kind == "n_jets_squared"
+    data["imports"] = ["no_such_module_xyz"]
+    with pytest.raises(ConfigError, match=r"imports\[0\]: cannot import 'no_such_module_xyz'"):
+        load(write_config(tmp_path / "d.yaml", data))

@@ -7,7 +7,6 @@ jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pyhf  # noqa: E402
-import pytest  # noqa: E402
 from jax.test_util import check_grads  # noqa: E402
 
 from diffana import infer  # noqa: E402
@@ -110,17 +109,16 @@ def assert_reverse_mode_matches_finite_differences(value, gradient, templates, s
 
 
 @jax.jit
-def conditional_fit(data, templates, poi_value):
-    return infer.fit(MODEL, data, templates, fixed={MODEL.poi_index: poi_value})
-
-
-@jax.jit
 def free_fit(data, templates):
     return infer.fit(MODEL, data, templates)
 
 
+twice_nll_grad = jax.jit(jax.grad(lambda p, d, t: -2.0 * MODEL.logpdf(p, d, t)))
+asimov = jax.jit(infer.asimov_data, static_argnums=0)
+
+
 def projected_gradient(result, data, templates, fixed_mask):
-    g = jax.grad(lambda p: -2.0 * MODEL.logpdf(p, data, templates))(result.bestfit)
+    g = twice_nll_grad(result.bestfit, data, templates)
     low, high = MODEL.suggested_bounds.T
     x = np.asarray(result.bestfit)
     g = np.where(fixed_mask, 0.0, np.asarray(g))
@@ -129,16 +127,17 @@ def projected_gradient(result, data, templates, fixed_mask):
     return np.max(np.abs(g))
 
 
-def test_conditional_fit_reaches_the_minimum_and_beats_pyhf():
-    data = infer.asimov_data(MODEL, TEMPLATES, 1.0)
-    result = conditional_fit(data, TEMPLATES, 0.0)
+def test_fit_reaches_the_minimum_and_beats_pyhf():
+    """Observed data away from any Asimov point: the free fit lands on an exact minimum."""
+    rng = np.random.default_rng(11)
+    data = asimov(MODEL, TEMPLATES, 1.0)
+    data = data.at[: MODEL.n_bins].multiply(jnp.asarray(rng.uniform(0.85, 1.3, MODEL.n_bins)))
+    result = free_fit(data, TEMPLATES)
     assert bool(result.converged)
-    fixed_mask = MODEL.suggested_fixed.copy()
-    fixed_mask[MODEL.poi_index] = True
-    assert projected_gradient(result, data, TEMPLATES, fixed_mask) < 1e-8
+    assert projected_gradient(result, data, TEMPLATES, MODEL.suggested_fixed) < 1e-8
     init, bounds, fixed = pyhf_pars()
-    pyhf_best, pyhf_twice_nll = pyhf.infer.mle.fixed_poi_fit(
-        0.0, np.asarray(data), PYHF, init, bounds, fixed, return_fitted_val=True
+    pyhf_best, pyhf_twice_nll = pyhf.infer.mle.fit(
+        np.asarray(data), PYHF, init, bounds, fixed, return_fitted_val=True
     )
     assert float(result.twice_nll) <= float(pyhf_twice_nll) + 1e-9
     np.testing.assert_allclose(result.twice_nll, pyhf_twice_nll, rtol=1e-7)
@@ -147,7 +146,7 @@ def test_conditional_fit_reaches_the_minimum_and_beats_pyhf():
 
 def test_unconditional_minimum_of_asimov_data_is_the_asimov_point():
     for poi_value in (0.0, 1.0):
-        data = infer.asimov_data(MODEL, TEMPLATES, poi_value)
+        data = asimov(MODEL, TEMPLATES, poi_value)
         result = free_fit(data, TEMPLATES)
         pars = infer.asimov_pars(MODEL, poi_value)
         np.testing.assert_allclose(result.bestfit, pars, atol=1e-7)
@@ -158,7 +157,7 @@ def test_unconditional_minimum_of_asimov_data_is_the_asimov_point():
 
 def test_fit_with_poi_on_its_bound_matches_pyhf_and_differentiates():
     """Signal-region observations below the background: mu_hat sits on its bound 0."""
-    data = infer.asimov_data(MODEL, TEMPLATES, 0.0)
+    data = asimov(MODEL, TEMPLATES, 0.0)
     signal_region = np.arange(3, MODEL.n_bins)  # pyhf orders channels by name: CR, SR
     assert MODEL.channels == ["CR", "SR"]
     data = data.at[signal_region].multiply(0.8)
@@ -187,7 +186,7 @@ def test_fit_with_poi_on_its_bound_matches_pyhf_and_differentiates():
 
 
 def test_discovery_significance_matches_pyhf_q0():
-    data = np.asarray(infer.asimov_data(MODEL, TEMPLATES, 1.0))
+    data = np.asarray(asimov(MODEL, TEMPLATES, 1.0))
     init, bounds, fixed = pyhf_pars()
     q0 = pyhf.infer.test_statistics.q0(0.0, data, PYHF, init, bounds, fixed)
     z0 = discovery(MODEL, TEMPLATES)
@@ -195,11 +194,12 @@ def test_discovery_significance_matches_pyhf_q0():
     np.testing.assert_allclose(z0, np.sqrt(q0), rtol=1e-4)
 
 
-@pytest.mark.parametrize("poi_value", [0.3, 1.0, 2.5])
-def test_expected_cls_matches_pyhf_hypotest(poi_value):
-    data = np.asarray(infer.asimov_data(MODEL, TEMPLATES, 0.0))
-    _, expected = pyhf.infer.hypotest(poi_value, data, PYHF, test_stat="qtilde", return_expected=True)
-    np.testing.assert_allclose(cls(MODEL, TEMPLATES, poi_value), expected, rtol=1e-4)
+def test_expected_cls_matches_pyhf_hypotest():
+    data = np.asarray(asimov(MODEL, TEMPLATES, 0.0))
+    for poi_value in (0.4, 1.5):  # pyhf's scipy fits dominate the time of this test
+        _, expected = pyhf.infer.hypotest(poi_value, data, PYHF, test_stat="qtilde", return_expected=True)
+        np.testing.assert_allclose(cls(MODEL, TEMPLATES, poi_value), expected, rtol=1e-4)
+    assert float(cls(MODEL, TEMPLATES, 0.0)) == 1.0
 
 
 def numerical_hessian(f, x, steps):
@@ -218,7 +218,7 @@ def numerical_hessian(f, x, steps):
 def test_poi_uncertainty_matches_inverse_hessian_of_pyhf():
     free = np.flatnonzero(~MODEL.suggested_fixed)
     pars = np.asarray(infer.asimov_pars(MODEL, 1.0))
-    data = np.asarray(infer.asimov_data(MODEL, TEMPLATES, 1.0))
+    data = np.asarray(asimov(MODEL, TEMPLATES, 1.0))
 
     def nll(x):
         full = pars.copy()
@@ -309,11 +309,8 @@ def test_expected_cls_and_poi_uncertainty_gradients():
     )
 
 
-def test_jit_gives_the_same_numbers_and_does_not_recompile():
-    """Jitted and eager objectives agree; new template values reuse the compiled gradient."""
-    np.testing.assert_allclose(
-        infer.discovery_significance(MODEL, TEMPLATES), discovery(MODEL, TEMPLATES), rtol=1e-12
-    )
+def test_jitted_gradient_does_not_recompile():
+    """New template values (an optimiser step) reuse the compiled gradient."""
     jitted = discovery_grad(MODEL, TEMPLATES)
     size = discovery_grad._cache_size()
     moved = discovery_grad(MODEL, jax.tree_util.tree_map(lambda x: x * 1.01, TEMPLATES))
