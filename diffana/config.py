@@ -340,7 +340,7 @@ class _RefError(ValueError):
 
 def _check_references(cfg: AnalysisConfig) -> None:
     """Cross-references: names used must be defined, thresholds must name parameters."""
-    from diffana.observe import OBSERVABLES
+    from diffana.observe import OBSERVABLES, REQUIRES
 
     params = set(cfg.parameters)
 
@@ -365,6 +365,12 @@ def _check_references(cfg: AnalysisConfig) -> None:
                 f"observables.{name}.kind",
                 f"unknown observable kind {obs.kind!r} (registered: {sorted(OBSERVABLES)})",
             )
+        for key in REQUIRES.get(obs.kind, ()):
+            given = (obs.options.get(key.split(".", 1)[1]) if key.startswith("options.")
+                     else getattr(obs, key))
+            if given is None:
+                raise _RefError(f"observables.{name}.{key}",
+                                f"observable kind {obs.kind!r} needs {key}")
         if obs.collection is not None and obs.collection not in cfg.objects:
             raise _RefError(
                 f"observables.{name}.collection",

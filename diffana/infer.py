@@ -27,7 +27,7 @@ Example:
     >>> model = Model(spec)
     >>> z0 = jax.jit(discovery_significance, static_argnums=0)
     >>> print(f"{float(z0(model, model.templates())):.4f}")
-    1.8223
+    1.6042
 """
 
 from __future__ import annotations

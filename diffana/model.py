@@ -26,12 +26,12 @@ Example:
     ... ]}]}
     >>> model = Model(spec)
     >>> model.par_names
-    ['bkg_unc[0]', 'bkg_unc[1]', 'mu']
+    ['mu', 'bkg_unc[0]', 'bkg_unc[1]']
     >>> templates = model.templates()
     >>> pars = model.suggested_init
     >>> data = model.expected_data(pars, templates)
     >>> print(f"{float(model.logpdf(pars, data, templates)):.6f}")
-    -8.201112
+    -11.146434
 """
 
 from __future__ import annotations

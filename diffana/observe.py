@@ -22,13 +22,19 @@ from collections.abc import Callable
 from diffana.exceptions import ConfigError
 
 OBSERVABLES: dict[str, Callable] = {}
+REQUIRES: dict[str, tuple[str, ...]] = {}
 
 
-def register_observable(name: str):
-    """Register an observable function under ``name`` (usable as ``kind:`` in YAML)."""
+def register_observable(name: str, requires: tuple[str, ...] = ()):
+    """Register an observable function under ``name`` (usable as ``kind:`` in YAML).
+
+    ``requires`` lists the keys its configuration entry must give (``collection``,
+    ``field``, or ``options.<key>``); the configuration loader checks them.
+    """
 
     def deco(fn: Callable) -> Callable:
         OBSERVABLES[name] = fn
+        REQUIRES[name] = tuple(requires)
         return fn
 
     return deco
@@ -38,19 +44,19 @@ def _root(spec, plan):
     return plan.collections[spec.collection].root
 
 
-@register_observable("sum")
+@register_observable("sum", requires=("collection", "field"))
 def weighted_sum(ops, spec, weights, plan):
     """Soft sum of a field over selected objects, e.g. soft H_T = Σ w·pT."""
     return ops.sum(_root(spec, plan), weights[spec.collection] * ops.field(_root(spec, plan), spec.field))
 
 
-@register_observable("count")
+@register_observable("count", requires=("collection",))
 def soft_count(ops, spec, weights, plan):
     """Soft number of selected objects: Σ w."""
     return ops.sum(_root(spec, plan), weights[spec.collection])
 
 
-@register_observable("leading")
+@register_observable("leading", requires=("collection", "field"))
 def leading(ops, spec, weights, plan):
     """A field of the first (highest-pT) object of a branch-backed collection.
 
@@ -66,7 +72,7 @@ def leading(ops, spec, weights, plan):
     return ops.first(cp.root, ops.field(cp.root, spec.field), float(spec.options.get("default", 0.0)))
 
 
-@register_observable("branch")
+@register_observable("branch", requires=("options.branch",))
 def event_branch(ops, spec, weights, plan):
     """A flat per-event branch (``options.branch``, e.g. ``MET_pt``)."""
     return ops.event_branch(str(spec.options["branch"]))

@@ -76,11 +76,21 @@ def optimise(
     vg = loss_and_grad
     probe = vg(u)
     if not isinstance(probe, tuple):
-        vg = jax.value_and_grad(loss_and_grad)
+        vg = jax.jit(jax.value_and_grad(loss_and_grad))
         probe = vg(u)
     opt = make_optimiser(name, dict(options or {"learning_rate": 0.02}))
     state = opt.init(u)
     needs_value = "lbfgs" in name  # line-search optimisers want the value and a value_fn
+
+    def _update(grad, state, u, loss):
+        if needs_value:
+            updates, state = opt.update(grad, state, u, value=loss, grad=grad,
+                                        value_fn=lambda v: vg(v)[0])
+        else:
+            updates, state = opt.update(grad, state, u)
+        return optax.projections.projection_box(optax.apply_updates(u, updates), 0.0, 1.0), state
+
+    update = jax.jit(_update)  # one compiled optimiser update (line searches included)
     history: list[tuple[int, float, np.ndarray]] = []
     loss, grad = probe
     last_loss = math.inf
@@ -108,11 +118,10 @@ def optimise(
             if step == steps:
                 break
             last_loss = loss_f
-            if needs_value:
-                updates, state = opt.update(grad, state, u, value=loss, grad=grad,
-                                            value_fn=lambda v: vg(v)[0])
-            else:
-                updates, state = opt.update(grad, state, u)
-            u = optax.projections.projection_box(optax.apply_updates(u, updates), 0.0, 1.0)
+            try:
+                u, state = update(grad, state, u, loss)
+            except jax.errors.JAXTypeError:
+                # A loss that cannot be traced (the awkward engine) inside a line search.
+                u, state = _update(grad, state, u, loss)
             bar.update(1)
     return OptimisationResult(best_u, best_loss, history, stopped)

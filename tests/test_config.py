@@ -169,3 +169,10 @@ def test_imports_register_observables(tmp_path):
     data["imports"] = ["no_such_module_xyz"]
     with pytest.raises(ConfigError, match=r"imports\[0\]: cannot import 'no_such_module_xyz'"):
         load(write_config(tmp_path / "d.yaml", data))
+
+
+def test_observable_needs_its_keys(tmp_path):
+    data = default_config_dict()
+    data["observables"]["ht"] = {"kind": "sum", "collection": "jets"}
+    with pytest.raises(ConfigError, match=r"observables\.ht\.field: observable kind 'sum' needs field"):
+        load(write_config(tmp_path / "c.yaml", data))
