@@ -23,18 +23,31 @@ from diffana.exceptions import ConfigError
 
 OBSERVABLES: dict[str, Callable] = {}
 REQUIRES: dict[str, tuple[str, ...]] = {}
+FIELDS: dict[str, tuple[str, ...]] = {}
+PREPARE: dict[str, Callable] = {}
 
 
-def register_observable(name: str, requires: tuple[str, ...] = ()):
+def register_observable(name: str, requires: tuple[str, ...] = (), fields: tuple[str, ...] = (),
+                        prepare: Callable | None = None):
     """Register an observable function under ``name`` (usable as ``kind:`` in YAML).
 
-    ``requires`` lists the keys its configuration entry must give (``collection``,
-    ``field``, or ``options.<key>``); the configuration loader checks them.
+    Args:
+        name: the ``kind`` a configuration uses.
+        requires: keys its configuration entry must give (``collection``, ``field``, or
+            ``options.<key>``); the configuration loader checks them.
+        fields: fields of its collection it reads (``pt``, ``eta``, ...), besides ``field``.
+        prepare: ``prepare(collection, spec) -> {name: flat NumPy array}``, run once per
+            sample when the events are lowered, on the hard-cut Awkward collection: the place
+            for structure that no parameter changes (combinations, sort orders, kinematics).
+            The observable reads it back with ``ops.prepared(spec_name)``.
     """
 
     def deco(fn: Callable) -> Callable:
         OBSERVABLES[name] = fn
         REQUIRES[name] = tuple(requires)
+        FIELDS[name] = tuple(fields)
+        if prepare is not None:
+            PREPARE[name] = prepare
         return fn
 
     return deco
@@ -79,6 +92,13 @@ def event_branch(ops, spec, weights, plan):
 
 
 def evaluate(cfg, plan, ops, weights: dict) -> dict:
-    """All observables of the configuration, in order."""
-    return {name: OBSERVABLES[obs.kind](ops, obs, weights, plan)
-            for name, obs in cfg.observables.items()}
+    """All observables of the configuration, in order.
+
+    The function receives the configuration entry with ``options["name"]`` set to the
+    observable's name (the key of what its ``prepare`` stored).
+    """
+    out = {}
+    for name, obs in cfg.observables.items():
+        spec = obs.model_copy(update={"options": {**obs.options, "name": name}})
+        out[name] = OBSERVABLES[obs.kind](ops, spec, weights, plan)
+    return out

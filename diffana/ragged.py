@@ -12,6 +12,8 @@ The two engines see the same lowered events through an ``ops`` object with a tin
 - ``ops.sum(root, values)``: per-event sums (a segment sum, or ``ak.sum(axis=1)``),
 - ``ops.first(root, values, default)``: the first object's value per event,
 - ``ops.event_branch(name)``: a flat per-event branch,
+- ``ops.flat(root, values)``: per-object values as one flat JAX array (all events),
+- ``ops.prepared(name)``: the structure an observable computed once when lowering,
 - ``ops.sigmoid``/``ops.step``/``ops.abs``: element-wise functions on per-object arrays.
 
 Per-event results are plain JAX arrays in both engines.
@@ -51,6 +53,8 @@ class Plan:
     collections: dict[str, CollectionPlan]
     root_branches: dict[str, dict[str, str]]  # root -> field -> branch
     event_branches: tuple[str, ...]
+    # observables whose structure is computed once when lowering: (name, spec)
+    prepared: tuple = ()
 
     @property
     def branches(self) -> list[str]:
@@ -85,13 +89,18 @@ def plan(cfg: AnalysisConfig) -> Plan:
         for cut in coll.cuts:
             mapping[root].setdefault(cut.field, f"{cfg.objects[root].source}_{cut.field}")
 
+    from diffana.observe import FIELDS, PREPARE
+
     event_branches: list[str] = []
+    prepared = []
     for oname, obs in cfg.observables.items():
+        if obs.kind in PREPARE:
+            prepared.append((oname, obs))
         if obs.collection is not None:
             root = colls[obs.collection].root
             if obs.field is not None:
                 mapping[root].setdefault(obs.field, f"{cfg.objects[root].source}_{obs.field}")
-            for f in obs.options.get("fields", []):
+            for f in [*FIELDS.get(obs.kind, ()), *obs.options.get("fields", [])]:
                 mapping[root].setdefault(f, f"{cfg.objects[root].source}_{f}")
         if "branch" in obs.options:
             event_branches.append(str(obs.options["branch"]))
@@ -99,7 +108,7 @@ def plan(cfg: AnalysisConfig) -> Plan:
         if not fields:
             # A collection used only for counting still needs its multiplicity: read pT.
             fields["pt"] = f"{cfg.objects[root].source}_pt"
-    return Plan(colls, mapping, tuple(event_branches))
+    return Plan(colls, mapping, tuple(event_branches), tuple(prepared))
 
 
 def _hard_mask(values: ak.Array, cut: ObjectCut) -> ak.Array:
@@ -165,6 +174,13 @@ def lower(events: ak.Array, the_plan: Plan, weight: np.ndarray) -> Lowered:
             "first": np.minimum(offsets[:-1], max(int(offsets[-1]) - 1, 0)).astype(np.int32),
             "count": counts.astype(np.int32),
         }
+    from diffana.observe import PREPARE
+
+    buffers["prepared"] = {
+        name: {k: np.asarray(v) for k, v in
+               PREPARE[obs.kind](jagged[the_plan.collections[obs.collection].root], obs).items()}
+        for name, obs in the_plan.prepared
+    }
     buffers["masks"] = dict(masks)
     buffers["events"] = dict(event_columns)
     buffers["weight"] = np.asarray(weight, dtype=np.float64)
@@ -205,6 +221,12 @@ class CompiledOps:
 
     def event_branch(self, name: str):
         return self.buffers["events"][name]
+
+    def flat(self, root: str, values):
+        return values
+
+    def prepared(self, name: str) -> dict:
+        return self.buffers["prepared"][name]
 
     @staticmethod
     def sigmoid(x):
@@ -263,6 +285,12 @@ class AwkwardOps:
 
     def event_branch(self, name: str):
         return jnp.asarray(self.lowered.event_columns[name])
+
+    def flat(self, root: str, values):
+        return ak.to_jax(ak.flatten(values, axis=1))
+
+    def prepared(self, name: str) -> dict:
+        return {k: jnp.asarray(v) for k, v in self.lowered.buffers["prepared"][name].items()}
 
     @staticmethod
     def sigmoid(x):

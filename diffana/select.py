@@ -128,3 +128,31 @@ def event_weights(cfg: AnalysisConfig, the_plan: Plan, ops, requirements, weight
     for req in requirements:
         out = out * requirement_weight(cfg, the_plan, ops, req, weights, observables, params, hard)
     return out
+
+
+def first_selected(weights, starts):
+    """Soft "first selected object": ``p_c = w_c · Π_{c' before c} (1 - w_c')`` per segment.
+
+    ``weights`` are selection weights of candidates laid out event by event, each event's
+    candidates in the order of preference (e.g. decreasing trijet pT); ``starts`` marks the
+    first candidate of each event. ``p_c`` is the probability that candidate ``c`` is the
+    preferred selected one; with 0/1 weights it is 1 exactly for the first selected
+    candidate: a differentiable argmax over the selected candidates.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> p = first_selected(jnp.array([0.0, 1.0, 1.0, 1.0]), jnp.array([1, 0, 0, 1]))
+        >>> [float(v) for v in p]
+        [0.0, 1.0, 0.0, 1.0]
+    """
+    starts = starts.astype(bool)
+    keep = 1.0 - weights
+
+    def combine(left, right):
+        f1, v1 = left
+        f2, v2 = right
+        return f1 | f2, jnp.where(f2, v2, v1 * v2)
+
+    _, inclusive = jax.lax.associative_scan(combine, (starts, keep))
+    before = jnp.where(starts, 1.0, jnp.roll(inclusive, 1))
+    return weights * before

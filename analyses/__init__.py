@@ -1,0 +1,1 @@
+"""Analyses written with diffana (a configuration plus the observables it registers)."""

@@ -1,0 +1,1 @@
+"""The IRIS-HEP Analysis Grand Challenge ttbar analysis (CMS Open Data), differentiable."""
