@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+import awkward as ak
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -52,11 +53,13 @@ class SampleEvents:
 
 
 def _read_sample(cfg: AnalysisConfig, name: str, plan: ragged.Plan, base: Path,
-                 generated: Path | None, bar) -> SampleEvents:
+                 generated: Path | None, bar) -> dict[str, SampleEvents]:
+    """Read one sample, lower it, and lower each variation computed from its events."""
     s = cfg.samples[name]
     files = [resolve_path(f, base, generated) for f in s.files]
     tree = s.tree or cfg.tree
     branches = plan.branches + (["genWeight"] if s.normalisation == "genweight" else [])
+    branches += [b for v in cfg.variations.values() for b in _varied_branch(v)]
     events = io.read_branches(files, tree, branches, cfg.step_size, progress=bar.update)
     n = len(events)
     if s.normalisation == "none":
@@ -69,7 +72,37 @@ def _read_sample(cfg: AnalysisConfig, name: str, plan: ragged.Plan, base: Path,
         sumw = io.sum_of_weights(files, tree)
         norm = s.cross_section * cfg.luminosity / sumw
         weight = norm * np.asarray(events["genWeight"], dtype=np.float64)
-    return SampleEvents(name, files, ragged.lower(events, plan, weight), norm)
+    out = {name: SampleEvents(name, files, ragged.lower(events, plan, weight), norm)}
+    for vname, (sample, variation) in cfg.variation_samples().items():
+        if sample == name:
+            varied, vweight = _apply_variation(cfg, name, variation, events, weight)
+            out[vname] = SampleEvents(vname, files, ragged.lower(varied, plan, vweight), norm)
+    return out
+
+
+def _varied_branch(var) -> list[str]:
+    spec = var.scale or var.smear
+    return [spec["branch"]] if spec else []
+
+
+def _apply_variation(cfg: AnalysisConfig, sample: str, name: str, events, weight):
+    """The events and weights of one computed variation (see ``config.Variation``)."""
+    var = cfg.variations[name]
+    if var.weight is not None:
+        return events, weight * var.weight
+    branch = (var.scale or var.smear)["branch"]
+    values = events[branch]
+    if var.scale is not None:
+        varied = values * float(var.scale["factor"])
+    else:
+        # Seeded per (run seed, sample, variation): the same events get the same smearing.
+        key = [cfg.seed, *(ord(c) for c in f"{sample}/{name}")]
+        rng = np.random.default_rng(key)
+        flat = ak.flatten(values, axis=None)
+        factors = rng.normal(1.0, float(var.smear["sigma"]), len(flat))
+        varied = ak.unflatten(ak.to_numpy(flat) * factors, ak.num(values)) if values.ndim > 1 \
+            else ak.to_numpy(values) * factors
+    return ak.with_field(events, varied, branch), weight
 
 
 class Analysis:
@@ -104,8 +137,9 @@ class Analysis:
                                    s.tree or cfg.tree) for s in cfg.samples.values())
         with tqdm(total=total, desc="reading events", unit="ev", disable=not progress,
                   leave=False) as bar:
-            self.samples = {name: _read_sample(cfg, name, self.plan, base, generated, bar)
-                            for name in cfg.samples}
+            self.samples = {}
+            for name in cfg.samples:
+                self.samples.update(_read_sample(cfg, name, self.plan, base, generated, bar))
         self._edges = {r: jnp.asarray(reg.binning.edges) for r, reg in cfg.regions.items()}
         if self.engine == "compiled":
             self._buffers = {n: ragged.to_device(s.lowered.buffers) for n, s in self.samples.items()}

@@ -126,7 +126,9 @@ def run(
     report.write_root_histograms(out_dir / "histograms.root", hists)
     plot.history(report.read_history(out_dir / "history.csv"), cfg.objective.kind,
                  out_dir / "objective_history.png")
-    plot.templates(hists, out_dir / "histograms.png", cfg.model.signal)
+    nominal = {stage: {r: {s: h for s, h in hs.items() if s in cfg.nominal_samples}
+                       for r, hs in regions.items()} for stage, regions in hists.items()}
+    plot.templates(nominal, out_dir / "histograms.png", cfg.model.signal)
     if sensitivity:
         plot.sensitivity(sensitivity, out_dir / "sensitivity.png")
     results["wall_seconds"] = time.perf_counter() - start
