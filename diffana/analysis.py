@@ -236,7 +236,8 @@ class Analysis:
     def hard_histograms(self, params: dict) -> dict:
         """Hard cuts filled into ``hist.Hist`` histograms ``[region][sample]``."""
         events = self.region_events(params, hard=True)
-        return {r: {s: hard_histogram(*events[s][r], self.cfg.regions[r].binning.edges)
+        return {r: {s: hard_histogram(*events[s][r], self.cfg.regions[r].binning.edges,
+                                      label=self.cfg.regions[r].observable)
                     for s in self.samples} for r in self.cfg.regions}
 
     def hard_yields(self, params: dict) -> dict:

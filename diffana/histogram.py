@@ -43,8 +43,9 @@ def kde_histogram(x, weights, edges, bandwidth):
     return weights @ frac, (weights * weights) @ (frac * frac)
 
 
-def hard_histogram(x, weights, edges) -> hist.Hist:
+def hard_histogram(x, weights, edges, label: str = "x") -> hist.Hist:
     """The ordinary weighted histogram (values and variances ``Σw²``) as a ``hist.Hist``."""
-    h = hist.Hist(hist.axis.Variable(np.asarray(edges), name="x"), storage=hist.storage.Weight())
+    h = hist.Hist(hist.axis.Variable(np.asarray(edges), name="x", label=label),
+                  storage=hist.storage.Weight())
     h.fill(x=np.asarray(x), weight=np.asarray(weights))
     return h

@@ -53,6 +53,7 @@ def templates(stages: dict[str, dict], path: Path, signal: list[str]) -> None:
                 ax.set_ylabel("events / bin")
                 ax.set_xlabel(hs[order[0]].axes[0].label or "observable")
                 ax.legend(fontsize=12)
+        fig.subplots_adjust(wspace=0.35, hspace=0.35)
         _save(fig, path)
 
 

@@ -94,3 +94,15 @@ def test_example_yaml_run(tmp_path):
                        tmp_path=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "out" / "results.json").is_file()
+
+
+@pytest.mark.slow
+def test_cli_run_awkward_engine(tmp_path):
+    cfg_path = write_config(tmp_path / "small.yaml", default_config_dict(2_000))
+    proc = subprocess.run(
+        [sys.executable, "-m", "diffana.cli", "run", str(cfg_path), "--steps", "2", "--engine",
+         "awkward", "--out", str(tmp_path / "run"), "--quiet"],
+        capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert res["engine"] == "awkward" and res["steps_done"] == 2
