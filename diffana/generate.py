@@ -97,11 +97,16 @@ def register_generator(name: str):
     return deco
 
 
-def ensure_generated(kind: str, events: int, seed: int, progress=print) -> Path:
-    """Generate the events once into the cache and return their directory."""
+def generated_dir(kind: str, events: int, seed: int) -> Path:
+    """The cache directory of one generated sample set (it may not exist yet)."""
     if kind not in GENERATORS:
         raise ConfigError(f"generate.kind: unknown generator {kind!r} (known: {sorted(GENERATORS)})")
-    out = cache_dir() / f"{kind}-{events}-seed{seed}"
+    return cache_dir() / f"{kind}-{events}-seed{seed}"
+
+
+def ensure_generated(kind: str, events: int, seed: int, progress=print) -> Path:
+    """Generate the events once into the cache and return their directory."""
+    out = generated_dir(kind, events, seed)
     done = out / ".complete"
     if not done.exists():
         if progress:

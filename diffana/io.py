@@ -60,6 +60,12 @@ def _check_branches(path: Path, obj, branches: Sequence[str]) -> None:
             raise DataError(f"{path}: branch {b!r} not found in {obj.name!r}{hint}")
 
 
+def check_branches(path: str | Path, tree: str, branches: Sequence[str]) -> None:
+    """Open ``path`` and check that ``tree`` has ``branches``, without reading events."""
+    path = Path(path)
+    _check_branches(path, _open_events(path, tree), list(dict.fromkeys(branches)))
+
+
 def num_entries(files: Sequence[str | Path], tree: str) -> int:
     """Total number of events in ``files``."""
     return sum(int(_open_events(Path(f), tree).num_entries) for f in files)

@@ -176,3 +176,25 @@ def test_observable_needs_its_keys(tmp_path):
     data["observables"]["ht"] = {"kind": "sum", "collection": "jets"}
     with pytest.raises(ConfigError, match=r"observables\.ht\.field: observable kind 'sum' needs field"):
         load(write_config(tmp_path / "c.yaml", data))
+
+
+def test_validate_checks_inputs(tmp_path, capsys):
+    from conftest import DATA
+
+    data = {
+        "samples": {"s": {"files": [str(DATA / "nano_tt_v12.root")], "cross_section": 1.0},
+                    "b": {"files": [str(DATA / "nano_tt_v12.root")], "cross_section": 1.0}},
+        "objects": {"jets": {"source": "Jet", "fields": {"btag": "Jet_btagCSVV2"}}},
+        "observables": {"ht": {"kind": "sum", "collection": "jets", "field": "pt"},
+                        "nb": {"kind": "sum", "collection": "jets", "field": "btag"}},
+        "regions": {"SR": {"observable": "ht", "binning": {"bins": 2, "low": 0, "high": 100}}},
+        "model": {"signal": ["s"]},
+    }
+    path = write_config(tmp_path / "c.yaml", data)
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "nano_tt_v12.root: branch 'Jet_btagCSVV2' not found" in err
+    assert "Jet_btagDeepFlavB" in err and "\n" not in err
+    data["objects"]["jets"]["fields"]["btag"] = "Jet_btagDeepFlavB"
+    assert main(["validate", str(write_config(path, data))]) == 0
+    assert "2 input files checked" in capsys.readouterr().out
