@@ -145,14 +145,43 @@ def first_selected(weights, starts):
         >>> [float(v) for v in p]
         [0.0, 1.0, 0.0, 1.0]
     """
+    return nth_selected(weights, starts, 1)[:, 0]
+
+
+def nth_selected(weights, starts, n: int):
+    """Soft "i-th selected object", ``i = 0 .. n-1``, of each event.
+
+    ``p[c, i] = w_c · P(exactly i objects before c are selected)``, the probability that
+    object ``c`` is the i-th selected one of its event (objects laid out event by event in
+    their order, ``starts`` marking each event's first). With 0/1 weights it is 1 exactly for
+    the i-th selected object, as ``objects[mask][:, i]`` would pick.
+
+    The count distribution of the objects before ``c`` is the Poisson-binomial generating
+    polynomial ``Π (1 - w + w·z)``, truncated to degree ``n - 1``; a segmented associative
+    scan multiplies these polynomials along each event.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> p = nth_selected(jnp.array([1.0, 0.0, 1.0, 1.0]), jnp.array([1, 0, 0, 0]), 2)
+        >>> [[float(v) for v in row] for row in p]
+        [[1.0, 0.0], [0.0, 0.0], [0.0, 1.0], [0.0, 0.0]]
+    """
     starts = starts.astype(bool)
-    keep = 1.0 - weights
+    # polynomial of one object: (1 - w) + w·z, coefficients of z^0 .. z^(n-1)
+    poly = jnp.zeros((weights.shape[0], n), dtype=weights.dtype).at[:, 0].set(1.0 - weights)
+    if n > 1:
+        poly = poly.at[:, 1].set(weights)
+
+    def multiply(a, b):  # truncated polynomial product, batched over objects
+        return jnp.stack([sum(a[..., m] * b[..., k - m] for m in range(k + 1))
+                          for k in range(n)], axis=-1)
 
     def combine(left, right):
-        f1, v1 = left
-        f2, v2 = right
-        return f1 | f2, jnp.where(f2, v2, v1 * v2)
+        f1, a = left
+        f2, b = right
+        return f1 | f2, jnp.where(f2[..., None], b, multiply(a, b))
 
-    _, inclusive = jax.lax.associative_scan(combine, (starts, keep))
-    before = jnp.where(starts, 1.0, jnp.roll(inclusive, 1))
-    return weights * before
+    _, inclusive = jax.lax.associative_scan(combine, (starts, poly))
+    unit = jnp.zeros((1, n), dtype=weights.dtype).at[0, 0].set(1.0)
+    before = jnp.where(starts[:, None], unit, jnp.roll(inclusive, 1, axis=0))
+    return weights[:, None] * before

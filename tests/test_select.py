@@ -147,3 +147,34 @@ def test_genweight_normalisation():
     np.testing.assert_allclose(ana.samples["sample"].lowered.weight, expected, rtol=1e-12)
     assert (gw < 0).any()
     np.testing.assert_allclose(ana.samples["other"].lowered.weight, 50.0 * 1000.0 / 200)
+
+
+def test_nth_selected_hard_and_soft():
+    rng = np.random.default_rng(5)
+    counts = rng.integers(0, 7, 40)
+    starts = np.zeros(counts.sum(), dtype=bool)
+    starts[np.concatenate([[0], np.cumsum(counts)[:-1]])[counts > 0]] = True
+    mask = rng.random(counts.sum()) < 0.6
+    p = np.asarray(select.nth_selected(jnp.asarray(mask, dtype=float), jnp.asarray(starts), 4))
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    for e in range(len(counts)):
+        chosen = np.flatnonzero(mask[offsets[e]:offsets[e + 1]]) + offsets[e]
+        for i in range(4):
+            expected = np.zeros(counts.sum())
+            if i < len(chosen):
+                expected[chosen[i]] = 1.0
+            np.testing.assert_array_equal(p[offsets[e]:offsets[e + 1], i],
+                                          expected[offsets[e]:offsets[e + 1]])
+    # soft: for each event, Σ_c p[c, i] = P(at least i+1 selected); check against brute force
+    w = jnp.asarray(rng.uniform(0.05, 0.95, 5))
+    p = select.nth_selected(w, jnp.array([1, 0, 0, 0, 0]), 3)
+    import itertools
+
+    brute = np.zeros((5, 3))
+    for bits in itertools.product([0, 1], repeat=5):
+        prob = np.prod([float(w[k]) if b else 1 - float(w[k]) for k, b in enumerate(bits)])
+        for rank, c in enumerate(np.flatnonzero(bits)[:3]):
+            brute[c, rank] += prob
+    np.testing.assert_allclose(p, brute, rtol=1e-12)
+    check_grads(lambda w: select.nth_selected(w, jnp.array([1, 0, 0, 1, 0]), 3), (w,), order=1,
+                modes=("fwd", "rev"))
