@@ -46,6 +46,7 @@ class SampleEvents:
     files: list[Path]
     lowered: ragged.Lowered
     norm: float  # σ·L/N_total (or σ·L/ΣgenWeight per unit genWeight)
+    reweight: tuple[str, float] | None = None  # (observable, slope) of a reweight variation
 
     @property
     def n_events(self) -> int:
@@ -74,9 +75,15 @@ def _read_sample(cfg: AnalysisConfig, name: str, plan: ragged.Plan, base: Path,
         weight = norm * np.asarray(events["genWeight"], dtype=np.float64)
     out = {name: SampleEvents(name, files, ragged.lower(events, plan, weight), norm)}
     for vname, (sample, variation) in cfg.variation_samples().items():
-        if sample == name:
-            varied, vweight = _apply_variation(cfg, name, variation, events, weight)
-            out[vname] = SampleEvents(vname, files, ragged.lower(varied, plan, vweight), norm)
+        if sample != name:
+            continue
+        rw = cfg.variations[variation].reweight
+        if rw is not None:  # same events, a soft per-event weight applied in the pipeline
+            out[vname] = SampleEvents(vname, files, out[name].lowered, norm,
+                                      (str(rw["observable"]), float(rw["slope"])))
+            continue
+        varied, vweight = _apply_variation(cfg, name, variation, events, weight)
+        out[vname] = SampleEvents(vname, files, ragged.lower(varied, plan, vweight), norm)
     return out
 
 
@@ -142,7 +149,10 @@ class Analysis:
                 self.samples.update(_read_sample(cfg, name, self.plan, base, generated, bar))
         self._edges = {r: jnp.asarray(reg.binning.edges) for r, reg in cfg.regions.items()}
         if self.engine == "compiled":
-            self._buffers = {n: ragged.to_device(s.lowered.buffers) for n, s in self.samples.items()}
+            on_device: dict[int, dict] = {}  # reweight variations share their nominal's buffers
+            self._buffers = {
+                n: on_device.setdefault(id(s.lowered), ragged.to_device(s.lowered.buffers))
+                for n, s in self.samples.items()}
             self._value_and_grad = jax.jit(jax.value_and_grad(self._loss_compiled))
             self._soft_events = jax.jit(partial(self._region_events_compiled, hard=False))
             self._hard_events = jax.jit(partial(self._region_events_compiled, hard=True))
@@ -177,11 +187,13 @@ class Analysis:
 
     # --- select and observe -----------------------------------------------------------------
 
-    def _region_events(self, ops, params: dict, weight, hard: bool) -> dict:
+    def _region_events(self, ops, params: dict, weight, hard: bool, reweight=None) -> dict:
         cfg = self.cfg
         weights = select.object_weights(cfg, self.plan, ops, params, hard)
         obs = observe.evaluate(cfg, self.plan, ops, weights)
         common = select.event_weights(cfg, self.plan, ops, cfg.selection, weights, obs, params, hard)
+        if reweight is not None:
+            common = common * (1.0 + reweight[1] * obs[reweight[0]])
         out = {}
         for rname, region in cfg.regions.items():
             w = common * select.event_weights(cfg, self.plan, ops, region.selection, weights, obs,
@@ -191,7 +203,7 @@ class Analysis:
 
     def _region_events_compiled(self, params: dict, buffers: dict, hard: bool) -> dict:
         return {n: self._region_events(ragged.CompiledOps(buffers[n], s.n_events), params,
-                                       buffers[n]["weight"], hard)
+                                       buffers[n]["weight"], hard, s.reweight)
                 for n, s in self.samples.items()}
 
     def region_events(self, params: dict, hard: bool = False) -> dict:
@@ -205,7 +217,7 @@ class Analysis:
         # Fresh JAX-backed Awkward arrays per evaluation: arrays reused across nested
         # transforms (jacrev after a vjp) were seen to give wrong cotangents.
         return {n: self._region_events(ragged.AwkwardOps(s.lowered), params,
-                                       jnp.asarray(s.lowered.weight), hard)
+                                       jnp.asarray(s.lowered.weight), hard, s.reweight)
                 for n, s in self.samples.items()}
 
     # --- histogram --------------------------------------------------------------------------

@@ -83,6 +83,49 @@ class Sample(_Strict):
         return self
 
 
+class Variation(_Strict):
+    """A systematic variation computed from the nominal events of each sample it applies to.
+
+    Exactly one of:
+
+    - ``scale: {branch: Jet_pt, factor: 1.03}``: a branch multiplied by a factor (JES),
+    - ``smear: {branch: Jet_pt, sigma: 0.05}``: each value × N(1, σ), seeded by ``seed`` (JER),
+    - ``weight: 1.025``: the event weights multiplied by a factor,
+    - ``reweight: {observable: jet0_pt, slope: 0.0015}``: event weights multiplied by
+      ``1 + slope · observable`` — a per-event observable, so soft and differentiable (the
+      AGC b-tag variations: ``1 ± 0.075 · pT_i / 50`` with ``pT_i`` the i-th selected jet's).
+
+    The varied events of sample ``S`` are the sample ``S_<name>``: they go through the same
+    (soft) selection again, so the variation's templates follow the cuts. ``samples``
+    defaults to every nominal sample.
+    """
+
+    scale: dict[str, str | Number] | None = None
+    smear: dict[str, str | Number] | None = None
+    weight: Number | None = Field(None, gt=0)
+    reweight: dict[str, str | Number] | None = None
+    samples: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Variation:
+        kinds = [k for k in ("scale", "smear", "weight", "reweight") if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError(
+                f"give exactly one of scale, smear, weight, reweight (got {kinds or 'none'})")
+        if self.reweight is not None and (
+                set(self.reweight) != {"observable", "slope"}
+                or not isinstance(self.reweight["observable"], str)
+                or isinstance(self.reweight["slope"], str)):
+            raise ValueError(f"reweight needs {{observable: NAME, slope: NUMBER}}, got {self.reweight}")
+        for kind, number in (("scale", "factor"), ("smear", "sigma")):
+            given = getattr(self, kind)
+            if given is not None and (set(given) != {"branch", number}
+                                      or not isinstance(given["branch"], str)
+                                      or isinstance(given[number], str)):
+                raise ValueError(f"{kind} needs {{branch: NAME, {number}: NUMBER}}, got {given}")
+        return self
+
+
 # --- parameters -----------------------------------------------------------------------------
 
 
@@ -234,17 +277,28 @@ class Systematic(_Strict):
     ``histosys``: ``variations`` maps a sample to its ``{up: SAMPLE, down: SAMPLE}`` variation
     samples (``down`` may be omitted: symmetrised as ``2·nominal − up``).
     ``lumi`` uses ``up`` as the relative uncertainty on every sample listed.
+    ``normplusshape`` (cabinetry's NormPlusShape): ``up``/``down`` name variations (strings,
+    e.g. ``pt_scale_up``); the template of sample ``S`` is then ``S_<variation>`` (in a
+    histogram file ``<region>_S_<variation>``). Each variation is split into a ``normsys``
+    (its yield ratio to nominal) and a ``histosys`` (its shape, normalised to the nominal
+    yield). Without ``down``, ``symmetrise: true`` mirrors the up variation (cabinetry's
+    ``Symmetrize``). ``samples`` defaults to every nominal sample.
     """
 
     name: str
-    type: Literal["normsys", "histosys", "lumi"]
+    type: Literal["normsys", "histosys", "lumi", "normplusshape"]
     samples: list[str] = Field(default_factory=list)
-    up: Number | None = None
-    down: Number | None = None
+    up: Number | str | None = None
+    down: Number | str | None = None
+    symmetrise: StrictBool = False
     variations: dict[str, dict[str, str]] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _complete(self) -> Systematic:
+        numbers = all(v is None or isinstance(v, float) for v in (self.up, self.down))
+        if self.type in ("normsys", "lumi") and not numbers:
+            raise ValueError(f"a {self.type} needs numbers for up and down, got "
+                             f"up={self.up!r}, down={self.down!r}")
         if self.type == "normsys" and (self.up is None or self.down is None or not self.samples):
             raise ValueError("a normsys needs samples, up and down")
         if self.type == "histosys":
@@ -256,16 +310,34 @@ class Systematic(_Strict):
                     raise ValueError(f"variations.{s} needs up (and optionally down), got {sorted(v)}")
         if self.type == "lumi" and (self.up is None or not self.samples):
             raise ValueError("a lumi systematic needs samples and up (the relative uncertainty)")
+        if self.type == "normplusshape":
+            if not isinstance(self.up, str) or isinstance(self.down, float):
+                raise ValueError("a normplusshape needs up (and down) naming variations, e.g. "
+                                 f"up: pt_scale_up; got up={self.up!r}, down={self.down!r}")
+            if (self.down is None) != self.symmetrise:
+                raise ValueError("a normplusshape needs exactly one of down (a variation) and "
+                                 f"symmetrise: true; got down={self.down!r}, "
+                                 f"symmetrise={self.symmetrise}")
+        elif self.symmetrise:
+            raise ValueError(f"symmetrise applies to normplusshape only, not {self.type}")
         return self
 
 
 class ModelConfig(_Strict):
-    """The HistFactory model: signal samples carry the POI normfactor."""
+    """The HistFactory model: signal samples carry the POI normfactor (``poi_bounds``)."""
 
     poi: str = "mu"
+    poi_bounds: tuple[Number, Number] = (0.0, 10.0)
     signal: list[str] = Field(min_length=1)
     staterror: StrictBool = False
     systematics: list[Systematic] = Field(default_factory=list)
+
+    @field_validator("poi_bounds")
+    @classmethod
+    def _increasing(cls, bounds: tuple[float, float]) -> tuple[float, float]:
+        if not bounds[0] < bounds[1]:
+            raise ValueError("bounds must be increasing")
+        return bounds
 
 
 OBJECTIVES = ("discovery_significance", "expected_cls", "poi_uncertainty", "asimov_significance")
@@ -310,6 +382,7 @@ class AnalysisConfig(_Strict):
     step_size: StrictInt = Field(500_000, gt=0)
     luminosity: Number = Field(1.0, gt=0)
     samples: dict[str, Sample] = Field(min_length=1)
+    variations: dict[str, Variation] = Field(default_factory=dict)
     parameters: dict[str, Parameter] = Field(default_factory=dict)
     objects: dict[str, ObjectCollection] = Field(default_factory=dict)
     observables: dict[str, Observable] = Field(default_factory=dict)
@@ -330,6 +403,20 @@ class AnalysisConfig(_Strict):
     def nominal_samples(self) -> list[str]:
         """Samples that enter the model as processes (not variations)."""
         return [n for n, s in self.samples.items() if s.variation_of is None]
+
+    def variation_samples(self) -> dict[str, tuple[str, str]]:
+        """``{S_<variation>: (S, variation)}`` for every computed variation of every sample."""
+        return {f"{s}_{v}": (s, v) for v, var in self.variations.items()
+                for s in (var.samples or self.nominal_samples)}
+
+    def template_sample(self, sample: str, variation: str) -> str | None:
+        """The sample holding ``variation`` of ``sample``: computed or its own files."""
+        name = f"{sample}_{variation}"
+        if name in self.variation_samples():
+            return name
+        if name in self.samples and self.samples[name].variation_of == sample:
+            return name
+        return None
 
 
 class _RefError(ValueError):
@@ -411,6 +498,17 @@ def _check_references(cfg: AnalysisConfig) -> None:
                 f"{sample.variation_of!r} is not a nominal sample ({cfg.nominal_samples})",
             )
     nominal = cfg.nominal_samples
+    for vname, var in cfg.variations.items():
+        if var.reweight is not None and var.reweight["observable"] not in cfg.observables:
+            raise _RefError(f"variations.{vname}.reweight.observable",
+                            f"{var.reweight['observable']!r} is not an observable "
+                            f"(defined: {sorted(cfg.observables)})")
+        for j, s in enumerate(var.samples):
+            if s not in nominal:
+                raise _RefError(f"variations.{vname}.samples[{j}]", f"{s!r} is not a nominal sample")
+    for name in cfg.variation_samples():
+        if name in cfg.samples:
+            raise _RefError("variations", f"variation sample {name!r} is also a sample name")
     for i, s in enumerate(cfg.model.signal):
         if s not in nominal:
             raise _RefError(f"model.signal[{i}]", f"{s!r} is not a nominal sample ({nominal})")
@@ -430,10 +528,12 @@ def _check_references(cfg: AnalysisConfig) -> None:
             if s not in nominal:
                 raise _RefError(f"model.systematics[{i}].variations.{s}", f"{s!r} is not a nominal sample")
             for k, v in var.items():
-                if v not in cfg.samples or cfg.samples[v].variation_of != s:
+                computed = cfg.variation_samples().get(v, (None, None))[0] == s
+                if not computed and (v not in cfg.samples or cfg.samples[v].variation_of != s):
                     raise _RefError(
                         f"model.systematics[{i}].variations.{s}.{k}",
-                        f"{v!r} is not a sample with variation_of: {s}",
+                        f"{v!r} is neither a sample with variation_of: {s} nor a variation "
+                        f"of {s} (known: {sorted(cfg.variation_samples())})",
                     )
 
 

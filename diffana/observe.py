@@ -85,6 +85,22 @@ def leading(ops, spec, weights, plan):
     return ops.first(cp.root, ops.field(cp.root, spec.field), float(spec.options.get("default", 0.0)))
 
 
+@register_observable("nth", requires=("collection", "field"))
+def nth(ops, spec, weights, plan):
+    """A field of the i-th selected object (``options.index``, default 0: the leading one).
+
+    Soft: ``Σ_c p_c x_c`` with ``p_c`` the probability that object ``c`` is the i-th selected
+    (:func:`diffana.select.nth_selected`); 0 for an event with fewer selected objects.
+    """
+    from diffana.select import nth_selected
+
+    root = plan.collections[spec.collection].root
+    index = int(spec.options.get("index", 0))
+    w = ops.flat(root, weights[spec.collection])
+    p = nth_selected(w, ops.starts(root), index + 1)[:, index]
+    return ops.sum_flat(root, p * ops.flat(root, ops.field(root, spec.field)))
+
+
 @register_observable("branch", requires=("options.branch",))
 def event_branch(ops, spec, weights, plan):
     """A flat per-event branch (``options.branch``, e.g. ``MET_pt``)."""

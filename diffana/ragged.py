@@ -13,6 +13,8 @@ The two engines see the same lowered events through an ``ops`` object with a tin
 - ``ops.first(root, values, default)``: the first object's value per event,
 - ``ops.event_branch(name)``: a flat per-event branch,
 - ``ops.flat(root, values)``: per-object values as one flat JAX array (all events),
+- ``ops.starts(root)``: flat flags marking each event's first object,
+- ``ops.sum_flat(root, values)``: per-event sums of flat per-object values,
 - ``ops.prepared(name)``: the structure an observable computed once when lowering,
 - ``ops.sigmoid``/``ops.step``/``ops.abs``: element-wise functions on per-object arrays.
 
@@ -173,6 +175,7 @@ def lower(events: ak.Array, the_plan: Plan, weight: np.ndarray) -> Lowered:
             "owner": np.repeat(np.arange(n, dtype=np.int32), counts),
             "first": np.minimum(offsets[:-1], max(int(offsets[-1]) - 1, 0)).astype(np.int32),
             "count": counts.astype(np.int32),
+            "starts": np.isin(np.arange(int(offsets[-1])), offsets[:-1]),
         }
     from diffana.observe import PREPARE
 
@@ -224,6 +227,12 @@ class CompiledOps:
 
     def flat(self, root: str, values):
         return values
+
+    def starts(self, root: str):
+        return self.buffers["collections"][root]["starts"]
+
+    def sum_flat(self, root: str, values):
+        return self.sum(root, values)
 
     def prepared(self, name: str) -> dict:
         return self.buffers["prepared"][name]
@@ -288,6 +297,14 @@ class AwkwardOps:
 
     def flat(self, root: str, values):
         return ak.to_jax(ak.flatten(values, axis=1))
+
+    def starts(self, root: str):
+        return jnp.asarray(self.lowered.buffers["collections"][root]["starts"])
+
+    def sum_flat(self, root: str, values):
+        owner = jnp.asarray(self.lowered.buffers["collections"][root]["owner"])
+        return jax.ops.segment_sum(values, owner, num_segments=self.n_events,
+                                   indices_are_sorted=True)
 
     def prepared(self, name: str) -> dict:
         return {k: jnp.asarray(v) for k, v in self.lowered.buffers["prepared"][name].items()}

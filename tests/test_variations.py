@@ -76,3 +76,38 @@ def test_bad_variation_reference():
     data["variations"]["jes_up"] = {"scale": {"branch": "Jet_pt"}}
     with pytest.raises(ConfigError, match=r"variations\.jes_up.*scale needs"):
         load_dict(data)
+
+
+def test_reweight_variation_and_nth_observable():
+    data = default_config_dict(3_000)
+    data["observables"]["jet0_pt"] = {"kind": "nth", "collection": "jets", "field": "pt",
+                                      "options": {"index": 0}}
+    data["observables"]["jet2_pt"] = {"kind": "nth", "collection": "jets", "field": "pt",
+                                      "options": {"index": 2}}
+    data["variations"] = {"btag_var_0_up": {"reweight": {"observable": "jet0_pt",
+                                                         "slope": 0.0015}}}
+    data["model"]["systematics"].append(
+        {"name": "btag_0", "type": "histosys",
+         "variations": {"ttbar": {"up": "ttbar_btag_var_0_up"}}})
+    ana = Analysis(load_dict(data), ROOT / "configs", progress=False)
+    assert ana.samples["ttbar_btag_var_0_up"].lowered is ana.samples["ttbar"].lowered
+    p = ana.initial_params()
+    events = ana.region_events(p, hard=True)
+    x0, w0 = events["ttbar"]["signal_region"]
+    _, w1 = events["ttbar_btag_var_0_up"]["signal_region"]
+    # the hard twin: the leading selected jet's pT, as a boolean-mask analysis would take it
+    jets = ana.samples["ttbar"].lowered.jagged["jets"]
+    import awkward as ak
+
+    sel = jets[(jets.pt > float(p["jet_pt_min"])) & (abs(jets.eta) < 2.4)]
+    lead = ak.to_numpy(ak.fill_none(ak.firsts(sel.pt), 0.0))
+    third = ak.to_numpy(ak.fill_none(ak.firsts(sel.pt[:, 2:]), 0.0))
+    np.testing.assert_allclose(np.asarray(w1), np.asarray(w0) * (1 + 0.0015 * lead), rtol=1e-12)
+    from diffana import observe, ragged, select
+
+    ops = ragged.CompiledOps(ana._buffers["ttbar"], ana.samples["ttbar"].n_events)
+    weights = select.object_weights(ana.cfg, ana.plan, ops, p, hard=True)
+    obs = observe.evaluate(ana.cfg, ana.plan, ops, weights)
+    np.testing.assert_allclose(obs["jet2_pt"], third, rtol=1e-12)
+    loss, grad = ana.loss_and_grad(ana.to_unit(p), p)
+    assert np.all(np.isfinite(np.asarray(grad)))
