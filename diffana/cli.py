@@ -5,6 +5,8 @@
     diffana run configs/ttbar_vs_wjets.yaml [--steps N] [--out DIR] [--engine compiled|awkward] [--seed S]
     diffana validate configs/ttbar_vs_wjets.yaml
     diffana generate ttbar_vs_wjets --events N --seed S --out DIR
+    diffana fit configs/agc_ttbar.yaml --histograms FILE [--out DIR] [--data pseudodata]
+        [--n-total SAMPLE=N ...] [--nanoaod-inputs FILE --files-per-process N]
 
 Errors a user can fix print one line (file, key path or branch, value, what is expected)
 and exit with code 2; there is no traceback.
@@ -39,18 +41,52 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--events", type=int, default=200_000)
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--out", type=Path, required=True)
+
+    fit = sub.add_parser("fit", help="fit the configuration's model to histograms "
+                         "(JSON or ROOT, cabinetry's histogram mode)")
+    fit.add_argument("config", type=Path)
+    fit.add_argument("--histograms", type=Path, required=True,
+                     help="JSON ({region}_{sample}[_{variation}]: {edges, contents}) or ROOT file")
+    fit.add_argument("--out", type=Path,
+                     help="output directory (default runs/<name>-fit-<timestamp>)")
+    fit.add_argument("--data", default="pseudodata",
+                     help="sample name of the observations, {region}_{data} (default pseudodata)")
+    fit.add_argument("--n-total", action="append", default=[], metavar="SAMPLE=N",
+                     help="events the sample's histograms were normalised with (w = σ·L/N), "
+                          "for the MC variances w·Σw; repeatable")
+    fit.add_argument("--nanoaod-inputs", type=Path, metavar="FILE",
+                     help="AGC nanoaod_inputs.json: N_total per sample from its file list")
+    fit.add_argument("--files-per-process", type=int, metavar="N",
+                     help="with --nanoaod-inputs: the first N files per process were used")
     return ap
+
+
+def _n_total(args) -> dict[str, int]:
+    """``N_total`` per sample: ``--nanoaod-inputs``/``--files-per-process``, then ``--n-total``."""
+    from diffana.histfit import agc_n_total
+
+    out: dict[str, int] = {}
+    if (args.nanoaod_inputs is None) != (args.files_per_process is None):
+        raise DiffanaError("--nanoaod-inputs and --files-per-process go together")
+    if args.nanoaod_inputs is not None:
+        out.update(agc_n_total(args.nanoaod_inputs, args.files_per_process))
+    for item in args.n_total:
+        sample, _, number = item.partition("=")
+        try:
+            out[sample] = int(number)
+        except ValueError:
+            raise DiffanaError(f"--n-total: expected SAMPLE=N with an integer N, got {item!r}"
+                               ) from None
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "validate":
-            from diffana.config import load
+            from diffana.run import validate
 
-            cfg = load(args.config)
-            print(f"{args.config}: valid ({len(cfg.samples)} samples, {len(cfg.regions)} regions, "
-                  f"{sum(p.trainable for p in cfg.parameters.values())} trainable parameters)")
+            print(validate(args.config))
         elif args.command == "run":
             from diffana.run import run
 
@@ -67,6 +103,11 @@ def main(argv: list[str] | None = None) -> int:
             paths = GENERATORS[args.kind](args.out, args.events, args.seed)
             for sample, path in paths.items():
                 print(f"{sample}: {path}")
+        elif args.command == "fit":
+            from diffana.histfit import fit_histograms
+
+            fit_histograms(args.config, args.histograms, args.out, data=args.data,
+                           n_total=_n_total(args))
     except DiffanaError as err:
         print(f"diffana: error: {err}", file=sys.stderr)
         return 2

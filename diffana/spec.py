@@ -8,7 +8,10 @@ One channel per region, one pyhf sample per nominal sample. Modifiers:
 - ``normsys`` with the configured ``up``/``down`` factors,
 - ``histosys`` whose up/down templates are the histograms of variation samples
   (a missing ``down`` is symmetrised as ``2·nominal − up``),
-- ``lumi`` with auxiliary measurement ``1 ± up``.
+- ``lumi`` with auxiliary measurement ``1 ± up``,
+- ``normplusshape`` as cabinetry's NormPlusShape: a ``normsys`` and a ``histosys`` of the
+  same name (see :func:`norm_plus_shape`); the variation templates are
+  ``yields[region][f"{sample}_{variation}"]``.
 
 The leaves of the spec may be JAX arrays (traced: the histograms depend on the cuts) or
 NumPy arrays; :func:`to_json` turns it into plain JSON for ``pyhf.Workspace``.
@@ -19,7 +22,8 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from diffana.config import AnalysisConfig
+from diffana.config import AnalysisConfig, Systematic
+from diffana.exceptions import DataError
 
 
 def staterror_name(region: str) -> str:
@@ -57,6 +61,8 @@ def build(cfg: AnalysisConfig, yields: dict, observations: dict | None = None) -
                           else 2.0 * y["nominal"] - hi)
                     mods.append({"name": syst.name, "type": "histosys",
                                  "data": {"hi_data": hi, "lo_data": lo}})
+                elif syst.type == "normplusshape" and name in (syst.samples or cfg.nominal_samples):
+                    mods.extend(_normplusshape_modifiers(syst, region, name, yields[region]))
             samples.append({"name": name, "data": y["nominal"], "modifiers": mods})
         channels.append({"name": region, "samples": samples})
         data = (observations or {}).get(region)
@@ -64,7 +70,7 @@ def build(cfg: AnalysisConfig, yields: dict, observations: dict | None = None) -
             data = sum(yields[region][s]["nominal"] for s in cfg.nominal_samples)
         obs.append({"name": region, "data": data})
 
-    parameters = [{"name": m.poi, "bounds": [[0.0, 10.0]], "inits": [1.0]}]
+    parameters = [{"name": m.poi, "bounds": [list(m.poi_bounds)], "inits": [1.0]}]
     for syst in m.systematics:
         if syst.type == "lumi":
             parameters.append({"name": syst.name, "auxdata": [1.0], "sigmas": [syst.up],
@@ -77,6 +83,70 @@ def build(cfg: AnalysisConfig, yields: dict, observations: dict | None = None) -
                           "config": {"poi": m.poi, "parameters": parameters}}],
         "version": "1.0.0",
     }
+
+
+def variation_key(sample: str, variation: str) -> str:
+    """The key of a variation template of ``sample`` in ``yields[region]``."""
+    return f"{sample}_{variation}"
+
+
+def norm_plus_shape(nominal, up, down=None):
+    """Split a variation into a normalisation and a shape effect, as cabinetry does.
+
+    The normalisation effect is the yield ratio ``Σup / Σnominal``; the shape template is the
+    variation scaled to the nominal yield. Without ``down`` the variation is symmetrised the
+    way cabinetry's ``Symmetrize`` does it (normalise first, then mirror): ``lo = 2 − hi`` for
+    the normalisation and ``2·nominal − up_shape`` for the shape. Works on NumPy and (traced)
+    JAX arrays (NumPy in, NumPy float64 out). A sample with no nominal yield gets no effect
+    (factors 1, nominal shapes).
+
+    Returns:
+        ``(norm_hi, norm_lo, hi_data, lo_data)``.
+
+    Example:
+        >>> import numpy as np
+        >>> nominal, up = np.array([10.0, 10.0]), np.array([12.0, 10.0])
+        >>> hi, lo, hi_data, lo_data = norm_plus_shape(nominal, up)
+        >>> print(f"{hi:.2f} {lo:.2f}", np.round(hi_data, 3), np.round(lo_data, 3))
+        1.10 0.90 [10.909  9.091] [ 9.091 10.909]
+    """
+    import jax.numpy as jnp
+
+    arrays = (nominal, up) if down is None else (nominal, up, down)
+    xp = np if all(isinstance(a, np.ndarray) for a in arrays) else jnp
+    total = nominal.sum()
+    has_yield = total != 0
+
+    def split(variation):
+        ratio = xp.where(has_yield, variation.sum() / xp.where(has_yield, total, 1.0), 1.0)
+        safe = xp.where(ratio != 0, ratio, 1.0)
+        return ratio, xp.where(has_yield, variation / safe, nominal)
+
+    norm_hi, hi_data = split(up)
+    if down is None:
+        return norm_hi, 2.0 - norm_hi, hi_data, 2.0 * nominal - hi_data
+    norm_lo, lo_data = split(down)
+    return norm_hi, norm_lo, hi_data, lo_data
+
+
+def _normplusshape_modifiers(syst: Systematic, region: str, sample: str, templates: dict) -> list:
+    """The ``normsys`` + ``histosys`` pair of a normplusshape systematic (cabinetry's order)."""
+
+    def template(variation: str):
+        key = variation_key(sample, variation)
+        if key not in templates:
+            raise DataError(f"region {region!r}: no template {key!r} for systematic "
+                            f"{syst.name!r} (sample {sample!r}, variation {variation!r})")
+        return templates[key]["nominal"]
+
+    nominal = templates[sample]["nominal"]
+    down = None if syst.symmetrise else template(syst.down)
+    norm_hi, norm_lo, hi_data, lo_data = norm_plus_shape(nominal, template(syst.up), down)
+    mods = [{"name": syst.name, "type": "normsys", "data": {"hi": norm_hi, "lo": norm_lo}}]
+    if nominal.shape[0] > 1:  # a single bin has no shape (cabinetry adds no histosys then)
+        mods.append({"name": syst.name, "type": "histosys",
+                     "data": {"hi_data": hi_data, "lo_data": lo_data}})
+    return mods
 
 
 def _safe_sqrt(x):
