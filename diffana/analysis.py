@@ -149,10 +149,9 @@ class Analysis:
                 self.samples.update(_read_sample(cfg, name, self.plan, base, generated, bar))
         self._edges = {r: jnp.asarray(reg.binning.edges) for r, reg in cfg.regions.items()}
         if self.engine == "compiled":
-            on_device: dict[int, dict] = {}  # reweight variations share their nominal's buffers
-            self._buffers = {
-                n: on_device.setdefault(id(s.lowered), ragged.to_device(s.lowered.buffers))
-                for n, s in self.samples.items()}
+            # one copy per set of lowered events (reweight variations share their nominal's)
+            self._buffers = {n: ragged.to_device(self.samples[n].lowered.buffers)
+                             for n in self._groups()}
             self._value_and_grad = jax.jit(jax.value_and_grad(self._loss_compiled))
             self._soft_events = jax.jit(partial(self._region_events_compiled, hard=False))
             self._hard_events = jax.jit(partial(self._region_events_compiled, hard=True))
@@ -187,24 +186,41 @@ class Analysis:
 
     # --- select and observe -----------------------------------------------------------------
 
-    def _region_events(self, ops, params: dict, weight, hard: bool, reweight=None) -> dict:
+    def _region_events(self, ops, params: dict, weight, hard: bool,
+                       reweights: dict[str, tuple[str, float] | None]) -> dict:
+        """Select and observe once for one set of lowered events; one entry per sample.
+
+        Reweight variations share their nominal's events: only their event weights differ.
+        """
         cfg = self.cfg
         weights = select.object_weights(cfg, self.plan, ops, params, hard)
         obs = observe.evaluate(cfg, self.plan, ops, weights)
         common = select.event_weights(cfg, self.plan, ops, cfg.selection, weights, obs, params, hard)
-        if reweight is not None:
-            common = common * (1.0 + reweight[1] * obs[reweight[0]])
+        regions = {rname: (obs[region.observable],
+                           common * weight * select.event_weights(
+                               cfg, self.plan, ops, region.selection, weights, obs, params, hard))
+                   for rname, region in cfg.regions.items()}
         out = {}
-        for rname, region in cfg.regions.items():
-            w = common * select.event_weights(cfg, self.plan, ops, region.selection, weights, obs,
-                                              params, hard)
-            out[rname] = (obs[region.observable], w * weight)
+        for name, reweight in reweights.items():
+            factor = 1.0 if reweight is None else 1.0 + reweight[1] * obs[reweight[0]]
+            out[name] = {r: (x, w * factor) for r, (x, w) in regions.items()}
         return out
 
+    def _groups(self) -> dict[str, dict[str, tuple[str, float] | None]]:
+        """Samples grouped by the lowered events they share: ``{owner: {sample: reweight}}``."""
+        owner_of: dict[int, str] = {}
+        groups: dict[str, dict] = {}
+        for n, s in self.samples.items():
+            owner = owner_of.setdefault(id(s.lowered), n)
+            groups.setdefault(owner, {})[n] = s.reweight
+        return groups
+
     def _region_events_compiled(self, params: dict, buffers: dict, hard: bool) -> dict:
-        return {n: self._region_events(ragged.CompiledOps(buffers[n], s.n_events), params,
-                                       buffers[n]["weight"], hard, s.reweight)
-                for n, s in self.samples.items()}
+        out = {}
+        for owner, members in self._groups().items():
+            ops = ragged.CompiledOps(buffers[owner], self.samples[owner].n_events)
+            out.update(self._region_events(ops, params, buffers[owner]["weight"], hard, members))
+        return out
 
     def region_events(self, params: dict, hard: bool = False) -> dict:
         """Per sample and region: ``(observable, event weight)`` per event.
@@ -216,9 +232,12 @@ class Analysis:
             return fn(params, self._buffers)
         # Fresh JAX-backed Awkward arrays per evaluation: arrays reused across nested
         # transforms (jacrev after a vjp) were seen to give wrong cotangents.
-        return {n: self._region_events(ragged.AwkwardOps(s.lowered), params,
-                                       jnp.asarray(s.lowered.weight), hard, s.reweight)
-                for n, s in self.samples.items()}
+        out = {}
+        for owner, members in self._groups().items():
+            lowered = self.samples[owner].lowered
+            out.update(self._region_events(ragged.AwkwardOps(lowered), params,
+                                           jnp.asarray(lowered.weight), hard, members))
+        return out
 
     # --- histogram --------------------------------------------------------------------------
 
