@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import sys
 from pathlib import Path
 from typing import Any, Literal, Union
 
@@ -585,10 +586,17 @@ def _import_plugins(imports: Any, source: str, base_dir: Path | None) -> None:
     for i, name in enumerate(imports):
         try:
             if isinstance(name, str) and name.endswith(".py"):
-                path = Path(name) if base_dir is None else base_dir / name
-                spec = importlib.util.spec_from_file_location(path.stem, path)
-                module = importlib.util.module_from_spec(spec)
-                spec.loader.exec_module(module)
+                path = (Path(name) if base_dir is None else base_dir / name).resolve()
+                module_name = f"diffana_imports.{path.parent.name}.{path.stem}"
+                if module_name not in sys.modules:
+                    spec = importlib.util.spec_from_file_location(module_name, path)
+                    module = importlib.util.module_from_spec(spec)
+                    sys.modules[module_name] = module  # dataclasses and pickling look it up
+                    try:
+                        spec.loader.exec_module(module)
+                    except BaseException:
+                        del sys.modules[module_name]
+                        raise
             else:
                 importlib.import_module(str(name))
         except Exception as err:
