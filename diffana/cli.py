@@ -37,9 +37,10 @@ def _parser() -> argparse.ArgumentParser:
     val.add_argument("config", type=Path)
 
     gen = sub.add_parser("generate", help="write synthetic NanoAOD-like ROOT files")
-    gen.add_argument("kind", help="generator name, e.g. ttbar_vs_wjets")
-    gen.add_argument("--events", type=int, default=200_000)
-    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("kind", help="generator name (ttbar_vs_wjets), or a config whose "
+                     "generate: block (and imports) to use, e.g. configs/agc_ttbar.yaml")
+    gen.add_argument("--events", type=int, help="events in total (default: the config's, or 200000)")
+    gen.add_argument("--seed", type=int, help="seed (default: the config's, or 0)")
     gen.add_argument("--out", type=Path, required=True)
 
     fit = sub.add_parser("fit", help="fit the configuration's model to histograms "
@@ -97,10 +98,20 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "generate":
             from diffana.generate import GENERATORS
 
-            if args.kind not in GENERATORS:
-                raise DiffanaError(f"generate: unknown generator {args.kind!r} "
+            kind, events, seed = args.kind, 200_000, 0
+            if args.kind.endswith((".yaml", ".yml")):
+                from diffana.config import load
+
+                cfg = load(args.kind)  # runs its imports, which register generators
+                if cfg.generate is None:
+                    raise DiffanaError(f"{args.kind}: generate: the config has no generate block")
+                kind, events, seed = cfg.generate.kind, cfg.generate.events, cfg.generate.seed
+            if kind not in GENERATORS:
+                raise DiffanaError(f"generate: unknown generator {kind!r} "
                                    f"(known: {sorted(GENERATORS)})")
-            paths = GENERATORS[args.kind](args.out, args.events, args.seed)
+            events = args.events if args.events is not None else events
+            seed = args.seed if args.seed is not None else seed
+            paths = GENERATORS[kind](args.out, events, seed)
             for sample, path in paths.items():
                 print(f"{sample}: {path}")
         elif args.command == "fit":
