@@ -65,9 +65,13 @@ def agc_m_bjj(path: Path, btag: str, jet_pt_min: float, btag_threshold: float):
     return ak.to_numpy(selected), ak.to_numpy(ak.fill_none(ak.firsts(mass[best]), 0.0))
 
 
-@pytest.mark.parametrize("engine", ["compiled", "awkward"])
-@pytest.mark.parametrize("filename,btag", [("nano_tt_v12.root", "Jet_btagDeepFlavB"),
-                                           ("cms2015_wjets_nanoaod_200.root", "Jet_btagCSVV2")])
+@pytest.mark.parametrize("filename,btag,engine", [
+    ("nano_tt_v12.root", "Jet_btagDeepFlavB", "compiled"),
+    ("nano_tt_v12.root", "Jet_btagDeepFlavB", "awkward"),
+    ("cms2015_wjets_nanoaod_200.root", "Jet_btagCSVV2", "compiled"),
+    pytest.param("cms2015_wjets_nanoaod_200.root", "Jet_btagCSVV2", "awkward",
+                 marks=pytest.mark.slow),
+])
 def test_hard_m_bjj_equals_agc_definition(filename, btag, engine):
     path = DATA / filename
     ana = Analysis(load_dict(config(path, btag)), engine=engine, progress=False)

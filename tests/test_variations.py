@@ -79,7 +79,7 @@ def test_bad_variation_reference():
 
 
 def test_reweight_variation_and_nth_observable():
-    data = default_config_dict(3_000)
+    data = default_config_dict(1_000)
     data["observables"]["jet0_pt"] = {"kind": "nth", "collection": "jets", "field": "pt",
                                       "options": {"index": 0}}
     data["observables"]["jet2_pt"] = {"kind": "nth", "collection": "jets", "field": "pt",
