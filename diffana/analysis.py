@@ -63,6 +63,8 @@ def _read_sample(cfg: AnalysisConfig, name: str, plan: ragged.Plan, base: Path,
     branches += [b for v in cfg.variations.values() for b in _varied_branch(v)]
     events = io.read_branches(files, tree, branches, cfg.step_size, progress=bar.update)
     n = len(events)
+    genweight = (np.asarray(events["genWeight"], dtype=np.float64)
+                 if s.normalisation == "genweight" else None)
     if s.normalisation == "none":
         norm, weight = 1.0, np.ones(n)
     elif s.normalisation == "events":
@@ -72,7 +74,10 @@ def _read_sample(cfg: AnalysisConfig, name: str, plan: ragged.Plan, base: Path,
     else:
         sumw = io.sum_of_weights(files, tree)
         norm = s.cross_section * cfg.luminosity / sumw
-        weight = norm * np.asarray(events["genWeight"], dtype=np.float64)
+        weight = norm * genweight
+    if cfg.preselect:  # after the normalisation, which counts every event read
+        keep = ragged.structural_keep(events, plan, cfg.selection)
+        events, weight = events[keep], weight[keep]
     out = {name: SampleEvents(name, files, ragged.lower(events, plan, weight), norm)}
     for vname, (sample, variation) in cfg.variation_samples().items():
         if sample != name:

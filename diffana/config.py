@@ -394,6 +394,8 @@ class AnalysisConfig(_Strict):
     optimiser: Optimiser = Field(default_factory=Optimiser)
     engine: Literal["compiled", "awkward"] = "compiled"
     seed: StrictInt = 0
+    # drop events that cannot pass the top-level count requirements (see ragged.structural_keep)
+    preselect: StrictBool = False
 
     @model_validator(mode="after")
     def _references(self) -> AnalysisConfig:

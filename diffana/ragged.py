@@ -143,26 +143,63 @@ class Lowered:
     buffers: dict = field(default_factory=dict)
 
 
-def lower(events: ak.Array, the_plan: Plan, weight: np.ndarray) -> Lowered:
-    """Apply hard cuts and flatten: the part of the analysis that no parameter changes."""
-    n = len(events)
+def _structure(events: ak.Array, the_plan: Plan) -> tuple[dict, dict]:
+    """Hard-cut root collections, and the hard masks of subsets (jagged booleans)."""
     jagged: dict[str, ak.Array] = {}
     for root, fields in the_plan.root_branches.items():
         coll = ak.zip({f: events[b] for f, b in fields.items()}, depth_limit=None)
         for cut in the_plan.collections[root].hard_cuts:
             coll = coll[_hard_mask(coll[cut.field], cut)]
         jagged[root] = coll
-    masks: dict[str, np.ndarray] = {}
+    masks: dict[str, ak.Array] = {}
     for name, cp in the_plan.collections.items():
         if cp.parent is None:
             continue
-        mask = ak.ones_like(jagged[cp.root][next(iter(the_plan.root_branches[cp.root]))], dtype=bool)
-        if cp.parent in masks:
-            mask = ak.unflatten(masks[cp.parent].astype(bool), ak.num(mask))
+        mask = masks.get(cp.parent)
+        if mask is None:
+            mask = ak.ones_like(jagged[cp.root][jagged[cp.root].fields[0]], dtype=bool)
         for cut in cp.hard_cuts:
             mask = mask & _hard_mask(jagged[cp.root][cut.field], cut)
         if cp.hard_cuts or cp.parent in masks:
-            masks[name] = ak.to_numpy(ak.flatten(mask)).astype(np.float64)
+            masks[name] = mask
+    return jagged, masks
+
+
+def structural_keep(events: ak.Array, the_plan: Plan, requirements) -> np.ndarray:
+    """Events that can pass the count requirements at all, whatever the soft cuts.
+
+    Soft cuts only lower object weights, so an event with fewer hard-selected objects than
+    ``at_least``/``exactly`` asks can only reach a soft weight below ``sigmoid(-1/(2t))``
+    for that requirement. ``preselect: true`` drops such events when lowering: their hard
+    weight is 0 for every parameter value, and their soft weight is at most that bound.
+    """
+    jagged, masks = _structure(events, the_plan)
+    counts = {}
+    for name, cp in the_plan.collections.items():
+        counts[name] = (ak.to_numpy(ak.sum(masks[name], axis=1)) if name in masks
+                        else ak.to_numpy(ak.num(jagged[cp.root])))
+
+    def possible(req) -> np.ndarray:
+        if req.count is not None:
+            need = req.at_least if req.at_least is not None else req.exactly
+            return counts[req.count] >= need
+        if req.all is not None:
+            return np.logical_and.reduce([possible(r) for r in req.all])
+        if req.any is not None:
+            return np.logical_or.reduce([possible(r) for r in req.any])
+        return np.ones(len(events), dtype=bool)
+
+    keep = np.ones(len(events), dtype=bool)
+    for req in requirements:
+        keep &= possible(req)
+    return keep
+
+
+def lower(events: ak.Array, the_plan: Plan, weight: np.ndarray) -> Lowered:
+    """Apply hard cuts and flatten: the part of the analysis that no parameter changes."""
+    n = len(events)
+    jagged, jagged_masks = _structure(events, the_plan)
+    masks = {name: ak.to_numpy(ak.flatten(m)).astype(np.float64) for name, m in jagged_masks.items()}
     event_columns = {b: ak.to_numpy(events[b]).astype(np.float64) for b in the_plan.event_branches}
 
     buffers: dict = {"collections": {}, "masks": {}, "events": {}, "weight": None}

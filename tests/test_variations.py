@@ -111,3 +111,20 @@ def test_reweight_variation_and_nth_observable():
     np.testing.assert_allclose(obs["jet2_pt"], third, rtol=1e-12)
     loss, grad = ana.loss_and_grad(ana.to_unit(p), p)
     assert np.all(np.isfinite(np.asarray(grad)))
+
+
+def test_preselection_keeps_the_hard_result():
+    data = default_config_dict(3_000)
+    full = Analysis(load_dict(data), ROOT / "configs", progress=False)
+    data["preselect"] = True
+    pre = Analysis(load_dict(data), ROOT / "configs", progress=False)
+    assert pre.samples["wjets"].n_events < 0.6 * full.samples["wjets"].n_events
+    for params in (full.initial_params(), dict(full.initial_params(), btag_threshold=0.8)):
+        hf, hp = full.hard_yields(params), pre.hard_yields(params)
+        ff, fp = full.yields(params), pre.yields(params)
+        for s in ("ttbar", "wjets"):
+            np.testing.assert_allclose(hp["signal_region"][s]["nominal"],
+                                       hf["signal_region"][s]["nominal"], rtol=1e-12)
+            # dropped events had soft weight < sigmoid(-5) from the >= 4 jets requirement
+            np.testing.assert_allclose(fp["signal_region"][s]["nominal"],
+                                       ff["signal_region"][s]["nominal"], rtol=0.02, atol=2.0)
