@@ -358,12 +358,10 @@ class Analysis:
         rule ``∂objective/∂yields · ∂yields/∂θ`` summed over bins, nominal and Σw² together).
         """
         theta = {n: params[n] for n in self.trainable}
-        y = self.yields(params)
+        dobj_dy = self._dobjective_dyields(self.yields(params))
         if self.engine == "compiled":
-            dobj_dy = self._dobjective_dyields(y)
             dy_dtheta = self._dyields_dtheta(theta, params, self._buffers)
         else:
-            dobj_dy = self._dobjective_dyields(y)
             dy_dtheta = jax.jacfwd(lambda th: self.yields({**params, **th}))(theta)
         out: dict = {n: {} for n in self.trainable}
         for r in self.cfg.regions:

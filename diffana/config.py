@@ -548,9 +548,7 @@ def _format_loc(loc: tuple) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("function-after[_one_kind()]",) or str(part).startswith(
-            ("function-", "union[", "tagged-union[")
-        ):
+        elif str(part).startswith(("function-", "union[", "tagged-union[")):
             continue
         elif str(part) in ("float", "str", "int", "bool"):
             continue

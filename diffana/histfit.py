@@ -48,6 +48,7 @@ from diffana import config as configmod
 from diffana import report, spec
 from diffana.config import AnalysisConfig
 from diffana.exceptions import DataError, DiffanaError
+from diffana.io import similar_names
 from diffana.infer import fit
 from diffana.model import Model
 
@@ -124,9 +125,7 @@ def _fmt_edges(edges: np.ndarray) -> str:
 
 
 def _similar(key: str, keys) -> str:
-    import difflib
-
-    close = difflib.get_close_matches(key, list(keys), n=3)
+    close = similar_names(key, set(keys))
     return f"; similar: {close}" if close else ""
 
 

@@ -77,7 +77,7 @@ class FitResult(NamedTuple):
     n_iter: jax.Array
 
 
-def _safe_sqrt(x: jax.Array) -> jax.Array:
+def safe_sqrt(x: jax.Array) -> jax.Array:
     """``sqrt(max(x, 0))`` with a zero (not infinite or NaN) gradient at ``x <= 0``."""
     positive = x > 0.0
     return jnp.where(positive, jnp.sqrt(jnp.where(positive, x, 1.0)), 0.0)
@@ -330,7 +330,7 @@ def discovery_significance(model: Model, templates: Templates) -> jax.Array:
     """
     data = asimov_data(model, templates, 1.0)
     q0 = profile_likelihood_ratio(model, data, templates, 0.0, asimov_pars(model, 1.0))
-    return _safe_sqrt(q0)
+    return safe_sqrt(q0)
 
 
 def expected_cls(model: Model, templates: Templates, poi_value: float | jax.Array) -> jax.Array:
@@ -354,7 +354,7 @@ def expected_cls(model: Model, templates: Templates, poi_value: float | jax.Arra
     """
     data = asimov_data(model, templates, 0.0)
     qtilde = profile_likelihood_ratio(model, data, templates, poi_value, asimov_pars(model, 0.0))
-    return 2.0 * jax.scipy.special.ndtr(-_safe_sqrt(qtilde))
+    return 2.0 * jax.scipy.special.ndtr(-safe_sqrt(qtilde))
 
 
 def poi_uncertainty(model: Model, templates: Templates) -> jax.Array:
@@ -397,7 +397,7 @@ def poi_uncertainty(model: Model, templates: Templates) -> jax.Array:
     fisher = jacobian.T @ (weight[:, None] * jacobian) + jax.hessian(constraint_nll)(x)
     unit = jnp.zeros(free_index.size, dtype=jnp.float64).at[poi_position].set(1.0)
     variance = jnp.linalg.solve(fisher, unit)[poi_position]
-    return _safe_sqrt(variance)
+    return safe_sqrt(variance)
 
 
 def asimov_significance_closed_form(
@@ -436,4 +436,4 @@ def asimov_significance_closed_form(
     z2_unc = 2.0 * (term1 - term2)
     z2_no_unc = 2.0 * ((s + b) * jnp.log1p(s / b) - s)
     z2 = jnp.where(has_unc, z2_unc, z2_no_unc)
-    return _safe_sqrt(jnp.sum(z2))
+    return safe_sqrt(jnp.sum(z2))

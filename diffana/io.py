@@ -41,9 +41,9 @@ def _available(obj) -> list[str]:
     return [str(k) for k in obj.keys()]
 
 
-def _similar(branch: str, have: set[str]) -> list[str]:
-    """Branches that look like ``branch``: close spellings, or the same collection and kind
-    (``Jet_btagCSVV2`` for ``Jet_btagDeepFlavB``)."""
+def similar_names(branch: str, have) -> list[str]:
+    """Names that look like ``branch``: close spellings, or the same prefix and kind
+    (``Jet_btagCSVV2`` for ``Jet_btagDeepFlavB``; ``4j1b_ttbar_ME_var`` for ``4j1b_ttbar_PS_var``)."""
     close = difflib.get_close_matches(branch, sorted(have), n=4, cutoff=0.6)
     prefix, _, rest = branch.partition("_")
     kin = sorted(k for k in have if rest and k.startswith(f"{prefix}_")
@@ -55,7 +55,7 @@ def _check_branches(path: Path, obj, branches: Sequence[str]) -> None:
     have = set(_available(obj))
     for b in branches:
         if b not in have:
-            similar = _similar(b, have)
+            similar = similar_names(b, have)
             hint = f"; similar branches: {similar}" if similar else ""
             raise DataError(f"{path}: branch {b!r} not found in {obj.name!r}{hint}")
 

@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -36,6 +37,7 @@ class OptimisationResult(NamedTuple):
     loss: float
     history: list[tuple[int, float, np.ndarray]]  # (step, loss, u) per evaluated point
     stopped: str  # "steps", "tolerance" or "non-finite: ..."
+    first_call_seconds: float  # the first evaluation, compilation included
 
 
 def make_optimiser(name: str, options: dict) -> optax.GradientTransformation:
@@ -74,10 +76,14 @@ def optimise(
     """
     u = jnp.clip(jnp.asarray(u0, dtype=jnp.float64), 0.0, 1.0)
     vg = loss_and_grad
+    start = time.perf_counter()
     probe = vg(u)
     if not isinstance(probe, tuple):
         vg = jax.jit(jax.value_and_grad(loss_and_grad))
+        start = time.perf_counter()
         probe = vg(u)
+    jax.block_until_ready(probe)
+    first_call_seconds = time.perf_counter() - start
     opt = make_optimiser(name, dict(options or {"learning_rate": 0.02}))
     state = opt.init(u)
     needs_value = "lbfgs" in name  # line-search optimisers want the value and a value_fn
@@ -124,4 +130,4 @@ def optimise(
                 # A loss that cannot be traced (the awkward engine) inside a line search.
                 u, state = _update(grad, state, u, loss)
             bar.update(1)
-    return OptimisationResult(best_u, best_loss, history, stopped)
+    return OptimisationResult(best_u, best_loss, history, stopped, first_call_seconds)

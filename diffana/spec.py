@@ -24,6 +24,7 @@ import numpy as np
 
 from diffana.config import AnalysisConfig, Systematic
 from diffana.exceptions import DataError
+from diffana.infer import safe_sqrt
 
 
 def staterror_name(region: str) -> str:
@@ -47,7 +48,7 @@ def build(cfg: AnalysisConfig, yields: dict, observations: dict | None = None) -
                 mods.append({"name": m.poi, "type": "normfactor", "data": None})
             if m.staterror:
                 mods.append({"name": staterror_name(region), "type": "staterror",
-                             "data": _safe_sqrt(y["sumw2"])})
+                             "data": safe_sqrt(y["sumw2"])})
             for syst in m.systematics:
                 if syst.type == "normsys" and name in syst.samples:
                     mods.append({"name": syst.name, "type": "normsys",
@@ -147,14 +148,6 @@ def _normplusshape_modifiers(syst: Systematic, region: str, sample: str, templat
         mods.append({"name": syst.name, "type": "histosys",
                      "data": {"hi_data": hi_data, "lo_data": lo_data}})
     return mods
-
-
-def _safe_sqrt(x):
-    """``sqrt`` with a finite derivative at 0 (empty bins have no MC uncertainty)."""
-    import jax.numpy as jnp
-
-    positive = x > 0
-    return jnp.where(positive, jnp.sqrt(jnp.where(positive, x, 1.0)), 0.0)
 
 
 def to_json(spec: dict) -> dict:
