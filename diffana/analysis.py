@@ -18,7 +18,7 @@ Example (the Python API in a few lines; ``examples/python_api.py`` runs a whole 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
+from functools import cached_property
 from pathlib import Path
 
 import awkward as ak
@@ -38,24 +38,58 @@ jax.config.update("jax_enable_x64", True)
 MAXIMISED = {"discovery_significance", "asimov_significance"}
 
 
+class EventSet:
+    """One set of events after reading (and preselection, and a computed variation).
+
+    Several samples can share one set: a ``reweight`` or ``weight`` variation differs from
+    its nominal only by a per-event factor. The set is lowered lazily: as a whole (the
+    awkward engine; hard-cut cross-checks) or in chunks of fixed size (the compiled engine).
+    """
+
+    def __init__(self, events: ak.Array, weight: np.ndarray, the_plan: ragged.Plan):
+        self.events = events
+        self.weight = np.asarray(weight, dtype=np.float64)
+        self.plan = the_plan
+
+    def __len__(self) -> int:
+        return len(self.weight)
+
+    @cached_property
+    def lowered(self) -> ragged.Lowered:
+        return ragged.lower(self.events, self.plan, self.weight)
+
+    def chunks(self, size: int) -> list[dict]:
+        """Buffers of each chunk of ``size`` events (the last may be shorter), lowered apart."""
+        return [ragged.lower(self.events[a:a + size], self.plan, self.weight[a:a + size]).buffers
+                for a in range(0, max(len(self), 1), size)]
+
+
 @dataclass
 class SampleEvents:
-    """One sample after reading and lowering."""
+    """One sample after reading: its events and how its event weights derive from them.
+
+    ``variant`` is ``None`` for the events as they are, ``("reweight", observable, slope)``
+    for weights × ``(1 + slope · observable)``, ``("weight", factor)`` for weights × factor.
+    """
 
     name: str
     files: list[Path]
-    lowered: ragged.Lowered
+    events: EventSet
     norm: float  # σ·L/N_total (or σ·L/ΣgenWeight per unit genWeight)
-    reweight: tuple[str, float] | None = None  # (observable, slope) of a reweight variation
+    variant: tuple | None = None
+
+    @property
+    def lowered(self) -> ragged.Lowered:
+        return self.events.lowered
 
     @property
     def n_events(self) -> int:
-        return self.lowered.n_events
+        return len(self.events)
 
 
 def _read_sample(cfg: AnalysisConfig, name: str, plan: ragged.Plan, base: Path,
                  generated: Path | None, bar) -> dict[str, SampleEvents]:
-    """Read one sample, lower it, and lower each variation computed from its events."""
+    """Read one sample and derive the events of each variation computed from it."""
     s = cfg.samples[name]
     files = [resolve_path(f, base, generated) for f in s.files]
     tree = s.tree or cfg.tree
@@ -78,17 +112,20 @@ def _read_sample(cfg: AnalysisConfig, name: str, plan: ragged.Plan, base: Path,
     if cfg.preselect:  # after the normalisation, which counts every event read
         keep = ragged.structural_keep(events, plan, cfg.selection)
         events, weight = events[keep], weight[keep]
-    out = {name: SampleEvents(name, files, ragged.lower(events, plan, weight), norm)}
+    nominal = EventSet(events, weight, plan)
+    out = {name: SampleEvents(name, files, nominal, norm)}
     for vname, (sample, variation) in cfg.variation_samples().items():
         if sample != name:
             continue
-        rw = cfg.variations[variation].reweight
-        if rw is not None:  # same events, a soft per-event weight applied in the pipeline
-            out[vname] = SampleEvents(vname, files, out[name].lowered, norm,
-                                      (str(rw["observable"]), float(rw["slope"])))
-            continue
-        varied, vweight = _apply_variation(cfg, name, variation, events, weight)
-        out[vname] = SampleEvents(vname, files, ragged.lower(varied, plan, vweight), norm)
+        var = cfg.variations[variation]
+        if var.reweight is not None:  # same events, a soft per-event factor
+            variant = ("reweight", str(var.reweight["observable"]), float(var.reweight["slope"]))
+            out[vname] = SampleEvents(vname, files, nominal, norm, variant)
+        elif var.weight is not None:  # same events, a constant factor
+            out[vname] = SampleEvents(vname, files, nominal, norm, ("weight", float(var.weight)))
+        else:
+            varied = _vary_branch(cfg, name, variation, events)
+            out[vname] = SampleEvents(vname, files, EventSet(varied, weight, plan), norm)
     return out
 
 
@@ -97,11 +134,9 @@ def _varied_branch(var) -> list[str]:
     return [spec["branch"]] if spec else []
 
 
-def _apply_variation(cfg: AnalysisConfig, sample: str, name: str, events, weight):
-    """The events and weights of one computed variation (see ``config.Variation``)."""
+def _vary_branch(cfg: AnalysisConfig, sample: str, name: str, events):
+    """The events of a ``scale`` or ``smear`` variation (see ``config.Variation``)."""
     var = cfg.variations[name]
-    if var.weight is not None:
-        return events, weight * var.weight
     branch = (var.scale or var.smear)["branch"]
     values = events[branch]
     if var.scale is not None:
@@ -114,7 +149,7 @@ def _apply_variation(cfg: AnalysisConfig, sample: str, name: str, events, weight
         factors = rng.normal(1.0, float(var.smear["sigma"]), len(flat))
         varied = ak.unflatten(ak.to_numpy(flat) * factors, ak.num(values)) if values.ndim > 1 \
             else ak.to_numpy(values) * factors
-    return ak.with_field(events, varied, branch), weight
+    return ak.with_field(events, varied, branch)
 
 
 class Analysis:
@@ -153,13 +188,9 @@ class Analysis:
             for name in cfg.samples:
                 self.samples.update(_read_sample(cfg, name, self.plan, base, generated, bar))
         self._edges = {r: jnp.asarray(reg.binning.edges) for r, reg in cfg.regions.items()}
+        self._groups = self._group_samples()
         if self.engine == "compiled":
-            # one copy per set of lowered events (reweight variations share their nominal's)
-            self._buffers = {n: ragged.to_device(self.samples[n].lowered.buffers)
-                             for n in self._groups()}
-            self._value_and_grad = jax.jit(jax.value_and_grad(self._loss_compiled))
-            self._soft_events = jax.jit(partial(self._region_events_compiled, hard=False))
-            self._hard_events = jax.jit(partial(self._region_events_compiled, hard=True))
+            self._prepare_chunks(progress)
         else:
             ragged.enable_awkward_jax()
         self.model = Model(specmod.to_json(specmod.build(cfg, self._placeholder_yields())),
@@ -191,83 +222,185 @@ class Analysis:
 
     # --- select and observe -----------------------------------------------------------------
 
-    def _region_events(self, ops, params: dict, weight, hard: bool,
-                       reweights: dict[str, tuple[str, float] | None]) -> dict:
-        """Select and observe once for one set of lowered events; one entry per sample.
+    def _group_samples(self) -> dict[int, dict[str, tuple | None]]:
+        """Samples grouped by the events they share: ``{group: {sample: variant}}``."""
+        groups: dict[int, dict] = {}
+        for n, s in self.samples.items():
+            groups.setdefault(id(s.events), {})[n] = s.variant
+        return dict(enumerate(groups.values()))
 
-        Reweight variations share their nominal's events: only their event weights differ.
+    def _group_events(self, group: int) -> EventSet:
+        return self.samples[next(iter(self._groups[group]))].events
+
+    @cached_property
+    def _variants(self) -> list:
+        """Every per-event weight factor in use; index 0 is the events as they are."""
+        out = [None]
+        for members in self._groups.values():
+            out += [v for v in members.values() if v is not None and v not in out]
+        return out
+
+    def _region_events(self, ops, params: dict, weight, hard: bool) -> dict:
+        """Select and observe once for one set of events.
+
+        Returns ``{region: (x, W)}``: the observable per event and the event weights of
+        every variant (``W[m]`` for ``self._variants[m]``), normalisation included.
         """
         cfg = self.cfg
         weights = select.object_weights(cfg, self.plan, ops, params, hard)
         obs = observe.evaluate(cfg, self.plan, ops, weights)
         common = select.event_weights(cfg, self.plan, ops, cfg.selection, weights, obs, params, hard)
-        regions = {rname: (obs[region.observable],
-                           common * weight * select.event_weights(
-                               cfg, self.plan, ops, region.selection, weights, obs, params, hard))
-                   for rname, region in cfg.regions.items()}
-        out = {}
-        for name, reweight in reweights.items():
-            factor = 1.0 if reweight is None else 1.0 + reweight[1] * obs[reweight[0]]
-            out[name] = {r: (x, w * factor) for r, (x, w) in regions.items()}
+        ones = jnp.ones_like(weight)
+        factors = jnp.stack([ones if v is None else
+                             (1.0 + v[2] * obs[v[1]] if v[0] == "reweight" else v[1] * ones)
+                             for v in self._variants])
+        return {rname: (obs[region.observable],
+                        factors * (common * weight * select.event_weights(
+                            cfg, self.plan, ops, region.selection, weights, obs, params, hard)))
+                for rname, region in cfg.regions.items()}
+
+    def _kde(self, events: dict) -> dict:
+        """``{region: (yields, sumw2)}``, each ``(variants, bins)``, of ``_region_events``."""
+        return {r: kde_histogram(x, w, self._edges[r], self.cfg.regions[r].bandwidth)
+                for r, (x, w) in events.items()}
+
+    def _by_sample(self, per_group: dict[int, dict], floor: bool = True) -> dict:
+        """Per-group ``{region: (yields, sumw2)}`` → ``[region][sample] = {nominal, sumw2}``.
+
+        ``floor``: add each region's per-bin floor to the nominal yields.
+        """
+        out: dict = {r: {} for r in self.cfg.regions}
+        for g, members in self._groups.items():
+            for sample, variant in members.items():
+                m = self._variants.index(variant)
+                for r, (y, w2) in per_group[g].items():
+                    f = self.cfg.regions[r].floor if floor else 0.0
+                    out[r][sample] = {"nominal": y[m] + f, "sumw2": w2[m]}
         return out
 
-    def _groups(self) -> dict[str, dict[str, tuple[str, float] | None]]:
-        """Samples grouped by the lowered events they share: ``{owner: {sample: reweight}}``."""
-        owner_of: dict[int, str] = {}
-        groups: dict[str, dict] = {}
-        for n, s in self.samples.items():
-            owner = owner_of.setdefault(id(s.lowered), n)
-            groups.setdefault(owner, {})[n] = s.reweight
-        return groups
+    # --- the compiled engine: fixed-size chunks, one compiled function for all -------------
 
-    def _region_events_compiled(self, params: dict, buffers: dict, hard: bool) -> dict:
-        out = {}
-        for owner, members in self._groups().items():
-            ops = ragged.CompiledOps(buffers[owner], self.samples[owner].n_events)
-            out.update(self._region_events(ops, params, buffers[owner]["weight"], hard, members))
+    def _prepare_chunks(self, progress: bool) -> None:
+        """Lower every event set in chunks and pad them to common shapes."""
+        size = self.cfg.chunk_size
+        raw = []
+        with tqdm(total=len(self._groups), desc="lowering", unit="set", disable=not progress,
+                  leave=False) as bar:
+            for g in self._groups:
+                for buffers in self._group_events(g).chunks(size):
+                    raw.append((g, buffers))
+                bar.update()
+        capacity: dict = {}
+        for _, buffers in raw:
+            for axis, n in ragged.axis_sizes(buffers, self.plan).items():
+                capacity[axis] = max(capacity.get(axis, 1), n)
+        # round up so that similar inputs share shapes (and compiled code) across runs
+        capacity = {axis: -(-n // 512) * 512 for axis, n in capacity.items()}
+        capacity["event"] = min(capacity["event"], size)
+        self._chunk_events = capacity["event"]
+        self._chunks = [(g, ragged.to_device(ragged.pad(b, self.plan, capacity))) for g, b in raw]
+        self._jit_events = jax.jit(self._chunk_region_events, static_argnums=2)
+        self._jit_yields = jax.jit(lambda p, c: self._kde(self._chunk_region_events(p, c, False)))
+        self._jit_jacobian = jax.jit(self._chunk_jacobian)
+        self._jit_vjp = jax.jit(self._chunk_vjp)
+        sign = -1.0 if self.maximise else 1.0
+        self._jit_loss_and_cotangent = jax.jit(jax.value_and_grad(
+            lambda per_group: sign * self.objective_from_yields(self._by_sample(per_group))))
+        self._jit_contract = jax.jit(lambda ct, jac: sum(
+            jnp.tensordot(c, j, axes=c.ndim) for c, j in
+            zip(jax.tree_util.tree_leaves(ct), jax.tree_util.tree_leaves(jac))))
+
+    def _chunk_region_events(self, params: dict, chunk: dict, hard: bool) -> dict:
+        ops = ragged.CompiledOps(chunk, self._chunk_events)
+        return self._region_events(ops, params, chunk["weight"], hard)
+
+    def _chunk_jacobian(self, u, params_fixed, chunk):
+        """Yields of one chunk and their Jacobian in ``u`` (forward mode: one tangent each)."""
+        def yields(v):
+            y = self._kde(self._chunk_region_events(self.from_unit(v, params_fixed), chunk, False))
+            return y, y
+
+        jac, y = jax.jacfwd(yields, has_aux=True)(u)
+        return y, jac
+
+    def _chunk_vjp(self, u, params_fixed, chunk, cotangent):
+        _, pullback = jax.vjp(lambda v: self._kde(self._chunk_region_events(
+            self.from_unit(v, params_fixed), chunk, False)), u)
+        return pullback(cotangent)[0]
+
+    def _over_chunks(self, fn, *args) -> dict[int, object]:
+        """``fn(*args, chunk)`` summed over the chunks of each group."""
+        out: dict[int, object] = {}
+        for g, chunk in self._chunks:
+            r = fn(*args, chunk)
+            out[g] = r if g not in out else jax.tree_util.tree_map(jnp.add, out[g], r)
         return out
+
+    def _over_chunks_cotangent(self, u, params_fixed, cotangent) -> jax.Array:
+        total = jnp.zeros_like(u)
+        for g, chunk in self._chunks:
+            total = total + self._jit_vjp(u, params_fixed, chunk, cotangent[g])
+        return total
+
+    def _reverse_mode(self) -> bool:
+        mode = self.cfg.gradient
+        return mode == "reverse" or (mode == "auto" and len(self.trainable) > 16)
+
+    # --- select, observe, histogram ---------------------------------------------------------
 
     def region_events(self, params: dict, hard: bool = False) -> dict:
         """Per sample and region: ``(observable, event weight)`` per event.
 
         The event weight is normalisation × soft selection (hard: 0/1 selection).
         """
+        per_group: dict[int, dict] = {}
         if self.engine == "compiled":
-            fn = self._hard_events if hard else self._soft_events
-            return fn(params, self._buffers)
-        # Fresh JAX-backed Awkward arrays per evaluation: arrays reused across nested
-        # transforms (jacrev after a vjp) were seen to give wrong cotangents.
-        out = {}
-        for owner, members in self._groups().items():
-            lowered = self.samples[owner].lowered
-            out.update(self._region_events(ragged.AwkwardOps(lowered), params,
-                                           jnp.asarray(lowered.weight), hard, members))
-        return out
-
-    # --- histogram --------------------------------------------------------------------------
-
-    def _kde_yields(self, events: dict) -> dict:
-        out: dict = {r: {} for r in self.cfg.regions}
-        for sample, regions in events.items():
-            for r, (x, w) in regions.items():
-                reg = self.cfg.regions[r]
-                y, w2 = kde_histogram(x, w, self._edges[r], reg.bandwidth)
-                out[r][sample] = {"nominal": y + reg.floor, "sumw2": w2}
+            parts: dict[int, list] = {}
+            for g, chunk in self._chunks:
+                parts.setdefault(g, []).append(self._jit_events(params, chunk, hard))
+            for g, chunks in parts.items():
+                n = self._group_events(g).__len__()
+                per_group[g] = {r: tuple(jnp.concatenate([c[r][i] for c in chunks], axis=-1)[..., :n]
+                                         for i in (0, 1)) for r in self.cfg.regions}
+        else:
+            # Fresh JAX-backed Awkward arrays per evaluation: arrays reused across nested
+            # transforms (jacrev after a vjp) were seen to give wrong cotangents.
+            for g in self._groups:
+                lowered = self._group_events(g).lowered
+                per_group[g] = self._region_events(ragged.AwkwardOps(lowered), params,
+                                                   jnp.asarray(lowered.weight), hard)
+        out: dict = {}
+        for g, members in self._groups.items():
+            for sample, variant in members.items():
+                m = self._variants.index(variant)
+                out[sample] = {r: (x, w[m]) for r, (x, w) in per_group[g].items()}
         return out
 
     def yields(self, params: dict) -> dict:
         """KDE yields ``[region][sample] = {"nominal", "sumw2"}``: differentiable in ``params``."""
         if self.engine == "compiled":
-            return self._yields_compiled(params, self._buffers)
-        return self._kde_yields(self.region_events(params))
+            return self._by_sample(self._over_chunks(self._jit_yields, params))
+        per_group = {}
+        for g in self._groups:
+            lowered = self._group_events(g).lowered
+            per_group[g] = self._kde(self._region_events(
+                ragged.AwkwardOps(lowered), params, jnp.asarray(lowered.weight), False))
+        return self._by_sample(per_group)
 
-    @partial(jax.jit, static_argnums=0)
-    def _dyields_dtheta(self, theta, params, buffers):
-        return jax.jacfwd(lambda th: self._yields_compiled({**params, **th}, buffers))(theta)
-
-    @partial(jax.jit, static_argnums=0)
-    def _yields_compiled(self, params, buffers):
-        return self._kde_yields(self._region_events_compiled(params, buffers, hard=False))
+    def yields_and_jacobian(self, params: dict) -> tuple[dict, dict]:
+        """Yields and ``∂yields/∂θ`` of the trainable parameters (``[region][sample][key][θ]``)."""
+        theta = {n: params[n] for n in self.trainable}
+        if self.engine != "compiled":
+            y = self.yields(params)
+            return y, jax.jacfwd(lambda th: self.yields({**params, **th}))(theta)
+        u = self.to_unit(params)
+        both = self._over_chunks(self._jit_jacobian, u, params)
+        y = self._by_sample({g: v[0] for g, v in both.items()})
+        scale = jnp.asarray(self.upper_bounds - self.lower_bounds)
+        jac = self._by_sample({g: v[1] for g, v in both.items()}, floor=False)
+        out = {r: {s: {k: {n: jac[r][s][k][..., i] / scale[i] for i, n in enumerate(self.trainable)}
+                       for k in ("nominal", "sumw2")} for s in jac[r]} for r in jac}
+        return y, out
 
     def hard_histograms(self, params: dict) -> dict:
         """Hard cuts filled into ``hist.Hist`` histograms ``[region][sample]``."""
@@ -332,19 +465,21 @@ class Analysis:
 
     # --- what the optimiser calls -----------------------------------------------------------
 
-    def _loss(self, u, params_fixed, yields_fn):
-        value = self.objective_from_yields(yields_fn(self.from_unit(u, params_fixed)))
-        return -value if self.maximise else value
-
-    def _loss_compiled(self, u, params_fixed, buffers):
-        return self._loss(u, params_fixed, lambda p: self._kde_yields(
-            self._region_events_compiled(p, buffers, hard=False)))
-
     def loss_and_grad(self, u, params_fixed: dict | None = None):
-        """Loss (``-objective`` when maximised) and its gradient in unit-box coordinates."""
+        """Loss (``-objective`` when maximised) and its gradient in unit-box coordinates.
+
+        The ragged stages run chunk by chunk and are chained to the compiled model and
+        inference stages: ``∂loss/∂u = Σ_chunks ∂loss/∂yields · ∂yields_chunk/∂u``.
+        """
         params_fixed = params_fixed or self.initial_params()
         if self.engine == "compiled":
-            return self._value_and_grad(u, params_fixed, self._buffers)
+            if self._reverse_mode():
+                y = self._over_chunks(self._jit_yields, self.from_unit(u, params_fixed))
+                loss, ct = self._jit_loss_and_cotangent(y)
+                return loss, self._over_chunks_cotangent(u, params_fixed, ct)
+            both = self._over_chunks(self._jit_jacobian, u, params_fixed)
+            loss, ct = self._jit_loss_and_cotangent({g: v[0] for g, v in both.items()})
+            return loss, self._jit_contract(ct, {g: v[1] for g, v in both.items()})
         # Awkward cannot be jit-compiled: differentiate the ragged stages eagerly and chain
         # them with the jit-compiled model and inference stages (∂loss/∂u = ∂loss/∂y · ∂y/∂u).
         y, pullback = jax.vjp(lambda v: self.yields(self.from_unit(v, params_fixed)), u)
@@ -357,12 +492,8 @@ class Analysis:
         Returns ``{param: {"region/sample": d}}`` with ``Σ d = ∂objective/∂param`` (the chain
         rule ``∂objective/∂yields · ∂yields/∂θ`` summed over bins, nominal and Σw² together).
         """
-        theta = {n: params[n] for n in self.trainable}
-        dobj_dy = self._dobjective_dyields(self.yields(params))
-        if self.engine == "compiled":
-            dy_dtheta = self._dyields_dtheta(theta, params, self._buffers)
-        else:
-            dy_dtheta = jax.jacfwd(lambda th: self.yields({**params, **th}))(theta)
+        y, dy_dtheta = self.yields_and_jacobian(params)
+        dobj_dy = self._dobjective_dyields(y)
         out: dict = {n: {} for n in self.trainable}
         for r in self.cfg.regions:
             for s in self.samples:

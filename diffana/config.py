@@ -396,6 +396,11 @@ class AnalysisConfig(_Strict):
     seed: StrictInt = 0
     # drop events that cannot pass the top-level count requirements (see ragged.structural_keep)
     preselect: StrictBool = False
+    # compiled engine: events per chunk (one compiled function serves every chunk), and how
+    # gradients are taken (forward: one pass with a tangent per parameter; reverse: a
+    # forward pass for the yields, then a VJP pass; auto: forward up to 16 parameters)
+    chunk_size: StrictInt = Field(65_536, gt=0)
+    gradient: Literal["auto", "forward", "reverse"] = "auto"
 
     @model_validator(mode="after")
     def _references(self) -> AnalysisConfig:

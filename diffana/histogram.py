@@ -30,12 +30,13 @@ def kde_histogram(x, weights, edges, bandwidth):
 
     Args:
         x: per-event observable, shape ``(events,)``.
-        weights: per-event weights (normalisation × soft selection), shape ``(events,)``.
+        weights: per-event weights (normalisation × soft selection), shape ``(events,)``,
+            or ``(sets, events)`` for several weight sets of the same events.
         edges: bin edges, shape ``(bins + 1,)``.
         bandwidth: Gaussian kernel width, in the units of ``x``.
 
     Returns:
-        ``(yields, sumw2)``, each of shape ``(bins,)``: ``Σ w·p_k`` and ``Σ (w·p_k)²`` with
+        ``(yields, sumw2)``, each of shape ``(bins,)`` (``(sets, bins)``): ``Σ w·p_k`` and ``Σ (w·p_k)²`` with
         ``p_k`` the kernel fraction in bin ``k``.
     """
     cdf = ndtr((jnp.asarray(edges)[None, :] - x[:, None]) / bandwidth)

@@ -227,6 +227,58 @@ def lower(events: ak.Array, the_plan: Plan, weight: np.ndarray) -> Lowered:
     return Lowered(n, jagged, event_columns, masks, np.asarray(weight, np.float64), buffers)
 
 
+def _axes(buffers: dict, the_plan: Plan) -> dict:
+    """The axis of every buffer array: ``"event"``, ``("objects", root)`` or ``("prepared", name)``.
+
+    Arrays on one axis have the same length; padding a chunk pads each axis to a capacity.
+    """
+    axes: dict = {"collections": {}, "masks": {}, "prepared": {},
+                  "events": {b: "event" for b in buffers["events"]}, "weight": "event"}
+    for root, c in buffers["collections"].items():
+        obj = ("objects", root)
+        axes["collections"][root] = {"fields": {f: obj for f in c["fields"]}, "owner": obj,
+                                     "starts": obj, "first": "event", "count": "event"}
+    for name in buffers["masks"]:
+        axes["masks"][name] = ("objects", the_plan.collections[name].root)
+    for name, prep in buffers["prepared"].items():
+        axes["prepared"][name] = {k: ("prepared", name) for k in prep}
+    return axes
+
+
+def axis_sizes(buffers: dict, the_plan: Plan) -> dict:
+    """The length of each axis of a lowered chunk's buffers (see :func:`pad`)."""
+    sizes: dict = {}
+    jax.tree_util.tree_map(lambda a, ax: sizes.setdefault(ax, len(a)), buffers,
+                           _axes(buffers, the_plan), is_leaf=lambda x: isinstance(x, tuple))
+    return sizes
+
+
+def pad(buffers: dict, the_plan: Plan, capacity: dict) -> dict:
+    """Pad a lowered chunk's buffers to fixed axis lengths, so one compiled function serves all.
+
+    Padding events have weight 0 and no objects. Padding objects (and prepared rows) belong
+    to the event index ``capacity["event"]``, which segment sums drop, and each starts an
+    event of its own, so scans over objects never carry into them. Prepared structures
+    (``observe.register_observable(prepare=...)``) follow the same convention: a key
+    ``event`` holds the owning event of each row, ``starts`` marks each event's first row.
+    """
+    n_events = capacity["event"]
+
+    def pad_one(path, a, axis):
+        extra = capacity[axis] - len(a)
+        key = path[-1].key if hasattr(path[-1], "key") else None
+        if key in ("owner", "event"):
+            value = n_events
+        elif key == "starts":
+            value = True
+        else:
+            value = 0
+        return np.concatenate([a, np.full(extra, value, dtype=a.dtype)]) if extra else a
+
+    return jax.tree_util.tree_map_with_path(pad_one, buffers, _axes(buffers, the_plan),
+                                            is_leaf=lambda x: isinstance(x, tuple))
+
+
 def to_device(buffers: dict) -> dict:
     """The compiled engine's buffers as JAX arrays (float64 values, int32 indices)."""
     return jax.tree_util.tree_map(jnp.asarray, buffers)

@@ -105,7 +105,8 @@ def test_reweight_variation_and_nth_observable():
     np.testing.assert_allclose(np.asarray(w1), np.asarray(w0) * (1 + 0.0015 * lead), rtol=1e-12)
     from diffana import observe, ragged, select
 
-    ops = ragged.CompiledOps(ana._buffers["ttbar"], ana.samples["ttbar"].n_events)
+    lowered = ana.samples["ttbar"].lowered
+    ops = ragged.CompiledOps(ragged.to_device(lowered.buffers), lowered.n_events)
     weights = select.object_weights(ana.cfg, ana.plan, ops, p, hard=True)
     obs = observe.evaluate(ana.cfg, ana.plan, ops, weights)
     np.testing.assert_allclose(obs["jet2_pt"], third, rtol=1e-12)
