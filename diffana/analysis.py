@@ -42,8 +42,8 @@ class EventSet:
     """One set of events after reading (and preselection, and a computed variation).
 
     Several samples can share one set: a ``reweight`` or ``weight`` variation differs from
-    its nominal only by a per-event factor. The set is lowered lazily: as a whole (the
-    awkward engine; hard-cut cross-checks) or in chunks of fixed size (the compiled engine).
+    its nominal only by a per-event factor. ``lowered`` lowers the whole set, lazily (the
+    awkward engine; cross-checks); the compiled engine lowers all sets in chunks.
     """
 
     def __init__(self, events: ak.Array, weight: np.ndarray, the_plan: ragged.Plan):
@@ -58,10 +58,6 @@ class EventSet:
     def lowered(self) -> ragged.Lowered:
         return ragged.lower(self.events, self.plan, self.weight)
 
-    def chunks(self, size: int) -> list[dict]:
-        """Buffers of each chunk of ``size`` events (the last may be shorter), lowered apart."""
-        return [ragged.lower(self.events[a:a + size], self.plan, self.weight[a:a + size]).buffers
-                for a in range(0, max(len(self), 1), size)]
 
 
 @dataclass
@@ -259,13 +255,16 @@ class Analysis:
                             cfg, self.plan, ops, region.selection, weights, obs, params, hard)))
                 for rname, region in cfg.regions.items()}
 
-    def _kde(self, events: dict) -> dict:
-        """``{region: (yields, sumw2)}``, each ``(variants, bins)``, of ``_region_events``."""
-        return {r: kde_histogram(x, w, self._edges[r], self.cfg.regions[r].bandwidth)
+    def _kde(self, events: dict, groups=None) -> dict:
+        """``{region: (yields, sumw2)}`` of ``_region_events``, each ``(variants, bins)``, or
+        ``(groups, variants, bins)`` given the group of each event."""
+        return {r: kde_histogram(x, w, self._edges[r], self.cfg.regions[r].bandwidth,
+                                 groups, None if groups is None else len(self._groups))
                 for r, (x, w) in events.items()}
 
-    def _by_sample(self, per_group: dict[int, dict], floor: bool = True) -> dict:
-        """Per-group ``{region: (yields, sumw2)}`` → ``[region][sample] = {nominal, sumw2}``.
+    def _by_sample(self, stacked: dict, floor: bool = True) -> dict:
+        """``{region: (yields, sumw2)}``, each ``(groups, variants, bins, ...)``, →
+        ``[region][sample] = {"nominal", "sumw2"}``.
 
         ``floor``: add each region's per-bin floor to the nominal yields.
         """
@@ -273,73 +272,87 @@ class Analysis:
         for g, members in self._groups.items():
             for sample, variant in members.items():
                 m = self._variants.index(variant)
-                for r, (y, w2) in per_group[g].items():
+                for r, (y, w2) in stacked.items():
                     f = self.cfg.regions[r].floor if floor else 0.0
-                    out[r][sample] = {"nominal": y[m] + f, "sumw2": w2[m]}
+                    out[r][sample] = {"nominal": y[g, m] + f, "sumw2": w2[g, m]}
         return out
 
     # --- the compiled engine: fixed-size chunks, one compiled function for all -------------
 
     def _prepare_chunks(self, progress: bool) -> None:
-        """Lower every event set in chunks and pad them to common shapes."""
+        """Lay the event sets end to end, lower them in chunks and pad those to one shape.
+
+        Every sample and variation goes through the same compiled chunk function, which
+        sorts its yields by event set (``groups``): a chunk may hold the end of one set and
+        the start of the next, so small sets cost no padding.
+        """
+        sets = [self._group_events(g) for g in self._groups]
+        events = ak.concatenate([s.events for s in sets]) if len(sets) > 1 else sets[0].events
+        weight = np.concatenate([s.weight for s in sets])
+        groups = np.repeat(np.arange(len(sets), dtype=np.int32), [len(s) for s in sets])
+        self._group_slices = np.cumsum([0] + [len(s) for s in sets])
         size = self.cfg.chunk_size
         raw = []
-        with tqdm(total=len(self._groups), desc="lowering", unit="set", disable=not progress,
-                  leave=False) as bar:
-            for g in self._groups:
-                for buffers in self._group_events(g).chunks(size):
-                    raw.append((g, buffers))
-                bar.update()
+        starts = range(0, max(len(weight), 1), size)
+        for a in tqdm(starts, desc="lowering", unit="chunk", disable=not progress, leave=False):
+            buffers = ragged.lower(events[a:a + size], self.plan, weight[a:a + size]).buffers
+            buffers["events"]["__group__"] = groups[a:a + size]
+            raw.append(buffers)
         capacity: dict = {}
-        for _, buffers in raw:
+        for buffers in raw:
             for axis, n in ragged.axis_sizes(buffers, self.plan).items():
                 capacity[axis] = max(capacity.get(axis, 1), n)
+        self._runs = {axis: n for axis, n in capacity.items() if axis[0] == "run"}
         # round up so that similar inputs share shapes (and compiled code) across runs
-        capacity = {axis: -(-n // 512) * 512 for axis, n in capacity.items()}
+        capacity = {axis: -(-n // 512) * 512 for axis, n in capacity.items() if axis[0] != "run"}
         capacity["event"] = min(capacity["event"], size)
         self._chunk_events = capacity["event"]
-        self._chunks = [(g, ragged.to_device(ragged.pad(b, self.plan, capacity))) for g, b in raw]
+        self._chunks = []
+        for buffers in raw:
+            padded = ragged.pad(buffers, self.plan, capacity)
+            # padding events belong to no event set: their yields are dropped
+            n = len(buffers["weight"])
+            padded["events"]["__group__"][n:] = len(sets)
+            self._chunks.append(ragged.to_device(padded))
         self._jit_events = jax.jit(self._chunk_region_events, static_argnums=2)
-        self._jit_yields = jax.jit(lambda p, c: self._kde(self._chunk_region_events(p, c, False)))
+        self._jit_yields = jax.jit(self._chunk_yields)
         self._jit_jacobian = jax.jit(self._chunk_jacobian)
         self._jit_vjp = jax.jit(self._chunk_vjp)
         sign = -1.0 if self.maximise else 1.0
         self._jit_loss_and_cotangent = jax.jit(jax.value_and_grad(
-            lambda per_group: sign * self.objective_from_yields(self._by_sample(per_group))))
+            lambda stacked: sign * self.objective_from_yields(self._by_sample(stacked))))
         self._jit_contract = jax.jit(lambda ct, jac: sum(
             jnp.tensordot(c, j, axes=c.ndim) for c, j in
             zip(jax.tree_util.tree_leaves(ct), jax.tree_util.tree_leaves(jac))))
 
     def _chunk_region_events(self, params: dict, chunk: dict, hard: bool) -> dict:
-        ops = ragged.CompiledOps(chunk, self._chunk_events)
+        ops = ragged.CompiledOps(chunk, self._chunk_events, self._runs)
         return self._region_events(ops, params, chunk["weight"], hard)
+
+    def _chunk_yields(self, params: dict, chunk: dict) -> dict:
+        return self._kde(self._chunk_region_events(params, chunk, False),
+                         chunk["events"]["__group__"])
 
     def _chunk_jacobian(self, u, params_fixed, chunk):
         """Yields of one chunk and their Jacobian in ``u`` (forward mode: one tangent each)."""
         def yields(v):
-            y = self._kde(self._chunk_region_events(self.from_unit(v, params_fixed), chunk, False))
+            y = self._chunk_yields(self.from_unit(v, params_fixed), chunk)
             return y, y
 
         jac, y = jax.jacfwd(yields, has_aux=True)(u)
         return y, jac
 
-    def _chunk_vjp(self, u, params_fixed, chunk, cotangent):
-        _, pullback = jax.vjp(lambda v: self._kde(self._chunk_region_events(
-            self.from_unit(v, params_fixed), chunk, False)), u)
+    def _chunk_vjp(self, u, params_fixed, cotangent, chunk):
+        _, pullback = jax.vjp(
+            lambda v: self._chunk_yields(self.from_unit(v, params_fixed), chunk), u)
         return pullback(cotangent)[0]
 
-    def _over_chunks(self, fn, *args) -> dict[int, object]:
-        """``fn(*args, chunk)`` summed over the chunks of each group."""
-        out: dict[int, object] = {}
-        for g, chunk in self._chunks:
+    def _over_chunks(self, fn, *args):
+        """``fn(*args, chunk)`` summed over the chunks."""
+        total = None
+        for chunk in self._chunks:
             r = fn(*args, chunk)
-            out[g] = r if g not in out else jax.tree_util.tree_map(jnp.add, out[g], r)
-        return out
-
-    def _over_chunks_cotangent(self, u, params_fixed, cotangent) -> jax.Array:
-        total = jnp.zeros_like(u)
-        for g, chunk in self._chunks:
-            total = total + self._jit_vjp(u, params_fixed, chunk, cotangent[g])
+            total = r if total is None else jax.tree_util.tree_map(jnp.add, total, r)
         return total
 
     def _reverse_mode(self) -> bool:
@@ -355,13 +368,12 @@ class Analysis:
         """
         per_group: dict[int, dict] = {}
         if self.engine == "compiled":
-            parts: dict[int, list] = {}
-            for g, chunk in self._chunks:
-                parts.setdefault(g, []).append(self._jit_events(params, chunk, hard))
-            for g, chunks in parts.items():
-                n = self._group_events(g).__len__()
-                per_group[g] = {r: tuple(jnp.concatenate([c[r][i] for c in chunks], axis=-1)[..., :n]
-                                         for i in (0, 1)) for r in self.cfg.regions}
+            parts = [self._jit_events(params, chunk, hard) for chunk in self._chunks]
+            stream = {r: tuple(jnp.concatenate([c[r][i] for c in parts], axis=-1) for i in (0, 1))
+                      for r in self.cfg.regions}
+            for g in self._groups:
+                a, b = self._group_slices[g], self._group_slices[g + 1]
+                per_group[g] = {r: (x[a:b], w[:, a:b]) for r, (x, w) in stream.items()}
         else:
             # Fresh JAX-backed Awkward arrays per evaluation: arrays reused across nested
             # transforms (jacrev after a vjp) were seen to give wrong cotangents.
@@ -380,12 +392,12 @@ class Analysis:
         """KDE yields ``[region][sample] = {"nominal", "sumw2"}``: differentiable in ``params``."""
         if self.engine == "compiled":
             return self._by_sample(self._over_chunks(self._jit_yields, params))
-        per_group = {}
+        per_group = []
         for g in self._groups:
             lowered = self._group_events(g).lowered
-            per_group[g] = self._kde(self._region_events(
-                ragged.AwkwardOps(lowered), params, jnp.asarray(lowered.weight), False))
-        return self._by_sample(per_group)
+            per_group.append(self._kde(self._region_events(
+                ragged.AwkwardOps(lowered), params, jnp.asarray(lowered.weight), False)))
+        return self._by_sample(jax.tree_util.tree_map(lambda *a: jnp.stack(a), *per_group))
 
     def yields_and_jacobian(self, params: dict) -> tuple[dict, dict]:
         """Yields and ``∂yields/∂θ`` of the trainable parameters (``[region][sample][key][θ]``)."""
@@ -393,14 +405,12 @@ class Analysis:
         if self.engine != "compiled":
             y = self.yields(params)
             return y, jax.jacfwd(lambda th: self.yields({**params, **th}))(theta)
-        u = self.to_unit(params)
-        both = self._over_chunks(self._jit_jacobian, u, params)
-        y = self._by_sample({g: v[0] for g, v in both.items()})
+        y, jac = self._over_chunks(self._jit_jacobian, self.to_unit(params), params)
         scale = jnp.asarray(self.upper_bounds - self.lower_bounds)
-        jac = self._by_sample({g: v[1] for g, v in both.items()}, floor=False)
+        jac = self._by_sample(jac, floor=False)
         out = {r: {s: {k: {n: jac[r][s][k][..., i] / scale[i] for i, n in enumerate(self.trainable)}
                        for k in ("nominal", "sumw2")} for s in jac[r]} for r in jac}
-        return y, out
+        return self._by_sample(y), out
 
     def hard_histograms(self, params: dict) -> dict:
         """Hard cuts filled into ``hist.Hist`` histograms ``[region][sample]``."""
@@ -476,10 +486,10 @@ class Analysis:
             if self._reverse_mode():
                 y = self._over_chunks(self._jit_yields, self.from_unit(u, params_fixed))
                 loss, ct = self._jit_loss_and_cotangent(y)
-                return loss, self._over_chunks_cotangent(u, params_fixed, ct)
-            both = self._over_chunks(self._jit_jacobian, u, params_fixed)
-            loss, ct = self._jit_loss_and_cotangent({g: v[0] for g, v in both.items()})
-            return loss, self._jit_contract(ct, {g: v[1] for g, v in both.items()})
+                return loss, self._over_chunks(self._jit_vjp, u, params_fixed, ct)
+            y, jac = self._over_chunks(self._jit_jacobian, u, params_fixed)
+            loss, ct = self._jit_loss_and_cotangent(y)
+            return loss, self._jit_contract(ct, jac)
         # Awkward cannot be jit-compiled: differentiate the ragged stages eagerly and chain
         # them with the jit-compiled model and inference stages (∂loss/∂u = ∂loss/∂y · ∂y/∂u).
         y, pullback = jax.vjp(lambda v: self.yields(self.from_unit(v, params_fixed)), u)

@@ -20,12 +20,13 @@ Example:
 from __future__ import annotations
 
 import hist
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import ndtr
 
 
-def kde_histogram(x, weights, edges, bandwidth):
+def kde_histogram(x, weights, edges, bandwidth, groups=None, num_groups: int | None = None):
     """Weighted KDE histogram and its sum of squared weights per bin.
 
     Args:
@@ -34,14 +35,22 @@ def kde_histogram(x, weights, edges, bandwidth):
             or ``(sets, events)`` for several weight sets of the same events.
         edges: bin edges, shape ``(bins + 1,)``.
         bandwidth: Gaussian kernel width, in the units of ``x``.
+        groups: optional sorted per-event group index in ``[0, num_groups)`` (events of
+            several samples in one array); out-of-range indices are dropped.
 
     Returns:
-        ``(yields, sumw2)``, each of shape ``(bins,)`` (``(sets, bins)``): ``Σ w·p_k`` and ``Σ (w·p_k)²`` with
-        ``p_k`` the kernel fraction in bin ``k``.
+        ``(yields, sumw2)``, each of shape ``(bins,)`` (``(sets, bins)``; with ``groups``
+        ``(num_groups, [sets,] bins)``): ``Σ w·p_k`` and ``Σ (w·p_k)²`` with ``p_k`` the kernel
+        fraction in bin ``k``.
     """
     cdf = ndtr((jnp.asarray(edges)[None, :] - x[:, None]) / bandwidth)
     frac = cdf[:, 1:] - cdf[:, :-1]
-    return weights @ frac, (weights * weights) @ (frac * frac)
+    if groups is None:
+        return weights @ frac, (weights * weights) @ (frac * frac)
+    w = jnp.moveaxis(jnp.asarray(weights), -1, 0)[..., None]  # (events, [sets,] 1)
+    f = frac.reshape(frac.shape[0], *([1] * (w.ndim - 2)), frac.shape[1])
+    return (jax.ops.segment_sum(w * f, groups, num_groups, indices_are_sorted=True),
+            jax.ops.segment_sum((w * f) ** 2, groups, num_groups, indices_are_sorted=True))
 
 
 def hard_histogram(x, weights, edges, label: str = "x") -> hist.Hist:

@@ -397,7 +397,9 @@ def poi_uncertainty(model: Model, templates: Templates) -> jax.Array:
     fisher = jacobian.T @ (weight[:, None] * jacobian) + jax.hessian(constraint_nll)(x)
     unit = jnp.zeros(free_index.size, dtype=jnp.float64).at[poi_position].set(1.0)
     variance = jnp.linalg.solve(fisher, unit)[poi_position]
-    return safe_sqrt(variance)
+    # a non-positive variance means a singular or indefinite Fisher matrix: say so with NaN
+    # (which stops an optimiser) rather than report an uncertainty of 0
+    return jnp.where(variance > 0, safe_sqrt(variance), jnp.nan)
 
 
 def asimov_significance_closed_form(

@@ -108,23 +108,34 @@ def read_branches(
 
 
 def sum_of_weights(files: Sequence[str | Path], tree: str, branch: str = "genWeight") -> float:
-    """Σ genWeight over all events in ``files`` (for ``normalisation: genweight``)."""
+    """Σ genWeight of all events produced for ``files`` (for ``normalisation: genweight``).
+
+    As in CMS NanoAOD, a file whose events were skimmed keeps the sum over every produced
+    event in its ``Runs`` tree (``genEventSumw``); that sum is used where present, otherwise
+    ``genWeight`` is summed over the events in the file.
+    """
     total = 0.0
     for f in files:
         path = Path(f)
         obj = _open_events(path, tree)
+        with uproot.open(path) as handle:
+            runs = handle["Runs"] if "Runs" in handle else None
+            if runs is not None and "genEventSumw" in runs.keys():
+                total += float(np.sum(runs["genEventSumw"].array(library="np"), dtype=np.float64))
+                continue
         _check_branches(path, obj, [branch])
         total += float(np.sum(obj.arrays([branch], library="np")[branch], dtype=np.float64))
     return total
 
 
 def write_events(path: str | Path, events: dict[str, ak.Array | np.ndarray], *, tree: str = "Events",
-                 rntuple: bool = False) -> Path:
+                 rntuple: bool = False, runs: dict[str, np.ndarray] | None = None) -> Path:
     """Write NanoAOD-style events: jagged collections become ``nX`` + ``X_field`` branches.
 
     ``events`` maps a collection name to an Awkward record array (jagged, one list per event)
-    or a branch name to a flat NumPy array. The file is written under a temporary name and
-    renamed, so a reader never sees a half-written file.
+    or a branch name to a flat NumPy array. ``runs`` (e.g. ``{"genEventSumw": ...}``) is
+    written as the ``Runs`` tree. The file is written under a temporary name and renamed, so
+    a reader never sees a half-written file.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -141,5 +152,7 @@ def write_events(path: str | Path, events: dict[str, ak.Array | np.ndarray], *, 
             out.mkrntuple(tree, ak.Array(flat))
         else:
             out.mktree(tree, events)
+        if runs is not None:
+            out.mktree("Runs", runs)
     tmp.replace(path)
     return path

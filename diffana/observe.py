@@ -97,7 +97,7 @@ def nth(ops, spec, weights, plan):
     root = plan.collections[spec.collection].root
     index = int(spec.options.get("index", 0))
     w = ops.flat(root, weights[spec.collection])
-    p = nth_selected(w, ops.starts(root), index + 1)[:, index]
+    p = nth_selected(w, ops.starts(root), index + 1, ops.max_run(root))[:, index]
     return ops.sum_flat(root, p * ops.flat(root, ops.field(root, spec.field)))
 
 

@@ -16,6 +16,8 @@ The two engines see the same lowered events through an ``ops`` object with a tin
 - ``ops.starts(root)``: flat flags marking each event's first object,
 - ``ops.sum_flat(root, values)``: per-event sums of flat per-object values,
 - ``ops.prepared(name)``: the structure an observable computed once when lowering,
+- ``ops.max_run(root)``/``ops.prepared_max_run(name)``: the most objects (rows) of one
+  event, a static bound for segmented scans (``None`` where unknown),
 - ``ops.sigmoid``/``ops.step``/``ops.abs``: element-wise functions on per-object arrays.
 
 Per-event results are plain JAX arrays in both engines.
@@ -245,11 +247,23 @@ def _axes(buffers: dict, the_plan: Plan) -> dict:
     return axes
 
 
+def max_run(starts: np.ndarray) -> int:
+    """The longest run of entries from one ``starts`` flag to the next: most objects per event."""
+    edges = np.concatenate([np.flatnonzero(starts), [len(starts)]])
+    return int(max(np.diff(edges).max(initial=1), edges[0] if len(edges) else 1, 1))
+
+
 def axis_sizes(buffers: dict, the_plan: Plan) -> dict:
-    """The length of each axis of a lowered chunk's buffers (see :func:`pad`)."""
+    """The length of each axis of a lowered chunk's buffers (see :func:`pad`), and under
+    ``("run", axis)`` the most objects (rows) of one event on the axes that have ``starts``."""
     sizes: dict = {}
-    jax.tree_util.tree_map(lambda a, ax: sizes.setdefault(ax, len(a)), buffers,
-                           _axes(buffers, the_plan), is_leaf=lambda x: isinstance(x, tuple))
+
+    def record(path, a, axis):
+        sizes.setdefault(axis, len(a))
+        if getattr(path[-1], "key", None) == "starts":
+            sizes[("run", axis)] = max_run(np.asarray(a))
+
+    jax.tree_util.tree_map_with_path(record, buffers, _axes(buffers, the_plan))
     return sizes
 
 
@@ -275,8 +289,7 @@ def pad(buffers: dict, the_plan: Plan, capacity: dict) -> dict:
             value = 0
         return np.concatenate([a, np.full(extra, value, dtype=a.dtype)]) if extra else a
 
-    return jax.tree_util.tree_map_with_path(pad_one, buffers, _axes(buffers, the_plan),
-                                            is_leaf=lambda x: isinstance(x, tuple))
+    return jax.tree_util.tree_map_with_path(pad_one, buffers, _axes(buffers, the_plan))
 
 
 def to_device(buffers: dict) -> dict:
@@ -287,9 +300,18 @@ def to_device(buffers: dict) -> dict:
 class CompiledOps:
     """Ragged operations on flat buffers: traced by ``jax.jit``, runs on any JAX device."""
 
-    def __init__(self, buffers: dict, n_events: int):
+    def __init__(self, buffers: dict, n_events: int, runs: dict | None = None):
         self.buffers = buffers
         self.n_events = n_events
+        self.runs = runs or {}  # ("run", axis) -> most objects of one event (static)
+
+    def max_run(self, root: str) -> int | None:
+        """The most objects of ``root`` in one event, if known (bounds segmented scans)."""
+        return self.runs.get(("run", ("objects", root)))
+
+    def prepared_max_run(self, name: str) -> int | None:
+        """The most rows of prepared structure ``name`` in one event, if known."""
+        return self.runs.get(("run", ("prepared", name)))
 
     def field(self, root: str, name: str):
         return self.buffers["collections"][root]["fields"][name]
@@ -365,6 +387,12 @@ class AwkwardOps:
 
     def field(self, root: str, name: str):
         return self._jagged[root][name]
+
+    def max_run(self, root: str) -> int:
+        return max_run(self.lowered.buffers["collections"][root]["starts"])
+
+    def prepared_max_run(self, name: str) -> int:
+        return max_run(self.lowered.buffers["prepared"][name]["starts"])
 
     def ones(self, root: str):
         return ak.ones_like(self._jagged[root][self._jagged[root].fields[0]], dtype=np.float64)

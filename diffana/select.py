@@ -130,7 +130,7 @@ def event_weights(cfg: AnalysisConfig, the_plan: Plan, ops, requirements, weight
     return out
 
 
-def first_selected(weights, starts):
+def first_selected(weights, starts, max_run: int | None = None):
     """Soft "first selected object": ``p_c = w_c · Π_{c' before c} (1 - w_c')`` per segment.
 
     ``weights`` are selection weights of candidates laid out event by event, each event's
@@ -145,10 +145,17 @@ def first_selected(weights, starts):
         >>> [float(v) for v in p]
         [0.0, 1.0, 0.0, 1.0]
     """
-    return nth_selected(weights, starts, 1)[:, 0]
+    return nth_selected(weights, starts, 1, max_run)[:, 0]
 
 
-def nth_selected(weights, starts, n: int):
+def _shift(x, d: int, fill):
+    """``x`` moved ``d`` places along axis 0, the first ``d`` places filled with ``fill``."""
+    d = min(d, x.shape[0])
+    head = jnp.broadcast_to(jnp.asarray(fill, dtype=x.dtype), (d, *x.shape[1:]))
+    return jnp.concatenate([head, x[:x.shape[0] - d]])
+
+
+def nth_selected(weights, starts, n: int, max_run: int | None = None):
     """Soft "i-th selected object", ``i = 0 .. n-1``, of each event.
 
     ``p[c, i] = w_c · P(exactly i objects before c are selected)``, the probability that
@@ -157,8 +164,11 @@ def nth_selected(weights, starts, n: int):
     the i-th selected object, as ``objects[mask][:, i]`` would pick.
 
     The count distribution of the objects before ``c`` is the Poisson-binomial generating
-    polynomial ``Π (1 - w + w·z)``, truncated to degree ``n - 1``; a segmented associative
-    scan multiplies these polynomials along each event.
+    polynomial ``Π (1 - w + w·z)``, truncated to degree ``n - 1``; a segmented scan
+    multiplies these polynomials along each event. Given ``max_run ≤ 32``, the most objects
+    any event has, the scan takes ``ceil(log2(max_run))`` doubling steps (Hillis–Steele),
+    which compiles several times faster than ``jax.lax.associative_scan`` and runs as fast;
+    for long runs (e.g. all trijets of an event) the associative scan runs faster.
 
     Example:
         >>> import jax.numpy as jnp
@@ -181,7 +191,14 @@ def nth_selected(weights, starts, n: int):
         f2, b = right
         return f1 | f2, jnp.where(f2[..., None], b, multiply(a, b))
 
-    _, inclusive = jax.lax.associative_scan(combine, (starts, poly))
     unit = jnp.zeros((1, n), dtype=weights.dtype).at[0, 0].set(1.0)
+    if max_run is None or max_run > 32:
+        _, inclusive = jax.lax.associative_scan(combine, (starts, poly))
+    else:
+        flags, inclusive, d = starts, poly, 1
+        while d < max_run:  # after this step each entry holds its last 2d objects' product
+            flags, inclusive = combine((_shift(flags, d, True), _shift(inclusive, d, unit[0])),
+                                       (flags, inclusive))
+            d *= 2
     before = jnp.where(starts[:, None], unit, jnp.roll(inclusive, 1, axis=0))
     return weights[:, None] * before

@@ -91,6 +91,9 @@ def variation_key(sample: str, variation: str) -> str:
     return f"{sample}_{variation}"
 
 
+NORM_FLOOR = 0.01
+
+
 def norm_plus_shape(nominal, up, down=None):
     """Split a variation into a normalisation and a shape effect, as cabinetry does.
 
@@ -99,7 +102,7 @@ def norm_plus_shape(nominal, up, down=None):
     way cabinetry's ``Symmetrize`` does it (normalise first, then mirror): ``lo = 2 − hi`` for
     the normalisation and ``2·nominal − up_shape`` for the shape. Works on NumPy and (traced)
     JAX arrays (NumPy in, NumPy float64 out). A sample with no nominal yield gets no effect
-    (factors 1, nominal shapes).
+    (factors 1, nominal shapes). Normalisation factors are floored at ``NORM_FLOOR``.
 
     Returns:
         ``(norm_hi, norm_lo, hi_data, lo_data)``.
@@ -125,9 +128,12 @@ def norm_plus_shape(nominal, up, down=None):
 
     norm_hi, hi_data = split(up)
     if down is None:
-        return norm_hi, 2.0 - norm_hi, hi_data, 2.0 * nominal - hi_data
-    norm_lo, lo_data = split(down)
-    return norm_hi, norm_lo, hi_data, lo_data
+        norm_lo, lo_data = 2.0 - norm_hi, 2.0 * nominal - hi_data
+    else:
+        norm_lo, lo_data = split(down)
+    # A normsys factor must stay positive (pyhf takes its log): an effect of -100 % or more
+    # (e.g. 2 - hi with hi >= 2 from a few MC events) is floored at NORM_FLOOR.
+    return xp.maximum(norm_hi, NORM_FLOOR), xp.maximum(norm_lo, NORM_FLOOR), hi_data, lo_data
 
 
 def _normplusshape_modifiers(syst: Systematic, region: str, sample: str, templates: dict) -> list:

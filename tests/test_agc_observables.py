@@ -42,13 +42,8 @@ def config(path: Path, btag: str) -> dict:
     }
 
 
-def agc_m_bjj(path: Path, btag: str, jet_pt_min: float, btag_threshold: float):
-    """The AGC definition with plain Awkward boolean masks."""
-    ev = uproot.open(path)["Events"].arrays()
-    f64 = lambda a: ak.values_astype(a, np.float64)  # noqa: E731
-    jets = ak.zip({"pt": f64(ev.Jet_pt), "eta": f64(ev.Jet_eta), "phi": f64(ev.Jet_phi),
-                   "mass": f64(ev.Jet_mass), "btag": f64(ev[btag])})
-    jets = jets[(jets.pt > jet_pt_min) & (abs(jets.eta) < 2.4)]
+def best_trijet_mass(jets: ak.Array, btag_threshold: float) -> ak.Array:
+    """The AGC m_bjj of already selected jets (fields pt, eta, phi, mass, btag); 0 if none."""
     tri = ak.combinations(jets, 3, fields=["a", "b", "c"])
 
     def comp(j):
@@ -61,8 +56,22 @@ def agc_m_bjj(path: Path, btag: str, jet_pt_min: float, btag_threshold: float):
     has_b = np.maximum(np.maximum(tri.a.btag, tri.b.btag), tri.c.btag) > btag_threshold
     pt, mass = pt[has_b], mass[has_b]
     best = ak.argmax(pt, axis=1, keepdims=True)
+    return ak.fill_none(ak.firsts(mass[best]), 0.0)
+
+
+def read_jets(path: Path, btag: str) -> ak.Array:
+    ev = uproot.open(path)["Events"].arrays()
+    f64 = lambda a: ak.values_astype(a, np.float64)  # noqa: E731
+    return ak.zip({"pt": f64(ev.Jet_pt), "eta": f64(ev.Jet_eta), "phi": f64(ev.Jet_phi),
+                   "mass": f64(ev.Jet_mass), "btag": f64(ev[btag]), "jetId": ev.Jet_jetId})
+
+
+def agc_m_bjj(path: Path, btag: str, jet_pt_min: float, btag_threshold: float):
+    """The AGC definition with plain Awkward boolean masks."""
+    jets = read_jets(path, btag)
+    jets = jets[(jets.pt > jet_pt_min) & (abs(jets.eta) < 2.4)]
     selected = (ak.num(jets) >= 3) & (ak.sum(jets.btag > btag_threshold, axis=1) >= 1)
-    return ak.to_numpy(selected), ak.to_numpy(ak.fill_none(ak.firsts(mass[best]), 0.0))
+    return ak.to_numpy(selected), ak.to_numpy(best_trijet_mass(jets, btag_threshold))
 
 
 @pytest.mark.parametrize("filename,btag,engine", [

@@ -97,7 +97,7 @@ def test_chunks_and_gradient_modes_agree(compiled_small, gradient):
     loss, grad = ana.loss_and_grad(u, p0)
     cfg = ana.cfg.model_copy(update={"chunk_size": 700, "gradient": gradient})
     chunked = Analysis(cfg, ROOT / "configs", progress=False)
-    assert len(chunked._chunks) > 2 * len(chunked._groups)
+    assert len(chunked._chunks) >= 7
     loss2, grad2 = chunked.loss_and_grad(u, p0)
     assert float(loss2) == pytest.approx(float(loss), rel=1e-12)
     np.testing.assert_allclose(np.asarray(grad2), np.asarray(grad), rtol=1e-10, atol=1e-14)

@@ -26,7 +26,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from analyses.agc_ttbar.generate import SAMPLES, agc, event_weight  # noqa: E402
-from diffana.io import num_entries, read_branches  # noqa: E402
+from diffana.io import read_branches, sum_of_weights  # noqa: E402
 
 REFERENCE = REPO / "tests" / "data" / "agc" / "histos_5_file_per_process.json"
 EDGES = np.linspace(50.0, 550.0, 26)
@@ -101,7 +101,8 @@ def generated_histograms(directory: Path) -> dict[str, dict[str, tuple[np.ndarra
     for sample in SAMPLES:
         path = directory / f"{sample}.root"
         events = read_branches([path], "Events", BRANCHES)
-        weight = event_weight(sample, num_entries([path], "Events"))
+        # every generated event has genWeight 1: the sum counts all produced (skims included)
+        weight = event_weight(sample, sum_of_weights([path], "Events"))
         for region, values in agc_selection(events).items():
             out[region][sample] = (histogram(values, weight), int(np.sum(~np.isnan(values))))
     return out

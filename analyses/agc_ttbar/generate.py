@@ -68,6 +68,13 @@ NOMINAL_SHARE = {
     "wjets": 0.48,
 }
 VARIATION_SHARE = 0.5
+# Samples written skimmed: SKIM[s] times their share of events are produced, and only those
+# that can pass the selection for any cuts within the bounds of configs/agc_ttbar.yaml are
+# kept (see :func:`skim`). Their ``Runs`` tree holds ``genEventSumw``, the number produced,
+# as CMS NanoAOD does, and the configuration normalises them with ``normalisation: genweight``.
+SKIM = {"wjets": 10, "single_top_t_chan": 4, "single_top_s_chan": 8}
+SKIM_PT_MIN = 25.0  # GeV: the lower bound of lepton_pt_min and jet_pt_min
+SKIM_BATCH = 250_000
 SAMPLES = (*NOMINAL_SHARE, "ttbar_ME_var", "ttbar_PS_var", "ttbar_scaleup", "ttbar_scaledown")
 
 TOP_MASS, TOP_WIDTH = 172.5, 1.4
@@ -522,14 +529,43 @@ def _detector(rng, parts: _Partons, n_events: int, model: SampleModel) -> dict:
             "genWeight": np.ones(n_events, np.float32)}
 
 
-def generate_sample(sample: str, n_events: int, seed: int) -> dict[str, ak.Array | np.ndarray]:
+def generate_sample(sample: str, n_events: int, seed: int,
+                    batch: int = 0) -> dict[str, ak.Array | np.ndarray]:
     """The events of one sample, in memory (collections and ``genWeight``), reproducible."""
     if sample not in MODELS:
         raise ValueError(f"unknown AGC sample {sample!r} (known: {list(MODELS)})")
-    rng = np.random.default_rng([seed, SAMPLES.index(sample)])
+    rng = np.random.default_rng([seed, SAMPLES.index(sample)] + ([batch] if batch else []))
     model = MODELS[sample]
     process = PROCESSES[sample.split("_", 1)[0] if sample.startswith("ttbar") else sample]
     return _detector(rng, process(rng, n_events, model), n_events, model)
+
+
+def skim(events: dict) -> np.ndarray:
+    """Events with >= 1 lepton and >= 4 jets at the loosest cuts the AGC configuration allows.
+
+    Lepton: pT > 25 GeV, |η| < 2.1 (electron or muon, before identification); jet: pT > 25
+    GeV, |η| < 2.4, tight lepton veto ID. An event failing this fails the AGC selection for
+    every cut value within the configured bounds, so skimming does not change any result.
+    """
+    def n(coll, eta_max, extra=True):
+        return ak.to_numpy(ak.sum((coll.pt > SKIM_PT_MIN) & (abs(coll.eta) < eta_max) & extra,
+                                  axis=1))
+
+    jets = events["Jet"]
+    leptons = n(events["Electron"], 2.1) + n(events["Muon"], 2.1)
+    return (leptons >= 1) & (n(jets, 2.4, (jets.jetId & 4) == 4) >= 4)
+
+
+def _skimmed_sample(sample: str, n_events: int, seed: int) -> tuple[dict, float]:
+    """Produce ``n_events`` in batches; keep those passing :func:`skim`. Returns (events, N)."""
+    kept = []
+    for batch, start in enumerate(range(0, n_events, SKIM_BATCH)):
+        n = min(SKIM_BATCH, n_events - start)
+        events = generate_sample(sample, n, seed, batch)
+        kept.append({k: v[skim(events)] for k, v in events.items()})
+    merged = {k: ak.concatenate([b[k] for b in kept]) for k in kept[0]}
+    merged["genWeight"] = ak.to_numpy(merged["genWeight"])
+    return merged, float(n_events)
 
 
 @register_generator("agc")
@@ -537,8 +573,17 @@ def agc(out_dir: Path, events: int, seed: int) -> dict[str, Path]:
     """Write one NanoAOD-like file per AGC sample and ttbar variation (TTree ``Events``).
 
     ``events`` is the budget of nominal events, shared as ``NOMINAL_SHARE``; each ttbar
-    variation gets half as many events as nominal ttbar.
+    variation gets half as many events as nominal ttbar. The samples in ``SKIM`` are
+    produced ``SKIM[s]`` times over and skimmed (their ``Runs`` tree counts all produced).
     """
     out_dir = Path(out_dir)
-    return {sample: write_events(out_dir / f"{sample}.root", generate_sample(sample, n, seed))
-            for sample, n in sample_sizes(events).items()}
+    out = {}
+    for sample, n in sample_sizes(events).items():
+        path = out_dir / f"{sample}.root"
+        if sample in SKIM:
+            kept, produced = _skimmed_sample(sample, n * SKIM[sample], seed)
+            out[sample] = write_events(path, kept, runs={"genEventSumw": np.array([produced]),
+                                                         "genEventCount": np.array([produced])})
+        else:
+            out[sample] = write_events(path, generate_sample(sample, n, seed))
+    return out

@@ -63,6 +63,6 @@ def trijet_mass(ops, spec, weights, plan):
     b = ops.flat(root, weights[spec.options["btag_collection"]])
     i, j, k = s["i"], s["j"], s["k"]
     selected = w[i] * w[j] * w[k] * soft_or([b[i], b[j], b[k]])
-    p = first_selected(selected, s["starts"])
+    p = first_selected(selected, s["starts"], ops.prepared_max_run(spec.options["name"]))
     return jax.ops.segment_sum(p * s["mass"], s["event"], num_segments=ops.n_events,
                                indices_are_sorted=True)
