@@ -25,12 +25,15 @@ from analyses.agc_ttbar import compare_yields as cmp  # noqa: E402
 from analyses.agc_ttbar.generate import (  # noqa: E402
     NOMINAL_SHARE,
     SAMPLES,
+    SKIM,
     agc,
     event_weight,
     generate_sample,
     sample_sizes,
+    skim,
 )
 from diffana.generate import GENERATORS  # noqa: E402
+from diffana.io import sum_of_weights  # noqa: E402
 
 REFERENCE = json.loads((DATA / "agc" / "histos_5_file_per_process.json").read_text())
 SEED = 7
@@ -73,7 +76,13 @@ def test_files_branches_and_types(files):
     for sample, path in paths.items():
         assert path.name == f"{sample}.root"
         tree = uproot.open(path)["Events"]
-        assert tree.num_entries == sizes[sample]
+        if sample in SKIM:  # skimmed: the Runs tree counts every event produced
+            produced = uproot.open(path)["Runs"]["genEventSumw"].array(library="np")
+            assert produced.tolist() == [sizes[sample] * SKIM[sample]]
+            assert 0 < tree.num_entries < 0.2 * produced[0]
+            assert sum_of_weights([path], "Events") == produced[0]
+        else:
+            assert tree.num_entries == sizes[sample]
         for branch, typename in BRANCH_TYPES.items():
             assert tree[branch].typename == f"{typename}[]", (sample, branch)
         assert tree["genWeight"].typename == "float"
@@ -89,6 +98,19 @@ def test_files_branches_and_types(files):
         assert set(np.unique(ak.flatten(events.Jet_jetId))) <= {0, 2, 6}
         assert set(np.unique(ak.flatten(events.Electron_cutBased))) <= {0, 1, 2, 3, 4}
         assert np.all(events.genWeight == 1.0)
+
+
+def test_skim_keeps_every_selectable_event():
+    """The skim drops only events that fail the AGC selection at the loosest allowed cuts."""
+    events = generate_sample("wjets", 60_000, SEED)
+    keep = skim(events)
+    assert 0.001 < keep.mean() < 0.1
+    full = cmp.agc_selection(flat(events))
+    skimmed = cmp.agc_selection(flat({k: v[keep] for k, v in events.items()}))
+    for region in full:
+        selected = full[region][~np.isnan(full[region])]
+        assert len(selected) > 0
+        np.testing.assert_array_equal(skimmed[region][~np.isnan(skimmed[region])], selected)
 
 
 def test_budget_and_normalisation():
