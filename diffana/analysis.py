@@ -36,6 +36,7 @@ from diffana.model import Model
 jax.config.update("jax_enable_x64", True)
 
 MAXIMISED = {"discovery_significance", "asimov_significance"}
+KDE_BLOCK = 256  # events per histogram block of the compiled engine (see _prepare_chunks)
 
 
 class EventSet:
@@ -233,8 +234,15 @@ class Analysis:
         """Every per-event weight factor in use; index 0 is the events as they are."""
         out = [None]
         for members in self._groups.values():
-            out += [v for v in members.values() if v is not None and v not in out]
+            out += [v for v in members.values()
+                    if v is not None and v[0] == "reweight" and v not in out]
         return out
+
+    def _variant_index(self, variant) -> tuple[int, float]:
+        """``(m, factor)``: a sample's weights are ``factor × W[m]``."""
+        if variant is not None and variant[0] == "weight":
+            return 0, variant[1]
+        return self._variants.index(variant), 1.0
 
     def _region_events(self, ops, params: dict, weight, hard: bool) -> dict:
         """Select and observe once for one set of events.
@@ -246,20 +254,18 @@ class Analysis:
         weights = select.object_weights(cfg, self.plan, ops, params, hard)
         obs = observe.evaluate(cfg, self.plan, ops, weights)
         common = select.event_weights(cfg, self.plan, ops, cfg.selection, weights, obs, params, hard)
-        ones = jnp.ones_like(weight)
-        factors = jnp.stack([ones if v is None else
-                             (1.0 + v[2] * obs[v[1]] if v[0] == "reweight" else v[1] * ones)
+        factors = jnp.stack([jnp.ones_like(weight) if v is None else 1.0 + v[2] * obs[v[1]]
                              for v in self._variants])
         return {rname: (obs[region.observable],
                         factors * (common * weight * select.event_weights(
                             cfg, self.plan, ops, region.selection, weights, obs, params, hard)))
                 for rname, region in cfg.regions.items()}
 
-    def _kde(self, events: dict, groups=None) -> dict:
+    def _kde(self, events: dict, slots=None, num_slots: int = 1, block: int | None = None) -> dict:
         """``{region: (yields, sumw2)}`` of ``_region_events``, each ``(variants, bins)``, or
-        ``(groups, variants, bins)`` given the group of each event."""
+        ``(blocks, slots, variants, bins)`` given each event's slot in its block."""
         return {r: kde_histogram(x, w, self._edges[r], self.cfg.regions[r].bandwidth,
-                                 groups, None if groups is None else len(self._groups))
+                                 slots, num_slots, block)
                 for r, (x, w) in events.items()}
 
     def _by_sample(self, stacked: dict, floor: bool = True) -> dict:
@@ -271,10 +277,10 @@ class Analysis:
         out: dict = {r: {} for r in self.cfg.regions}
         for g, members in self._groups.items():
             for sample, variant in members.items():
-                m = self._variants.index(variant)
+                m, k = self._variant_index(variant)
                 for r, (y, w2) in stacked.items():
                     f = self.cfg.regions[r].floor if floor else 0.0
-                    out[r][sample] = {"nominal": y[g, m] + f, "sumw2": w2[g, m]}
+                    out[r][sample] = {"nominal": k * y[g, m] + f, "sumw2": k * k * w2[g, m]}
         return out
 
     # --- the compiled engine: fixed-size chunks, one compiled function for all -------------
@@ -283,8 +289,9 @@ class Analysis:
         """Lay the event sets end to end, lower them in chunks and pad those to one shape.
 
         Every sample and variation goes through the same compiled chunk function, which
-        sorts its yields by event set (``groups``): a chunk may hold the end of one set and
-        the start of the next, so small sets cost no padding.
+        sorts its yields by event set: a chunk may hold the end of one set and the start of
+        the next (so small sets cost no padding). Each event has a slot among the chunk's
+        sets (``__slot__``) and ``slots`` maps a slot to its set.
         """
         sets = [self._group_events(g) for g in self._groups]
         events = ak.concatenate([s.events for s in sets]) if len(sets) > 1 else sets[0].events
@@ -295,9 +302,7 @@ class Analysis:
         raw = []
         starts = range(0, max(len(weight), 1), size)
         for a in tqdm(starts, desc="lowering", unit="chunk", disable=not progress, leave=False):
-            buffers = ragged.lower(events[a:a + size], self.plan, weight[a:a + size]).buffers
-            buffers["events"]["__group__"] = groups[a:a + size]
-            raw.append(buffers)
+            raw.append(ragged.lower(events[a:a + size], self.plan, weight[a:a + size]).buffers)
         capacity: dict = {}
         for buffers in raw:
             for axis, n in ragged.axis_sizes(buffers, self.plan).items():
@@ -305,14 +310,24 @@ class Analysis:
         self._runs = {axis: n for axis, n in capacity.items() if axis[0] == "run"}
         # round up so that similar inputs share shapes (and compiled code) across runs
         capacity = {axis: -(-n // 512) * 512 for axis, n in capacity.items() if axis[0] != "run"}
-        capacity["event"] = min(capacity["event"], size)
-        self._chunk_events = capacity["event"]
+        capacity["event"] = n_chunk = min(capacity["event"], size)
+        self._chunk_events = n_chunk
+        # Histogram blocks: each holds events of one or a few sets, each event a slot among them
+        self._block = KDE_BLOCK if n_chunk % KDE_BLOCK == 0 else n_chunk
+        n_sets = len(sets)
+        padded_groups = [np.concatenate([groups[a:a + size],
+                                         np.full(n_chunk - len(groups[a:a + size]), n_sets)])
+                         for a in starts]
+        blocks = [[np.unique(b, return_inverse=True) for b in g.reshape(-1, self._block)]
+                  for g in padded_groups]
+        self._num_slots = max(len(present) for chunk in blocks for present, _ in chunk)
         self._chunks = []
-        for buffers in raw:
+        for buffers, chunk in zip(raw, blocks, strict=True):
             padded = ragged.pad(buffers, self.plan, capacity)
-            # padding events belong to no event set: their yields are dropped
-            n = len(buffers["weight"])
-            padded["events"]["__group__"][n:] = len(sets)
+            padded["events"]["__slot__"] = np.concatenate([slot for _, slot in chunk]).astype(np.int32)
+            # unused slots (and the padding events' set, n_sets) are dropped
+            padded["slots"] = np.array([np.concatenate([present, np.full(
+                self._num_slots - len(present), n_sets)]) for present, _ in chunk], np.int32)
             self._chunks.append(ragged.to_device(padded))
         self._jit_events = jax.jit(self._chunk_region_events, static_argnums=2)
         self._jit_yields = jax.jit(self._chunk_yields)
@@ -330,8 +345,13 @@ class Analysis:
         return self._region_events(ops, params, chunk["weight"], hard)
 
     def _chunk_yields(self, params: dict, chunk: dict) -> dict:
-        return self._kde(self._chunk_region_events(params, chunk, False),
-                         chunk["events"]["__group__"])
+        """``{region: (yields, sumw2)}`` of one chunk, each ``(sets, variants, bins)``."""
+        local = self._kde(self._chunk_region_events(params, chunk, False),
+                          chunk["events"]["__slot__"], self._num_slots, self._block)
+        n_sets, slots = len(self._groups), chunk["slots"].reshape(-1)
+        return jax.tree_util.tree_map(
+            lambda a: jnp.zeros((n_sets, *a.shape[2:]), a.dtype).at[slots].add(
+                a.reshape(-1, *a.shape[2:]), mode="drop"), local)
 
     def _chunk_jacobian(self, u, params_fixed, chunk):
         """Yields of one chunk and their Jacobian in ``u`` (forward mode: one tangent each)."""
@@ -384,8 +404,8 @@ class Analysis:
         out: dict = {}
         for g, members in self._groups.items():
             for sample, variant in members.items():
-                m = self._variants.index(variant)
-                out[sample] = {r: (x, w[m]) for r, (x, w) in per_group[g].items()}
+                m, k = self._variant_index(variant)
+                out[sample] = {r: (x, k * w[m]) for r, (x, w) in per_group[g].items()}
         return out
 
     def yields(self, params: dict) -> dict:
@@ -419,6 +439,14 @@ class Analysis:
                                       label=self.cfg.regions[r].observable)
                     for s in self.samples} for r in self.cfg.regions}
 
+    def pseudodata(self, hists: dict) -> dict | None:
+        """``{region: hist.Hist}``: the configured pseudodata from hard histograms, if any."""
+        mix = self.cfg.model.pseudodata
+        if not mix:
+            return None
+        return {r: sum((hs[s] * float(f) for s, f in mix.items()), start=hs[next(iter(mix))] * 0.0)
+                for r, hs in hists.items()}
+
     def hard_yields(self, params: dict) -> dict:
         """Yields of the hard histograms, with the same floor as the soft ones."""
         hists = self.hard_histograms(params)
@@ -437,9 +465,9 @@ class Analysis:
         """The pyhf spec of these yields (leaves may be traced JAX arrays)."""
         return specmod.build(self.cfg, yields)
 
-    def workspace(self, yields: dict) -> dict:
-        """The pyhf workspace JSON (plain floats) of these yields."""
-        return specmod.to_json(self.spec(yields))
+    def workspace(self, yields: dict, observations: dict | None = None) -> dict:
+        """The pyhf workspace JSON (plain floats) of these yields (observations: Asimov)."""
+        return specmod.to_json(specmod.build(self.cfg, yields, observations))
 
     def objective_from_yields(self, yields: dict):
         """The configured figure of merit of these yields."""

@@ -332,6 +332,10 @@ class ModelConfig(_Strict):
     signal: list[str] = Field(min_length=1)
     staterror: StrictBool = False
     systematics: list[Systematic] = Field(default_factory=list)
+    # pseudodata from events: Σ factor × the sample's hard-cut histogram (the AGC's:
+    # {ttbar_ME_var: 0.5, ttbar_PS_var: 0.5, wjets: 1}); the workspace's observations and
+    # the data points on the plots. Without it the observations are the Asimov data.
+    pseudodata: dict[str, Number] = Field(default_factory=dict)
 
     @field_validator("poi_bounds")
     @classmethod
@@ -517,6 +521,9 @@ def _check_references(cfg: AnalysisConfig) -> None:
     for name in cfg.variation_samples():
         if name in cfg.samples:
             raise _RefError("variations", f"variation sample {name!r} is also a sample name")
+    for s in cfg.model.pseudodata:
+        if s not in cfg.samples:
+            raise _RefError(f"model.pseudodata.{s}", f"{s!r} is not a sample ({list(cfg.samples)})")
     for i, s in enumerate(cfg.model.signal):
         if s not in nominal:
             raise _RefError(f"model.signal[{i}]", f"{s!r} is not a nominal sample ({nominal})")

@@ -96,8 +96,13 @@ def nth(ops, spec, weights, plan):
 
     root = plan.collections[spec.collection].root
     index = int(spec.options.get("index", 0))
-    w = ops.flat(root, weights[spec.collection])
-    p = nth_selected(w, ops.starts(root), index + 1, ops.max_run(root))[:, index]
+    depth = max(int(spec.options.get("depth", 0)), index + 1)
+    cache = getattr(ops, "cache", {})
+    key = ("nth", spec.collection, depth)
+    if key not in cache:
+        w = ops.flat(root, weights[spec.collection])
+        cache[key] = nth_selected(w, ops.starts(root), depth, ops.max_run(root))
+    p = cache[key][:, index]
     return ops.sum_flat(root, p * ops.flat(root, ops.field(root, spec.field)))
 
 
@@ -113,8 +118,18 @@ def evaluate(cfg, plan, ops, weights: dict) -> dict:
     The function receives the configuration entry with ``options["name"]`` set to the
     observable's name (the key of what its ``prepare`` stored).
     """
+    # ``nth`` observables of one collection share one scan, deep enough for all of them
+    depth: dict[str, int] = {}
+    for obs in cfg.observables.values():
+        if obs.kind == "nth":
+            index = int(obs.options.get("index", 0))
+            depth[obs.collection] = max(depth.get(obs.collection, 0), index + 1)
+    ops.cache = {}  # results shared between the observables of one evaluation
     out = {}
     for name, obs in cfg.observables.items():
-        spec = obs.model_copy(update={"options": {**obs.options, "name": name}})
+        options = {**obs.options, "name": name}
+        if obs.kind == "nth":
+            options["depth"] = depth[obs.collection]
+        spec = obs.model_copy(update={"options": options})
         out[name] = OBSERVABLES[obs.kind](ops, spec, weights, plan)
     return out

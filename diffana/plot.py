@@ -35,8 +35,10 @@ def history(hist: dict[str, np.ndarray], objective: str, path: Path) -> None:
         _save(fig, path)
 
 
-def templates(stages: dict[str, dict], path: Path, signal: list[str]) -> None:
-    """Stacked hard-cut histograms per region (rows) before and after optimisation (columns)."""
+def templates(stages: dict[str, dict], path: Path, signal: list[str],
+              data: dict[str, dict] | None = None) -> None:
+    """Stacked hard-cut histograms per region (rows) before and after optimisation (columns),
+    with ``data[stage][region]`` (e.g. pseudodata) as points."""
     stage_names = list(stages)
     regions = list(next(iter(stages.values())))
     with plt.style.context(mplhep.style.CMS):
@@ -49,6 +51,11 @@ def templates(stages: dict[str, dict], path: Path, signal: list[str]) -> None:
                 order = [s for s in hs if s not in signal] + [s for s in hs if s in signal]
                 mplhep.histplot([hs[s] for s in order], label=order, stack=True,
                                 histtype="fill", ax=ax)
+                if data is not None:
+                    d = data[stage][region]
+                    mplhep.histplot(d.values(), d.axes[0].edges, yerr=np.sqrt(d.values()),
+                                    histtype="errorbar", color="black", label="pseudodata",
+                                    ax=ax)
                 ax.set_title(f"{region}, {stage} cuts", fontsize=16)
                 ax.set_ylabel("events / bin")
                 ax.set_xlabel(hs[order[0]].axes[0].label or "observable")

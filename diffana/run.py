@@ -120,13 +120,17 @@ def run(
                                            hard_final)):
         results["warning"] = "non-finite objective value; see stopped"
 
-    report.write_json(out_dir / "workspace.json", ana.workspace(final_yields))
+    data = {stage: ana.pseudodata(h) for stage, h in hists.items()}
+    observations = ({r: h.values() for r, h in data["final"].items()}
+                    if data["final"] is not None else None)
+    report.write_json(out_dir / "workspace.json", ana.workspace(final_yields, observations))
     report.write_root_histograms(out_dir / "histograms.root", hists)
     plot.history(report.read_history(out_dir / "history.csv"), cfg.objective.kind,
                  out_dir / "objective_history.png")
     nominal = {stage: {r: {s: h for s, h in hs.items() if s in cfg.nominal_samples}
                        for r, hs in regions.items()} for stage, regions in hists.items()}
-    plot.templates(nominal, out_dir / "histograms.png", cfg.model.signal)
+    plot.templates(nominal, out_dir / "histograms.png", cfg.model.signal,
+                   data if data["final"] is not None else None)
     if sensitivity:
         plot.sensitivity(sensitivity, out_dir / "sensitivity.png")
     results["wall_seconds"] = time.perf_counter() - start

@@ -178,9 +178,9 @@ def nth_selected(weights, starts, n: int, max_run: int | None = None):
     """
     starts = starts.astype(bool)
     # polynomial of one object: (1 - w) + w·z, coefficients of z^0 .. z^(n-1)
-    poly = jnp.zeros((weights.shape[0], n), dtype=weights.dtype).at[:, 0].set(1.0 - weights)
-    if n > 1:
-        poly = poly.at[:, 1].set(weights)
+    # (built by stacking: an indexed update becomes a slow generic scatter under jacfwd)
+    zeros = jnp.zeros_like(weights)
+    poly = jnp.stack([1.0 - weights, *([weights] if n > 1 else []), *[zeros] * (n - 2)], axis=-1)
 
     def multiply(a, b):  # truncated polynomial product, batched over objects
         return jnp.stack([sum(a[..., m] * b[..., k - m] for m in range(k + 1))
@@ -191,7 +191,7 @@ def nth_selected(weights, starts, n: int, max_run: int | None = None):
         f2, b = right
         return f1 | f2, jnp.where(f2[..., None], b, multiply(a, b))
 
-    unit = jnp.zeros((1, n), dtype=weights.dtype).at[0, 0].set(1.0)
+    unit = jnp.asarray([[1.0] + [0.0] * (n - 1)], dtype=weights.dtype)
     if max_run is None or max_run > 32:
         _, inclusive = jax.lax.associative_scan(combine, (starts, poly))
     else:
