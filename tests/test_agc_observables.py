@@ -111,3 +111,22 @@ def test_soft_m_bjj_gradients_and_engines():
     check_grads(mean_mass(compiled), (theta,), order=1, modes=("fwd", "rev"), eps=1e-4,
                 atol=1e-5, rtol=1e-4)
     np.testing.assert_allclose(mean_mass(compiled)(theta), mean_mass(awkward)(theta), rtol=1e-10)
+
+
+def test_pruned_candidates_give_the_same_hard_m_bjj():
+    """Dropping trijets that an earlier one beats at every cut leaves the hard m_bjj alone."""
+    path = DATA / "nano_tt_v12.root"
+    data = config(path, "Jet_btagDeepFlavB")
+    full = Analysis(load_dict(data), progress=False)
+    data["observables"]["m_bjj"]["options"]["prune"] = True
+    pruned = Analysis(load_dict(data), progress=False)
+    n_full = len(full.samples["s"].lowered.buffers["prepared"]["m_bjj"]["mass"])
+    n_pruned = len(pruned.samples["s"].lowered.buffers["prepared"]["m_bjj"]["mass"])
+    assert n_pruned < 0.5 * n_full
+    for jet_pt_min, btag_threshold in ((15.0, 0.05), (25.0, 0.4), (60.0, 0.9)):
+        params = dict(full.initial_params(), jet_pt_min=jnp.asarray(jet_pt_min),
+                      btag_threshold=jnp.asarray(btag_threshold))
+        a = full.region_events(params, hard=True)["s"]["SR"]
+        b = pruned.region_events(params, hard=True)["s"]["SR"]
+        np.testing.assert_array_equal(np.asarray(b[1]), np.asarray(a[1]))
+        np.testing.assert_array_equal(np.asarray(b[0]), np.asarray(a[0]))

@@ -32,6 +32,7 @@ def real_file_config(path: Path, btag: str) -> dict:
                        "wjets": {"files": [str(path)], "cross_section": 2.0}}
     data["variations"] = {}
     data["model"]["systematics"] = []
+    data["model"]["pseudodata"] = {}
     data["objects"]["jets"]["fields"]["btag"] = btag
     return data
 

@@ -23,8 +23,41 @@ from diffana.observe import register_observable
 from diffana.select import first_selected, soft_or
 
 
+def _dominated(weakest: ak.Array, btag: ak.Array, levels: np.ndarray) -> ak.Array:
+    """Candidates (in preference order) that an earlier one beats at every cut value.
+
+    Candidate ``c'`` before ``c`` with a weakest jet at least as hard and a best b-tag at
+    least as high is selected whenever ``c`` is (pT above a threshold, b-tag above a
+    threshold), so ``c`` is never the first selected candidate: with hard cuts, at any
+    thresholds, dropping it changes nothing. ``levels``: each event's jet b-tag values,
+    ``(events, most jets)``, NaN-padded.
+    """
+    counts = ak.to_numpy(ak.num(weakest))
+    w = ak.to_numpy(ak.flatten(weakest)).astype(np.float64)
+    b = ak.to_numpy(ak.flatten(btag)).astype(np.float64)
+    event = np.repeat(np.arange(len(counts)), counts)
+    first = np.zeros(len(w), dtype=bool)
+    first[(np.cumsum(counts) - counts)[counts > 0]] = True
+    # a segmented running maximum: events offset so that no maximum crosses an event
+    offset = event * (2.0 * (np.abs(w).max(initial=0.0) + 1.0))
+    dominated = np.zeros(len(w), dtype=bool)
+    for q in range(levels.shape[1]):  # each b-tag value of the event's jets
+        level = levels[event, q]
+        at_least = np.where(b >= level, w + offset, -np.inf)
+        before = np.maximum.accumulate(np.concatenate([[-np.inf], at_least[:-1]]))
+        before[first] = -np.inf  # nothing comes before an event's first candidate
+        here = b == level
+        dominated[here] |= before[here] - offset[here] >= w[here]
+    return ak.unflatten(dominated, counts)
+
+
 def _trijet_structure(jets: ak.Array, spec) -> dict[str, np.ndarray]:
-    """Index arrays of all 3-jet combinations per event, sorted by decreasing trijet pT."""
+    """Index arrays of the 3-jet combinations per event, sorted by decreasing trijet pT.
+
+    With ``options.prune: true`` the candidates that can never be chosen with hard cuts are
+    dropped (:func:`_dominated`; valid when the jets' only soft cut is pT above a threshold
+    and the b-tag collection's is ``options.btag_field`` above a threshold).
+    """
     offsets = np.concatenate([[0], np.cumsum(ak.to_numpy(ak.num(jets)))])
     combos = ak.argcombinations(jets, 3, axis=1)
     i, j, k = (combos[f] for f in ("0", "1", "2"))
@@ -38,16 +71,25 @@ def _trijet_structure(jets: ak.Array, spec) -> dict[str, np.ndarray]:
     pt = np.sqrt(tri["px"] ** 2 + tri["py"] ** 2)
     mass = np.sqrt(np.maximum(tri["e"] ** 2 - tri["px"] ** 2 - tri["py"] ** 2 - tri["pz"] ** 2, 0))
     order = ak.argsort(pt, axis=1, ascending=False, stable=True)
-    counts = ak.to_numpy(ak.num(combos))
+    if spec.options.get("prune", False):
+        field = spec.options.get("btag_field", "btag")
+        weakest = np.minimum(np.minimum(jets.pt[i], jets.pt[j]), jets.pt[k])[order]
+        btag = np.maximum(np.maximum(jets[field][i], jets[field][j]), jets[field][k])[order]
+        most = max(int(ak.max(ak.num(jets), initial=0)), 1)
+        levels = ak.to_numpy(ak.fill_none(ak.pad_none(
+            ak.values_astype(jets[field], np.float64), most, clip=True), np.nan))
+        order = order[~_dominated(weakest, btag, levels)]
+    counts = ak.to_numpy(ak.num(order))
     base = np.repeat(offsets[:-1], counts)
+    i, j, k, mass = i[order], j[order], k[order], mass[order]
     event = np.repeat(np.arange(len(jets), dtype=np.int32), counts)
     starts = np.zeros(int(counts.sum()), dtype=bool)
     starts[np.concatenate([[0], np.cumsum(counts)[:-1]])[counts > 0]] = True
     return {
-        "i": (ak.to_numpy(ak.flatten(i[order])) + base).astype(np.int32),
-        "j": (ak.to_numpy(ak.flatten(j[order])) + base).astype(np.int32),
-        "k": (ak.to_numpy(ak.flatten(k[order])) + base).astype(np.int32),
-        "mass": ak.to_numpy(ak.flatten(mass[order])).astype(np.float64),
+        "i": (ak.to_numpy(ak.flatten(i)) + base).astype(np.int32),
+        "j": (ak.to_numpy(ak.flatten(j)) + base).astype(np.int32),
+        "k": (ak.to_numpy(ak.flatten(k)) + base).astype(np.int32),
+        "mass": ak.to_numpy(ak.flatten(mass)).astype(np.float64),
         "event": event,
         "starts": starts,
     }
