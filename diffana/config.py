@@ -585,6 +585,13 @@ def _format_validation_error(source: str, err: ValidationError) -> str:
     return f"{source}: {path}: {msg}{shown}"
 
 
+def _already_imported(path: Path) -> bool:
+    """Whether the file is already imported under its package name (registering twice would
+    replace the registered functions with copies from a second module object)."""
+    return any(getattr(m, "__file__", None) and Path(m.__file__).resolve() == path
+               for m in list(sys.modules.values()))
+
+
 def _import_plugins(imports: Any, source: str, base_dir: Path | None) -> None:
     """Import the modules named in ``imports`` (they register observables, generators...).
 
@@ -600,7 +607,7 @@ def _import_plugins(imports: Any, source: str, base_dir: Path | None) -> None:
             if isinstance(name, str) and name.endswith(".py"):
                 path = (Path(name) if base_dir is None else base_dir / name).resolve()
                 module_name = f"diffana_imports.{path.parent.name}.{path.stem}"
-                if module_name not in sys.modules:
+                if module_name not in sys.modules and not _already_imported(path):
                     spec = importlib.util.spec_from_file_location(module_name, path)
                     module = importlib.util.module_from_spec(spec)
                     sys.modules[module_name] = module  # dataclasses and pickling look it up

@@ -76,7 +76,7 @@ def agc_m_bjj(path: Path, btag: str, jet_pt_min: float, btag_threshold: float):
 
 @pytest.mark.parametrize("filename,btag,engine", [
     ("nano_tt_v12.root", "Jet_btagDeepFlavB", "compiled"),
-    ("nano_tt_v12.root", "Jet_btagDeepFlavB", "awkward"),
+    pytest.param("nano_tt_v12.root", "Jet_btagDeepFlavB", "awkward", marks=pytest.mark.slow),
     ("cms2015_wjets_nanoaod_200.root", "Jet_btagCSVV2", "compiled"),
     pytest.param("cms2015_wjets_nanoaod_200.root", "Jet_btagCSVV2", "awkward",
                  marks=pytest.mark.slow),

@@ -105,9 +105,14 @@ def boolean_mask_analysis(path, btag: str, p: dict):
             "two_b": (ak.to_numpy(two_b), ak.to_numpy(muon_pt))}
 
 
-@pytest.mark.parametrize("engine", ["compiled", "awkward"])
-@pytest.mark.parametrize("filename,btag", [("cms2015_wjets_nanoaod_200.root", "Jet_btagCSVV2"),
-                                           ("nano_tt_v12.root", "Jet_btagDeepFlavB")])
+@pytest.mark.parametrize("filename,btag,engine", [
+    ("cms2015_wjets_nanoaod_200.root", "Jet_btagCSVV2", "compiled"),
+    ("nano_tt_v12.root", "Jet_btagDeepFlavB", "compiled"),
+    ("nano_tt_v12.root", "Jet_btagDeepFlavB", "awkward"),
+    # the engines agree everywhere (test_engines); the second awkward file adds no coverage
+    pytest.param("cms2015_wjets_nanoaod_200.root", "Jet_btagCSVV2", "awkward",
+                 marks=pytest.mark.slow),
+])
 def test_hard_limit_equals_boolean_masks(filename, btag, engine):
     path = DATA / filename
     ana = Analysis(load_dict(real_config(path, btag)), engine=engine, progress=False)
