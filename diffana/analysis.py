@@ -36,6 +36,7 @@ from diffana.model import Model
 jax.config.update("jax_enable_x64", True)
 
 MAXIMISED = {"discovery_significance", "asimov_significance"}
+WEIGHTED = ("genweight", "weight")  # normalisations that read the genWeight branch
 KDE_BLOCK = 256  # events per histogram block of the compiled engine (see _prepare_chunks)
 
 
@@ -90,14 +91,16 @@ def _read_sample(cfg: AnalysisConfig, name: str, plan: ragged.Plan, base: Path,
     s = cfg.samples[name]
     files = [resolve_path(f, base, generated) for f in s.files]
     tree = s.tree or cfg.tree
-    branches = plan.branches + (["genWeight"] if s.normalisation == "genweight" else [])
+    branches = plan.branches + (["genWeight"] if s.normalisation in WEIGHTED else [])
     branches += [b for v in cfg.variations.values() for b in _varied_branch(v)]
     events = io.read_branches(files, tree, branches, cfg.step_size, progress=bar.update)
     n = len(events)
     genweight = (np.asarray(events["genWeight"], dtype=np.float64)
-                 if s.normalisation == "genweight" else None)
+                 if s.normalisation in WEIGHTED else None)
     if s.normalisation == "none":
         norm, weight = 1.0, np.ones(n)
+    elif s.normalisation == "weight":
+        norm, weight = 1.0, genweight
     elif s.normalisation == "events":
         n_total = s.n_total or n
         norm = s.cross_section * cfg.luminosity / n_total
@@ -298,7 +301,10 @@ class Analysis:
         weight = np.concatenate([s.weight for s in sets])
         groups = np.repeat(np.arange(len(sets), dtype=np.int32), [len(s) for s in sets])
         self._group_slices = np.cumsum([0] + [len(s) for s in sets])
-        size = self.cfg.chunk_size
+        # chunks of equal size, at most chunk_size events, a multiple of the block size
+        n_chunks = max(-(-len(weight) // self.cfg.chunk_size), 1)
+        per_chunk = -(-len(weight) // n_chunks)
+        size = min(-(-per_chunk // 512) * 512, self.cfg.chunk_size) if len(weight) else 1
         raw = []
         starts = range(0, max(len(weight), 1), size)
         for a in tqdm(starts, desc="lowering", unit="chunk", disable=not progress, leave=False):
@@ -333,6 +339,7 @@ class Analysis:
         self._jit_yields = jax.jit(self._chunk_yields)
         self._jit_jacobian = jax.jit(self._chunk_jacobian)
         self._jit_vjp = jax.jit(self._chunk_vjp)
+        self._jit_fused = jax.jit(jax.value_and_grad(self._fused_loss))
         sign = -1.0 if self.maximise else 1.0
         self._jit_loss_and_cotangent = jax.jit(jax.value_and_grad(
             lambda stacked: sign * self.objective_from_yields(self._by_sample(stacked))))
@@ -375,9 +382,35 @@ class Analysis:
             total = r if total is None else jax.tree_util.tree_map(jnp.add, total, r)
         return total
 
-    def _reverse_mode(self) -> bool:
+    def _gradient_mode(self) -> str:
         mode = self.cfg.gradient
-        return mode == "reverse" or (mode == "auto" and len(self.trainable) > 16)
+        if mode != "auto":
+            return mode
+        return "fused" if self.engine == "compiled" else "reverse"
+
+    @cached_property
+    def _stacked_chunks(self) -> dict:
+        """All chunks as one pytree with a leading chunk axis (for ``lax.scan``)."""
+        return jax.tree_util.tree_map(lambda *a: jnp.stack(a), *self._chunks)
+
+    def _fused_loss(self, u, params_fixed, stacked):
+        """The loss as one function: a ``lax.scan`` over the chunks, then model and inference.
+
+        One compiled function per gradient step (the chunk body compiled once); reverse mode
+        keeps each chunk's intermediate values until the backward pass, so its memory grows
+        with the events (``forward``/``reverse`` keep one chunk's at a time).
+        """
+        params = self.from_unit(u, params_fixed)
+
+        def body(total, chunk):
+            return jax.tree_util.tree_map(jnp.add, total, self._chunk_yields(params, chunk)), None
+
+        first = jax.tree_util.tree_map(lambda a: a[0], stacked)
+        zeros = jax.tree_util.tree_map(lambda a: jnp.zeros(a.shape, a.dtype),
+                                       jax.eval_shape(self._chunk_yields, params, first))
+        total, _ = jax.lax.scan(body, zeros, stacked)
+        value = self.objective_from_yields(self._by_sample(total))
+        return -value if self.maximise else value
 
     # --- select, observe, histogram ---------------------------------------------------------
 
@@ -511,7 +544,10 @@ class Analysis:
         """
         params_fixed = params_fixed or self.initial_params()
         if self.engine == "compiled":
-            if self._reverse_mode():
+            mode = self._gradient_mode()
+            if mode == "fused":
+                return self._jit_fused(u, params_fixed, self._stacked_chunks)
+            if mode == "reverse":
                 y = self._over_chunks(self._jit_yields, self.from_unit(u, params_fixed))
                 loss, ct = self._jit_loss_and_cotangent(y)
                 return loss, self._over_chunks(self._jit_vjp, u, params_fixed, ct)

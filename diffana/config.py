@@ -63,23 +63,24 @@ class Sample(_Strict):
 
     ``normalisation``: ``events`` gives every event ``σ·L/N_total`` (``N_total`` from
     ``n_total`` or counted in the files); ``genweight`` gives ``σ·L·genWeight/ΣgenWeight``;
+    ``weight`` takes the ``genWeight`` branch as the final event weight (already normalised);
     ``none`` gives weight 1 (data).
     """
 
     files: list[str] = Field(min_length=1)
     tree: str | None = None
     cross_section: Number | None = Field(None, gt=0)
-    normalisation: Literal["events", "genweight", "none"] = "events"
+    normalisation: Literal["events", "genweight", "weight", "none"] = "events"
     n_total: StrictInt | None = Field(None, gt=0)
     variation_of: str | None = None
     label: str | None = None
 
     @model_validator(mode="after")
     def _needs_xsec(self) -> Sample:
-        if self.normalisation != "none" and self.cross_section is None:
+        if self.normalisation in ("events", "genweight") and self.cross_section is None:
             raise ValueError(
                 f"normalisation {self.normalisation!r} needs a cross_section (pb); "
-                "give one or set normalisation: none"
+                "give one or set normalisation: weight or none"
             )
         return self
 
@@ -401,10 +402,11 @@ class AnalysisConfig(_Strict):
     # drop events that cannot pass the top-level count requirements (see ragged.structural_keep)
     preselect: StrictBool = False
     # compiled engine: events per chunk (one compiled function serves every chunk), and how
-    # gradients are taken (forward: one pass with a tangent per parameter; reverse: a
-    # forward pass for the yields, then a VJP pass; auto: forward up to 16 parameters)
+    # gradients are taken (fused: one compiled value_and_grad scanning all chunks; forward:
+    # per chunk, a tangent per parameter; reverse: per chunk, a yields pass then a VJP
+    # pass; forward and reverse hold one chunk's intermediates at a time; auto: fused)
     chunk_size: StrictInt = Field(65_536, gt=0)
-    gradient: Literal["auto", "forward", "reverse"] = "auto"
+    gradient: Literal["auto", "fused", "forward", "reverse"] = "auto"
 
     @model_validator(mode="after")
     def _references(self) -> AnalysisConfig:

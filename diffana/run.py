@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from diffana import config as configmod
 from diffana import plot, report
-from diffana.analysis import Analysis
+from diffana.analysis import WEIGHTED, Analysis
 from diffana.exceptions import DiffanaError
 from diffana.optimise import optimise
 
@@ -166,7 +166,7 @@ def validate(config_path: str | Path) -> str:
         uses_generated = any("{generated}" in f for f in sample.files)
         if uses_generated and pending:
             continue
-        branches = plan.branches + (["genWeight"] if sample.normalisation == "genweight" else [])
+        branches = plan.branches + (["genWeight"] if sample.normalisation in WEIGHTED else [])
         for f in sample.files:
             path = configmod.resolve_path(f, config_path.parent, generated)
             io.check_branches(path, sample.tree or cfg.tree, branches)

@@ -75,7 +75,7 @@ def test_no_recompilation_between_steps(compiled_small, caplog):
     p0 = ana.initial_params()
     u = ana.to_unit(p0)
     ana.loss_and_grad(u, p0)  # compile once
-    jitted = (ana._jit_jacobian, ana._jit_loss_and_cotangent, ana._jit_contract)
+    jitted = (ana._jit_fused,)
     cache_sizes = [f._cache_size() for f in jitted]
     points = [jnp.clip(u + 0.01 * i, 0, 1) for i in range(5)]
     with jax.log_compiles(True), caplog.at_level(logging.WARNING):
@@ -85,10 +85,10 @@ def test_no_recompilation_between_steps(compiled_small, caplog):
             jax.block_until_ready(g)
     compiles = [r.getMessage() for r in caplog.records if "Compiling" in r.getMessage()]
     assert compiles == []
-    assert [f._cache_size() for f in jitted] == cache_sizes == [1, 1, 1]
+    assert [f._cache_size() for f in jitted] == cache_sizes == [1]
 
 
-@pytest.mark.parametrize("gradient", ["forward", "reverse"])
+@pytest.mark.parametrize("gradient", ["fused", "forward", "reverse"])
 def test_chunks_and_gradient_modes_agree(compiled_small, gradient):
     """Many small chunks, forward or reverse mode: the same loss and gradient as one chunk."""
     ana = compiled_small
