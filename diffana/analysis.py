@@ -480,9 +480,10 @@ class Analysis:
         return {r: sum((hs[s] * float(f) for s, f in mix.items()), start=hs[next(iter(mix))] * 0.0)
                 for r, hs in hists.items()}
 
-    def hard_yields(self, params: dict) -> dict:
-        """Yields of the hard histograms, with the same floor as the soft ones."""
-        hists = self.hard_histograms(params)
+    def hard_yields(self, params: dict, hists: dict | None = None) -> dict:
+        """Yields of the hard histograms (``hists``, if already filled at ``params``), with
+        the same floor as the soft ones."""
+        hists = hists or self.hard_histograms(params)
         return {r: {s: {"nominal": jnp.asarray(h.values()) + self.cfg.regions[r].floor,
                         "sumw2": jnp.asarray(h.variances())}
                     for s, h in hs.items()} for r, hs in hists.items()}
@@ -530,9 +531,9 @@ class Analysis:
         # JAX-backed Awkward outputs under a transform cannot enter a jit-compiled function.
         return self.objective_from_yields(self.yields(params))
 
-    def hard_objective(self, params: dict) -> float:
+    def hard_objective(self, params: dict, hists: dict | None = None) -> float:
         """The objective with hard cuts and hard histograms: the honest evaluation."""
-        return float(self._objective_from_yields(self.hard_yields(params)))
+        return float(self._objective_from_yields(self.hard_yields(params, hists)))
 
     # --- what the optimiser calls -----------------------------------------------------------
 
@@ -560,13 +561,14 @@ class Analysis:
         loss, dloss_dy = self._loss_of_yields(y)
         return loss, pullback(dloss_dy)[0]
 
-    def sensitivity(self, params: dict) -> dict:
+    def sensitivity(self, params: dict, yields_and_jacobian: tuple | None = None) -> dict:
         """∂objective/∂θ split into the contribution of each region × sample's yields.
 
         Returns ``{param: {"region/sample": d}}`` with ``Σ d = ∂objective/∂param`` (the chain
         rule ``∂objective/∂yields · ∂yields/∂θ`` summed over bins, nominal and Σw² together).
+        ``yields_and_jacobian``: what :meth:`yields_and_jacobian` gave at ``params``, if at hand.
         """
-        y, dy_dtheta = self.yields_and_jacobian(params)
+        y, dy_dtheta = yields_and_jacobian or self.yields_and_jacobian(params)
         dobj_dy = self._dobjective_dyields(y)
         out: dict = {n: {} for n in self.trainable}
         for r in self.cfg.regions:

@@ -90,11 +90,14 @@ def run(
     # the optimiser evaluated both already: step 0 and its last good step
     objective_initial = sign * res.history[0][1] if res.history else math.nan
     objective_final = sign * res.loss if res.history else math.nan
-    hard_initial = ana.hard_objective(p0)
-    hard_final = ana.hard_objective(p_final)
-    sensitivity = ana.sensitivity(p_final) if ana.trainable else {}
     hists = {"initial": ana.hard_histograms(p0), "final": ana.hard_histograms(p_final)}
-    final_yields = ana.yields(p_final)
+    hard_initial = ana.hard_objective(p0, hists["initial"])
+    hard_final = ana.hard_objective(p_final, hists["final"])
+    if ana.trainable:  # the final yields and their Jacobian: one evaluation for both uses
+        final = ana.yields_and_jacobian(p_final)
+        final_yields, sensitivity = final[0], ana.sensitivity(p_final, final)
+    else:
+        final_yields, sensitivity = ana.yields(p_final), {}
 
     results = {
         "config": cfg.name,
