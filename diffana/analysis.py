@@ -196,10 +196,8 @@ class Analysis:
         self.model = Model(specmod.to_json(specmod.build(cfg, self._placeholder_yields())),
                            poi_name=cfg.model.poi)
         self._objective_from_yields = jax.jit(self.objective_from_yields)
-        sign = -1.0 if self.maximise else 1.0
         self._dobjective_dyields = jax.jit(jax.grad(self.objective_from_yields))
-        self._loss_of_yields = jax.jit(jax.value_and_grad(
-            lambda y: sign * self.objective_from_yields(y)))
+        self._loss_of_yields = jax.jit(jax.value_and_grad(self._loss_from_yields))
 
     # --- parameters -------------------------------------------------------------------------
 
@@ -340,9 +338,8 @@ class Analysis:
         self._jit_jacobian = jax.jit(self._chunk_jacobian)
         self._jit_vjp = jax.jit(self._chunk_vjp)
         self._jit_fused = jax.jit(jax.value_and_grad(self._fused_loss))
-        sign = -1.0 if self.maximise else 1.0
         self._jit_loss_and_cotangent = jax.jit(jax.value_and_grad(
-            lambda stacked: sign * self.objective_from_yields(self._by_sample(stacked))))
+            lambda stacked: self._loss_from_yields(self._by_sample(stacked))))
         self._jit_contract = jax.jit(lambda ct, jac: sum(
             jnp.tensordot(c, j, axes=c.ndim) for c, j in
             zip(jax.tree_util.tree_leaves(ct), jax.tree_util.tree_leaves(jac))))
@@ -360,18 +357,21 @@ class Analysis:
             lambda a: jnp.zeros((n_sets, *a.shape[2:]), a.dtype).at[slots].add(
                 a.reshape(-1, *a.shape[2:]), mode="drop"), local)
 
+    def _chunk_yields_at(self, u, params_fixed, chunk) -> dict:
+        """:meth:`_chunk_yields` at unit-box coordinates ``u``."""
+        return self._chunk_yields(self.from_unit(u, params_fixed), chunk)
+
     def _chunk_jacobian(self, u, params_fixed, chunk):
         """Yields of one chunk and their Jacobian in ``u`` (forward mode: one tangent each)."""
         def yields(v):
-            y = self._chunk_yields(self.from_unit(v, params_fixed), chunk)
+            y = self._chunk_yields_at(v, params_fixed, chunk)
             return y, y
 
         jac, y = jax.jacfwd(yields, has_aux=True)(u)
         return y, jac
 
     def _chunk_vjp(self, u, params_fixed, cotangent, chunk):
-        _, pullback = jax.vjp(
-            lambda v: self._chunk_yields(self.from_unit(v, params_fixed), chunk), u)
+        _, pullback = jax.vjp(lambda v: self._chunk_yields_at(v, params_fixed, chunk), u)
         return pullback(cotangent)[0]
 
     def _over_chunks(self, fn, *args):
@@ -409,8 +409,7 @@ class Analysis:
         zeros = jax.tree_util.tree_map(lambda a: jnp.zeros(a.shape, a.dtype),
                                        jax.eval_shape(self._chunk_yields, params, first))
         total, _ = jax.lax.scan(body, zeros, stacked)
-        value = self.objective_from_yields(self._by_sample(total))
-        return -value if self.maximise else value
+        return self._loss_from_yields(self._by_sample(total))
 
     # --- select, observe, histogram ---------------------------------------------------------
 
@@ -518,6 +517,11 @@ class Analysis:
         if obj.kind == "expected_cls":
             return infer.expected_cls(self.model, templates, obj.poi_value)
         return infer.poi_uncertainty(self.model, templates)
+
+    def _loss_from_yields(self, yields: dict):
+        """What the optimiser minimises: the objective, negated when it is maximised."""
+        value = self.objective_from_yields(yields)
+        return -value if self.maximise else value
 
     @property
     def maximise(self) -> bool:
