@@ -7,7 +7,8 @@ objective and the optimiser. :func:`load` validates it and returns an :class:`An
 
 Example:
     >>> from diffana.config import load_dict
-    >>> cfg = load_dict({"samples": {"sig": {"files": ["s.root"]}},
+    >>> cfg = load_dict({"samples": {"sig": {"files": ["s.root"], "cross_section": 1.0},
+    ...                              "bkg": {"files": ["b.root"], "cross_section": 10.0}},
     ...                  "regions": {"SR": {"observable": "ht",
     ...                              "binning": {"bins": 3, "low": 0, "high": 300}}},
     ...                  "observables": {"ht": {"kind": "sum", "collection": "jets", "field": "pt"}},
@@ -19,16 +20,21 @@ Example:
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import importlib.util
+import re
 import sys
+import types
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import numpy as np
 import yaml
 from pydantic import (
+    AllowInfNan,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StrictBool,
@@ -37,14 +43,32 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from diffana.exceptions import ConfigError
 
-Number = float
+
+def _not_bool(value: Any) -> Any:
+    # YAML reads yes/no/on/off as booleans, which pydantic would take as 1.0 and 0.0
+    if isinstance(value, bool):
+        raise PydanticCustomError("float_type", "Input should be a finite number, not true/false")
+    return value
+
+
+# a finite number; a string that parses as one is accepted (PyYAML reads 1e3 as a string)
+Number = Annotated[float, BeforeValidator(_not_bool), AllowInfNan(False)]
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _KeyError(ValueError):
+    """A model check's error about one of the model's keys (``key``), not the whole mapping."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.key = key
 
 
 # --- inputs ---------------------------------------------------------------------------------
@@ -113,7 +137,7 @@ class Variation(_Strict):
         kinds = [k for k in ("scale", "smear", "weight", "reweight") if getattr(self, k) is not None]
         if len(kinds) != 1:
             raise ValueError(
-                f"give exactly one of scale, smear, weight, reweight (got {kinds or 'none'})")
+                f"give exactly one of scale, smear, weight, reweight (given: {kinds or 'none'})")
         if self.reweight is not None and (
                 set(self.reweight) != {"observable", "slope"}
                 or not isinstance(self.reweight["observable"], str)
@@ -147,9 +171,10 @@ class Parameter(_Strict):
     def _inside_bounds(self) -> Parameter:
         lo, hi = self.bounds
         if not lo < hi:
-            raise ValueError(f"bounds must be increasing, got [{lo}, {hi}]")
+            raise _KeyError("bounds", f"bounds must be increasing, got [{lo}, {hi}]")
         if not lo <= self.value <= hi:
-            raise ValueError(f"value {self.value} is outside bounds [{lo}, {hi}]")
+            raise _KeyError("value", f"value {self.value} is outside bounds [{lo}, {hi}]; "
+                                     "give a value within the bounds")
         return self
 
 
@@ -179,7 +204,7 @@ class ObjectCut(_Strict):
         given = [k for k in ("above", "below", "equals", "bits_set") if getattr(self, k) is not None]
         if len(given) != 1:
             raise ValueError(
-                f"give exactly one of above, below, equals, bits_set (got {given or 'none'})"
+                f"give exactly one of above, below, equals, bits_set (given: {given or 'none'})"
             )
         return self
 
@@ -214,7 +239,8 @@ class Requirement(_Strict):
     def _one_form(self) -> Requirement:
         forms = [k for k in ("count", "observable", "all", "any") if getattr(self, k) is not None]
         if len(forms) != 1:
-            raise ValueError(f"give exactly one of count, observable, all, any (got {forms or 'none'})")
+            raise ValueError(
+                f"give exactly one of count, observable, all, any (given: {forms or 'none'})")
         if self.count is not None and (self.at_least is None) == (self.exactly is None):
             raise ValueError("a count requirement needs exactly one of at_least, exactly")
         if self.observable is not None and (self.above is None) == (self.below is None):
@@ -235,7 +261,7 @@ class Binning(_Strict):
     """Bin edges, either explicit or regular (``bins``, ``low``, ``high``)."""
 
     edges: list[Number] | None = None
-    bins: StrictInt | None = Field(None, gt=0)
+    bins: StrictInt | None = Field(None, gt=0, le=100_000)
     low: Number | None = None
     high: Number | None = None
 
@@ -245,17 +271,21 @@ class Binning(_Strict):
             if any(k is not None for k in (self.bins, self.low, self.high)):
                 raise ValueError("give either edges or bins/low/high, not both")
             if len(self.edges) < 2:
-                raise ValueError(f"edges need at least two values, got {self.edges}")
+                raise _KeyError("edges", f"edges need at least two values, got {self.edges}")
             if any(b <= a for a, b in zip(self.edges, self.edges[1:], strict=False)):
-                raise ValueError(f"edges must be strictly increasing, got {self.edges}")
+                raise _KeyError("edges", f"edges must be strictly increasing, got {self.edges}")
             return self
         if None in (self.bins, self.low, self.high):
-            raise ValueError("give edges, or all of bins, low, high")
+            missing = [k for k in ("bins", "low", "high") if getattr(self, k) is None]
+            raise ValueError(
+                f"give edges, or all of bins, low, high (missing: {', '.join(missing)})")
         if not self.low < self.high:
-            raise ValueError(f"low must be below high, got low={self.low}, high={self.high}")
-        object.__setattr__(
-            self, "edges", [float(x) for x in np.linspace(self.low, self.high, self.bins + 1)]
-        )
+            raise _KeyError("low", f"low must be below high, got low={self.low}, high={self.high}")
+        edges = [float(x) for x in np.linspace(self.low, self.high, self.bins + 1)]
+        if not np.all(np.isfinite(edges)) or np.any(np.diff(edges) <= 0):
+            raise _KeyError("bins", f"{self.bins} bins from {self.low} to {self.high} do not give "
+                                    "finite, strictly increasing edges")
+        object.__setattr__(self, "edges", edges)
         return self
 
 
@@ -341,8 +371,11 @@ class ModelConfig(_Strict):
     @field_validator("poi_bounds")
     @classmethod
     def _increasing(cls, bounds: tuple[float, float]) -> tuple[float, float]:
-        if not bounds[0] < bounds[1]:
-            raise ValueError("bounds must be increasing")
+        lo, hi = bounds
+        if not lo < hi:
+            raise ValueError(f"bounds must be increasing, got [{lo}, {hi}]")
+        if not lo <= 1.0 <= hi:  # the fits start from POI = 1 (diffana.spec)
+            raise ValueError(f"bounds [{lo}, {hi}] must contain 1.0, the POI's initial value")
         return bounds
 
 
@@ -452,9 +485,11 @@ def _check_references(cfg: AnalysisConfig) -> None:
     for name, coll in cfg.objects.items():
         if coll.source in cfg.objects:
             if list(cfg.objects).index(coll.source) >= list(cfg.objects).index(name):
+                above = list(cfg.objects)[:list(cfg.objects).index(name)]
                 raise _RefError(
                     f"objects.{name}.source",
-                    f"{coll.source!r} must be defined before {name!r}",
+                    f"{coll.source!r} must be defined before {name!r} (a branch prefix such as "
+                    f"Jet, or a collection above it: {above})",
                 )
         for i, cut in enumerate(coll.cuts):
             threshold(f"objects.{name}.cuts[{i}].above", cut.above)
@@ -519,10 +554,12 @@ def _check_references(cfg: AnalysisConfig) -> None:
                             f"(defined: {sorted(cfg.observables)})")
         for j, s in enumerate(var.samples):
             if s not in nominal:
-                raise _RefError(f"variations.{vname}.samples[{j}]", f"{s!r} is not a nominal sample")
+                raise _RefError(f"variations.{vname}.samples[{j}]",
+                                f"{s!r} is not a nominal sample ({nominal})")
     for name in cfg.variation_samples():
         if name in cfg.samples:
-            raise _RefError("variations", f"variation sample {name!r} is also a sample name")
+            raise _RefError("variations", f"variation sample {name!r} is also a sample name; "
+                                          "rename the variation or the sample")
     for s in cfg.model.pseudodata:
         if s not in cfg.samples:
             raise _RefError(f"model.pseudodata.{s}", f"{s!r} is not a sample ({list(cfg.samples)})")
@@ -531,19 +568,24 @@ def _check_references(cfg: AnalysisConfig) -> None:
             raise _RefError(f"model.signal[{i}]", f"{s!r} is not a nominal sample ({nominal})")
     if len(nominal) < 2:
         raise _RefError("samples", f"the model needs at least one background sample, got {nominal}")
-    names = set()
+    lo, hi = cfg.model.poi_bounds
+    if not lo <= cfg.objective.poi_value <= hi:
+        raise _RefError("objective.poi_value", f"{cfg.objective.poi_value} is outside "
+                                               f"model.poi_bounds [{lo}, {hi}]")
+    names = {cfg.model.poi}
     for i, syst in enumerate(cfg.model.systematics):
-        if syst.name in names or syst.name == cfg.model.poi:
-            raise _RefError(f"model.systematics[{i}].name", f"duplicate name {syst.name!r}")
+        if syst.name in names:
+            raise _RefError(f"model.systematics[{i}].name",
+                            f"duplicate name {syst.name!r} (taken: {sorted(names)})")
         names.add(syst.name)
         for j, s in enumerate(syst.samples):
             if s not in nominal:
-                raise _RefError(
-                    f"model.systematics[{i}].samples[{j}]", f"{s!r} is not a nominal sample"
-                )
+                raise _RefError(f"model.systematics[{i}].samples[{j}]",
+                                f"{s!r} is not a nominal sample ({nominal})")
         for s, var in syst.variations.items():
             if s not in nominal:
-                raise _RefError(f"model.systematics[{i}].variations.{s}", f"{s!r} is not a nominal sample")
+                raise _RefError(f"model.systematics[{i}].variations.{s}",
+                                f"{s!r} is not a nominal sample ({nominal})")
             for k, v in var.items():
                 computed = cfg.variation_samples().get(v, (None, None))[0] == s
                 if not computed and (v not in cfg.samples or cfg.samples[v].variation_of != s):
@@ -557,33 +599,130 @@ def _check_references(cfg: AnalysisConfig) -> None:
 # --- loading --------------------------------------------------------------------------------
 
 
-def _format_loc(loc: tuple) -> str:
-    out = ""
+_TAG_PREFIXES = ("function-", "union[", "tagged-union[", "lax-or-strict[", "json-or-python[")
+_TYPE_NAMES = {str: ("a string", "strings"), float: ("a number", "numbers"),
+               int: ("an integer", "integers"), bool: ("true or false", "true/false values")}
+_PLAIN_KEY = re.compile(r"[^\s.\[\]'\"]+")  # written .key in a key path; others ['key']
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _one_line(message: str) -> str:
+    """``message`` with line breaks and other control characters escaped."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], message)
+
+
+def _unwrap(t: Any) -> Any:
+    """``t`` without ``Annotated`` metadata and without ``None`` as an alternative."""
+    while get_origin(t) is Annotated:
+        t = get_args(t)[0]
+    if _is_union(t):
+        members = [a for a in get_args(t) if a is not type(None)]
+        if len(members) == 1:
+            return _unwrap(members[0])
+    return t
+
+
+def _is_union(t: Any) -> bool:
+    return get_origin(t) in (Union, types.UnionType)
+
+
+def _is_model(t: Any) -> bool:
+    return isinstance(t, type) and issubclass(t, BaseModel)
+
+
+def _walk(loc: tuple) -> tuple[str, Any]:
+    """The key path of a pydantic error location and the type expected there (None: unknown).
+
+    Union members add a tag to the location (``function-after[...]``, ``str``); those are
+    skipped, and a mapping's keys are written ``.key``, a list's indices ``[i]``.
+    """
+    path, t = "", AnalysisConfig
     for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif str(part).startswith(("function-", "union[", "tagged-union[")):
+        t = _unwrap(t)
+        if _is_union(t) or (t is None and str(part).startswith(_TAG_PREFIXES)):
+            t = None
             continue
-        elif str(part) in ("float", "str", "int", "bool"):
-            continue
+        if isinstance(part, int) and (t is None or get_origin(t) in (list, tuple)):
+            path += f"[{part}]"
+        elif not _PLAIN_KEY.fullmatch(str(part)):
+            path += f"[{part!r}]"
         else:
-            out += f".{part}" if out else str(part)
-    return out or "<top level>"
+            path += f".{part}" if path else str(part)
+        if _is_model(t):
+            field = t.model_fields.get(str(part))
+            t = field.annotation if field is not None else None
+        elif get_origin(t) is tuple:
+            args = get_args(t)
+            t = args[part] if isinstance(part, int) and part < len(args) else None
+        elif get_origin(t) in (list, dict):
+            t = get_args(t)[-1]
+        else:
+            t = None
+    return path or "<top level>", t
+
+
+def _describe(t: Any, plural: bool = False) -> str:
+    """What a value of type ``t`` looks like in YAML, e.g. ``a list of strings``."""
+    t = _unwrap(t)
+    origin, args = get_origin(t), get_args(t)
+    if _is_union(t):
+        return " or ".join(_describe(a, plural) for a in args if a is not type(None))
+    if origin is Literal:
+        return " or ".join(repr(a) for a in args)
+    if origin is list:
+        return "lists" if plural else f"a list of {_describe(args[0], plural=True)}"
+    if origin is tuple:
+        return f"[{', '.join(_describe(a) for a in args)}]"
+    if origin is dict:
+        return "mappings" if plural else f"a mapping of names to {_describe(args[1], plural=True)}"
+    if _is_model(t):
+        return f"{'mappings' if plural else 'a mapping'} with keys {', '.join(t.model_fields)}"
+    if t in _TYPE_NAMES:
+        return _TYPE_NAMES[t][plural]
+    return "any value"
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _format_validation_error(source: str, err: ValidationError) -> str:
-    e = err.errors(include_url=False)[0]
-    path = _format_loc(e["loc"])
-    msg = e["msg"].removeprefix("Value error, ")
-    if e["type"] == "extra_forbidden":
-        return f"{source}: {path}: unknown key (value {e['input']!r})"
-    if e["type"] == "missing":
-        return f"{source}: {path}: required key is missing"
-    if isinstance(e.get("ctx", {}).get("error"), _RefError):
-        ref = e["ctx"]["error"]
-        return f"{source}: {ref.path}: {msg}"
+    """One line: the file, the key path, the value found and what is allowed."""
+    errors = err.errors(include_url=False)
+    e = errors[0]
+    path, expected = _walk(e["loc"])
     value = e.get("input")
-    shown = "" if isinstance(value, dict) else f" (got {value!r})"
+    if e["type"] == "extra_forbidden":
+        model = _unwrap(_walk(e["loc"][:-1])[1])
+        allowed = list(model.model_fields) if _is_model(model) else []
+        close = difflib.get_close_matches(str(e["loc"][-1]), allowed, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ";"
+        return (f"{source}: {path}: unknown key (value {_show(value)}){hint} "
+                f"allowed: {', '.join(allowed)}")
+    if e["type"] == "missing":
+        return f"{source}: {path}: required key is missing (expected {_describe(expected)})"
+    if e["type"] == "invalid_key" or e["loc"][-1:] == ("[key]",):
+        path = _walk(e["loc"][:-1])[0] if e["type"] != "invalid_key" else path
+        return f"{source}: {path}: key {value!r} is not a string; keys are names (quote it)"
+    error = e.get("ctx", {}).get("error")
+    if isinstance(error, _RefError):
+        return f"{source}: {error.path}: {error}"
+    msg = e["msg"].removeprefix("Value error, ")
+    if isinstance(error, _KeyError):
+        path = f"{path}.{error.key}" if path != "<top level>" else error.key
+        value = value.get(error.key) if isinstance(value, dict) else value
+    elif e["type"] in ("model_type", "model_attributes_type", "dict_type", "list_type",
+                       "tuple_type") and expected is not None:
+        msg = f"Input should be {_describe(expected)}"
+    union = [x for x in errors if _walk(x["loc"])[0] == path and x["type"] != "missing"]
+    if len(union) > 1:  # one error per alternative of a union: name every alternative
+        alternatives = [x["msg"].removeprefix("Value error, ").removeprefix("Input should be ")
+                        .split(", ")[0] for x in union]
+        msg = "Input should be " + " or ".join(dict.fromkeys(alternatives))
+    # the checks' own messages name the value, except checks of a whole mapping
+    named = e["type"] == "value_error" and not isinstance(value, dict)
+    shown = "" if path == "<top level>" or named else f" (got {_show(value)})"
     return f"{source}: {path}: {msg}{shown}"
 
 
@@ -621,9 +760,9 @@ def _import_plugins(imports: Any, source: str, base_dir: Path | None) -> None:
             else:
                 importlib.import_module(str(name))
         except Exception as err:
-            raise ConfigError(
+            raise ConfigError(_one_line(
                 f"{source}: imports[{i}]: cannot import {name!r} ({type(err).__name__}: {err})"
-            ) from None
+            )) from None
 
 
 def load_dict(data: Any, source: str = "<config>", base_dir: Path | None = None) -> AnalysisConfig:
@@ -640,25 +779,68 @@ def load_dict(data: Any, source: str = "<config>", base_dir: Path | None = None)
     try:
         return AnalysisConfig.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(_format_validation_error(source, err)) from None
+        raise ConfigError(_one_line(_format_validation_error(source, err))) from None
+
+
+def _check_unique_keys(node: yaml.Node, path: str, source: str, seen: set[int]) -> None:
+    """Raise on a key given twice in one mapping (YAML loaders keep the last silently)."""
+    if id(node) in seen:  # an alias to a node already checked
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        first: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            line = key_node.start_mark.line + 1
+            if key is not None and key_node.tag != "tag:yaml.org,2002:merge":
+                if key in first:
+                    raise ConfigError(_one_line(
+                        f"{source}:{line}: {path or '<top level>'}: duplicate key {key!r} "
+                        f"(first given on line {first[key]}; each key may appear once)"))
+                first[key] = line
+            _check_unique_keys(value_node, f"{path}.{key}" if path else str(key), source, seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _check_unique_keys(item, f"{path}[{i}]", source, seen)
+
+
+def _yaml_load(text: str, source: str) -> Any:
+    """``yaml.safe_load`` that also rejects duplicate keys."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_unique_keys(node, "", source, set())
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
 
 
 def load(path: str | Path) -> AnalysisConfig:
     """Read and validate a YAML configuration file.
 
     Raises:
-        ConfigError: the file is missing, is not valid YAML, or does not follow the schema.
+        ConfigError: the file is missing or unreadable, is not valid YAML, gives a key twice
+            in one mapping, or does not follow the schema.
     """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: configuration file not found")
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: byte {err.start} is not UTF-8 text; expected a YAML "
+                          "configuration") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot be read ({err.strerror})") from None
+    try:
+        data = _yaml_load(text, str(path))
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise ConfigError(f"{path}: {where}YAML syntax error: {problem}") from None
+        raise ConfigError(_one_line(f"{path}: {where}YAML syntax error: {problem}")) from None
     if data is None:
         raise ConfigError(f"{path}: the file is empty; expected a mapping of keys")
     return load_dict(data, source=str(path), base_dir=path.parent)

@@ -1,4 +1,5 @@
-"""Configuration: valid configs load; bad input gives one clear line and exit code 2."""
+"""Configuration: valid configs load; missing files, inputs and branches give one clear line and
+exit code 2 (malformed configurations: test_config_errors.py)."""
 
 from __future__ import annotations
 
@@ -19,77 +20,6 @@ def test_default_config_is_valid():
     assert [n for n, p in cfg.parameters.items() if p.trainable] == [
         "jet_pt_min", "btag_threshold", "lepton_pt_min"]
     assert cfg.regions["signal_region"].binning.edges[:3] == [0.0, 100.0, 200.0]
-
-
-def mutate(path_keys, value):
-    data = default_config_dict()
-    node = data
-    for k in path_keys[:-1]:
-        node = node[k]
-    if value is KeyError:
-        del node[path_keys[-1]]
-    else:
-        node[path_keys[-1]] = value
-    return data
-
-
-CASES = [
-    # (mutation, fragments the one-line message must contain)
-    (mutate(["samples", "ttbar", "cross_sectoin"], 1.0), ["samples.ttbar.cross_sectoin", "unknown key"]),
-    (mutate(["optimiser", "stepz"], 3), ["optimiser.stepz", "unknown key"]),
-    (mutate(["parameters", "jet_pt_min", "value"], "thirty"), ["parameters.jet_pt_min.value", "thirty"]),
-    (mutate(["optimiser", "steps"], 2.5), ["optimiser.steps", "2.5"]),
-    (mutate(["parameters", "jet_pt_min", "bounds"], [40.0, 120.0]),
-     ["parameters.jet_pt_min", "outside bounds [40.0, 120.0]"]),
-    (mutate(["parameters", "btag_threshold", "temperature"], -1.0),
-     ["parameters.btag_threshold.temperature", "-1.0"]),
-    (mutate(["model"], KeyError), ["model", "required key is missing"]),
-    (mutate(["regions", "signal_region", "observable"], "mbb"),
-     ["regions.signal_region.observable", "'mbb' is not an observable"]),
-    (mutate(["regions", "signal_region", "binning"], {"edges": [0, 200, 100]}),
-     ["regions.signal_region.binning", "strictly increasing"]),
-    (mutate(["objective", "kind"], "significance"), ["objective.kind", "significance"]),
-    (mutate(["optimiser", "name"], "adamm"), ["optimiser.name", "'adamm' is not an optax optimiser"]),
-    (mutate(["model", "signal"], ["tt"]), ["model.signal[0]", "'tt' is not a nominal sample"]),
-    (mutate(["selection"], [{"count": "jets", "at_least": 4}, {"observable": "lepton_pt", "above": "lep_cut"}]),
-     ["selection[1].above", "'lep_cut' is not a parameter"]),
-]
-
-
-@pytest.mark.parametrize("data,fragments", CASES)
-def test_bad_config_one_line(tmp_path, capsys, data, fragments):
-    path = write_config(tmp_path / "bad.yaml", data)
-    with pytest.raises(ConfigError) as err:
-        load(path)
-    message = str(err.value)
-    assert "\n" not in message
-    assert message.startswith(str(path))
-    for f in fragments:
-        assert f in message
-    assert main(["validate", str(path)]) == 2
-    out = capsys.readouterr()
-    assert out.err.strip().endswith(message) and "Traceback" not in out.err
-
-
-@pytest.mark.parametrize("text,fragment", [
-    ("name: [unclosed\n", "YAML syntax error"),
-    ("samples:\n  a: {files: [x]\n", "YAML syntax error"),
-    ("", "the file is empty"),
-    ("- 1\n- 2\n", "expected a mapping"),
-])
-def test_yaml_problems(tmp_path, text, fragment):
-    path = tmp_path / "c.yaml"
-    path.write_text(text)
-    with pytest.raises(ConfigError, match=fragment) as err:
-        load(path)
-    assert "\n" not in str(err.value)
-
-
-def test_yaml_error_names_line(tmp_path):
-    path = tmp_path / "c.yaml"
-    path.write_text("name: x\nsamples:\n  a: {files: [x]\n")
-    with pytest.raises(ConfigError, match=r"line \d+, column \d+"):
-        load(path)
 
 
 def test_missing_config_file(capsys, tmp_path):
