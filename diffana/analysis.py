@@ -17,6 +17,8 @@ Example (the Python API in a few lines; ``examples/python_api.py`` runs a whole 
 
 from __future__ import annotations
 
+import hashlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -25,12 +27,14 @@ import awkward as ak
 import jax
 import jax.numpy as jnp
 import numpy as np
+from scipy.special import ndtri
 from tqdm.auto import tqdm
 
 from diffana import infer, io, observe, ragged, select, spec as specmod
 from diffana.config import AnalysisConfig, resolve_path
+from diffana.exceptions import DataError
 from diffana.generate import ensure_generated
-from diffana.histogram import hard_histogram, kde_histogram
+from diffana.histogram import empty_histogram, kde_histogram
 from diffana.model import Model
 
 jax.config.update("jax_enable_x64", True)
@@ -38,6 +42,7 @@ jax.config.update("jax_enable_x64", True)
 MAXIMISED = {"discovery_significance", "asimov_significance"}
 WEIGHTED = ("genweight", "weight")  # normalisations that read the genWeight branch
 KDE_BLOCK = 256  # events per histogram block of the compiled engine (see _prepare_chunks)
+STREAM_FORWARD_MAX = 8  # streaming, gradient auto: forward mode up to this many parameters
 
 
 class EventSet:
@@ -85,48 +90,98 @@ class SampleEvents:
         return len(self.events)
 
 
-def _read_sample(cfg: AnalysisConfig, name: str, plan: ragged.Plan, base: Path,
-                 generated: Path | None, bar) -> dict[str, SampleEvents]:
-    """Read one sample and derive the events of each variation computed from it."""
-    s = cfg.samples[name]
-    files = [resolve_path(f, base, generated) for f in s.files]
-    tree = s.tree or cfg.tree
-    branches = plan.branches + (["genWeight"] if s.normalisation in WEIGHTED else [])
-    branches += [b for v in cfg.variations.values() for b in _varied_branch(v)]
-    events = io.read_branches(files, tree, branches, cfg.step_size, progress=bar.update)
-    n = len(events)
-    genweight = (np.asarray(events["genWeight"], dtype=np.float64)
-                 if s.normalisation in WEIGHTED else None)
-    if s.normalisation == "none":
-        norm, weight = 1.0, np.ones(n)
-    elif s.normalisation == "weight":
-        norm, weight = 1.0, genweight
-    elif s.normalisation == "events":
-        n_total = s.n_total or n
-        norm = s.cross_section * cfg.luminosity / n_total
-        weight = np.full(n, norm)
-    else:
-        sumw = io.sum_of_weights(files, tree)
-        norm = s.cross_section * cfg.luminosity / sumw
-        weight = norm * genweight
-    if cfg.preselect:  # after the normalisation, which counts every event read
-        keep = ragged.structural_keep(events, plan, cfg.selection)
-        events, weight = events[keep], weight[keep]
-    nominal = EventSet(events, weight, plan)
-    out = {name: SampleEvents(name, files, nominal, norm)}
-    for vname, (sample, variation) in cfg.variation_samples().items():
-        if sample != name:
-            continue
-        var = cfg.variations[variation]
-        if var.reweight is not None:  # same events, a soft per-event factor
-            variant = ("reweight", str(var.reweight["observable"]), float(var.reweight["slope"]))
-            out[vname] = SampleEvents(vname, files, nominal, norm, variant)
-        elif var.weight is not None:  # same events, a constant factor
-            out[vname] = SampleEvents(vname, files, nominal, norm, ("weight", float(var.weight)))
+class SampleReader:
+    """How one sample's events become event sets: weights, preselection, computed variations.
+
+    Applied once to all of a sample's events (in memory), or to each chunk as it is read
+    (``streaming: true``); both give the same events and weights.
+    """
+
+    def __init__(self, cfg: AnalysisConfig, name: str, plan: ragged.Plan, base: Path,
+                 generated: Path | None):
+        s = cfg.samples[name]
+        self.cfg, self.name, self.plan = cfg, name, plan
+        self.files = [resolve_path(f, base, generated) for f in s.files]
+        self.tree = s.tree or cfg.tree
+        self.normalisation = s.normalisation
+        self.branches = plan.branches + (["genWeight"] if s.normalisation in WEIGHTED else [])
+        self.branches += [b for v in cfg.variations.values() for b in _varied_branch(v)]
+        self.entries = [io.num_entries([f], self.tree) for f in self.files]
+        if s.normalisation == "events":
+            self.norm = s.cross_section * cfg.luminosity / (s.n_total or sum(self.entries))
+        elif s.normalisation == "genweight":
+            self.norm = s.cross_section * cfg.luminosity / io.sum_of_weights(self.files, self.tree)
         else:
-            varied = _vary_branch(cfg, name, variation, events)
-            out[vname] = SampleEvents(vname, files, EventSet(varied, weight, plan), norm)
-    return out
+            self.norm = 1.0
+        # (sample, event set, variant): the nominal events are set None; reweight and
+        # weight variations share them; a scale or smear variation is a set of its own
+        self.members: list[tuple[str, str | None, tuple | None]] = [(name, None, None)]
+        self.computed: dict[str, str] = {}  # set of a scale or smear variation: the variation
+        for vname, (sample, variation) in cfg.variation_samples().items():
+            if sample != name:
+                continue
+            var = cfg.variations[variation]
+            if var.reweight is not None:  # same events, a soft per-event factor
+                variant = ("reweight", str(var.reweight["observable"]),
+                           float(var.reweight["slope"]))
+                self.members.append((vname, None, variant))
+            elif var.weight is not None:  # same events, a constant factor
+                self.members.append((vname, None, ("weight", float(var.weight))))
+            else:
+                self.members.append((vname, vname, None))
+                self.computed[vname] = variation
+
+    def sets(self, events: ak.Array, file_index: np.ndarray, entry: np.ndarray) -> dict:
+        """``{set: (events, weight)}`` of these events (``file_index``/``entry``: where each
+        event is in the sample's files, which seeds a smearing)."""
+        n = len(events)
+        if self.normalisation == "none":
+            weight = np.ones(n)
+        elif self.normalisation == "events":
+            weight = np.full(n, self.norm)
+        else:
+            weight = self.norm * np.asarray(events["genWeight"], dtype=np.float64)
+        if self.cfg.preselect:  # after the normalisation, which counts every event read
+            keep = ragged.structural_keep(events, self.plan, self.cfg.selection)
+            events, weight, file_index, entry = events[keep], weight[keep], file_index[keep], entry[keep]
+        out = {None: (events, weight)}
+        for key, variation in self.computed.items():
+            out[key] = (_vary_branch(self.cfg, self.name, variation, events, file_index, entry),
+                        weight)
+        return out
+
+    def read(self, step_size: int, progress=None) -> dict:
+        """All events at once: ``{set: (events, weight)}``."""
+        events = io.read_branches(self.files, self.tree, self.branches, step_size, progress)
+        file_index = np.repeat(np.arange(len(self.files)), self.entries)
+        entry = np.concatenate([np.arange(e) for e in self.entries])
+        return self.sets(events, file_index, entry)
+
+    def chunks(self, chunk_size: int):
+        """``(events read, {set: (events, weight)})`` chunk by chunk from the files."""
+        for index, first, events in io.iterate_branches(self.files, self.tree, self.branches,
+                                                        chunk_size):
+            n = len(events)
+            yield n, self.sets(events, np.full(n, index), first + np.arange(n))
+
+
+class StreamedSet:
+    """An event set that is read from its files chunk by chunk, never held in memory."""
+
+    def __init__(self, reader: SampleReader, key: str | None):
+        self.reader, self.key = reader, key
+        self.n_events = 0  # counted by the first pass over the files
+
+    def __len__(self) -> int:
+        return self.n_events
+
+
+def _read_sample(reader: SampleReader, step_size: int, bar) -> dict[str, SampleEvents]:
+    """Read one sample into memory, with the events of each variation computed from it."""
+    sets = {key: EventSet(ev, w, reader.plan)
+            for key, (ev, w) in reader.read(step_size, bar.update).items()}
+    return {name: SampleEvents(name, reader.files, sets[key], reader.norm, variant)
+            for name, key, variant in reader.members}
 
 
 def _varied_branch(var) -> list[str]:
@@ -134,7 +189,32 @@ def _varied_branch(var) -> list[str]:
     return [spec["branch"]] if spec else []
 
 
-def _vary_branch(cfg: AnalysisConfig, sample: str, name: str, events):
+def _mix(x: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser on uint64 (wrapping arithmetic)."""
+    x = x + np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def addressed_normal(key: str, file_index, entry, position) -> np.ndarray:
+    """Standard normal numbers addressed by ``(key, file, entry, position in the event)``.
+
+    The smearing of an object must not depend on how the files are chunked (in memory,
+    streamed, on another worker). NumPy's generators are sequential streams that cannot
+    be addressed per element; a counter-based draw can: a SplitMix64 hash of the address,
+    mapped through the normal quantile.
+    """
+    seed = np.uint64(int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little"))
+    with np.errstate(over="ignore"):
+        h = _mix(seed ^ np.asarray(file_index, dtype=np.uint64))
+        h = _mix(h ^ np.asarray(entry, dtype=np.uint64))
+        h = _mix(h ^ np.asarray(position, dtype=np.uint64))
+    u = ((h >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0**-53
+    return ndtri(u)
+
+
+def _vary_branch(cfg: AnalysisConfig, sample: str, name: str, events, file_index, entry):
     """The events of a ``scale`` or ``smear`` variation (see ``config.Variation``)."""
     var = cfg.variations[name]
     branch = (var.scale or var.smear)["branch"]
@@ -142,13 +222,19 @@ def _vary_branch(cfg: AnalysisConfig, sample: str, name: str, events):
     if var.scale is not None:
         varied = values * float(var.scale["factor"])
     else:
-        # Seeded per (run seed, sample, variation): the same events get the same smearing.
-        key = [cfg.seed, *(ord(c) for c in f"{sample}/{name}")]
-        rng = np.random.default_rng(key)
-        flat = ak.flatten(values, axis=None)
-        factors = rng.normal(1.0, float(var.smear["sigma"]), len(flat))
-        varied = ak.unflatten(ak.to_numpy(flat) * factors, ak.num(values)) if values.ndim > 1 \
-            else ak.to_numpy(values) * factors
+        # Seeded per (run seed, sample, variation) and addressed per object: the same
+        # object gets the same smearing however the events are read.
+        key = f"{cfg.seed}/{sample}/{name}"
+        if values.ndim > 1:
+            counts = ak.to_numpy(ak.num(values))
+            position = ak.to_numpy(ak.flatten(ak.local_index(values)))
+            normal = addressed_normal(key, np.repeat(file_index, counts),
+                                      np.repeat(entry, counts), position)
+            flat = ak.to_numpy(ak.flatten(values)) * (1.0 + float(var.smear["sigma"]) * normal)
+            varied = ak.unflatten(flat, counts)
+        else:
+            normal = addressed_normal(key, file_index, entry, np.zeros(len(values)))
+            varied = ak.to_numpy(values) * (1.0 + float(var.smear["sigma"]) * normal)
     return ak.with_field(events, varied, branch)
 
 
@@ -180,16 +266,24 @@ class Analysis:
             g = cfg.generate
             generated = ensure_generated(g.kind, g.events, g.seed,
                                          progress=(lambda m: tqdm.write(m)) if progress else None)
-        total = sum(io.num_entries([resolve_path(f, base, generated) for f in s.files],
-                                   s.tree or cfg.tree) for s in cfg.samples.values())
-        with tqdm(total=total, desc="reading events", unit="ev", disable=not progress,
-                  leave=False) as bar:
-            self.samples = {}
-            for name in cfg.samples:
-                self.samples.update(_read_sample(cfg, name, self.plan, base, generated, bar))
+        self._readers = [SampleReader(cfg, name, self.plan, base, generated) for name in cfg.samples]
+        total = sum(sum(r.entries) for r in self._readers)
+        self.samples: dict[str, SampleEvents] = {}
+        if cfg.streaming:
+            for r in self._readers:
+                sets = {key: StreamedSet(r, key) for _, key, _ in r.members}
+                self.samples.update({name: SampleEvents(name, r.files, sets[key], r.norm, variant)
+                                     for name, key, variant in r.members})
+        else:
+            with tqdm(total=total, desc="reading events", unit="ev", disable=not progress,
+                      leave=False) as bar:
+                for r in self._readers:
+                    self.samples.update(_read_sample(r, cfg.step_size, bar))
         self._edges = {r: jnp.asarray(reg.binning.edges) for r, reg in cfg.regions.items()}
         self._groups = self._group_samples()
-        if self.engine == "compiled":
+        if cfg.streaming:
+            self._prepare_stream(total, progress)
+        elif self.engine == "compiled":
             self._prepare_chunks(progress)
         else:
             ragged.enable_awkward_jax()
@@ -307,32 +401,105 @@ class Analysis:
         starts = range(0, max(len(weight), 1), size)
         for a in tqdm(starts, desc="lowering", unit="chunk", disable=not progress, leave=False):
             raw.append(ragged.lower(events[a:a + size], self.plan, weight[a:a + size]).buffers)
+        self._set_capacity([ragged.axis_sizes(b, self.plan) for b in raw], size)
+        self._num_slots = max(len(np.unique(b)) for a in starts
+                              for b in self._padded_groups(groups[a:a + size]).reshape(-1, self._block))
+        self._chunks = [self._device_chunk(buffers, self._padded_groups(groups[a:a + size]))
+                        for a, buffers in zip(starts, raw, strict=True)]
+        self._make_compiled()
+
+    def _prepare_stream(self, total: int, progress: bool) -> None:
+        """``streaming: true``: a first pass over the files counts the events of each set and
+        finds the chunk shape; every evaluation then reads and lowers the chunks again."""
+        self._set_index = {(ev.reader.name, ev.key): g
+                           for g in self._groups for ev in [self._group_events(g)]}
+        sizes = []
+        with tqdm(total=total, desc="first pass", unit="ev", disable=not progress,
+                  leave=False) as bar:
+            for _, buffers in self._stream_lowered(first_pass=True, progress=bar.update):
+                sizes.append(ragged.axis_sizes(buffers, self.plan))
+        if not sizes:
+            raise DataError(f"{self.cfg.name}: no events left to analyse (after preselection)")
+        self._set_capacity(sizes, -(-self.cfg.chunk_size // 512) * 512)
+        self._num_slots = 2  # a block holds events of its chunk's one set, and padding
+        self._make_compiled()
+
+    def _stream_lowered(self, first_pass: bool = False, progress=None):
+        """``(set, lowered buffers)`` of each chunk read from the files (the first pass
+        counts the events of each set)."""
+        for reader in self._readers:
+            for n_read, sets in reader.chunks(self.cfg.chunk_size):
+                for key, (events, weight) in sets.items():
+                    if not len(weight):
+                        continue
+                    g = self._set_index[(reader.name, key)]
+                    if first_pass:
+                        self._group_events(g).n_events += len(weight)
+                    yield g, ragged.lower(events, self.plan, weight).buffers
+                if progress is not None:
+                    progress(n_read)
+
+    def _streamed_chunks(self):
+        """``(set, events, device chunk)`` of each chunk, read and lowered while the previous
+        chunk is computed (one chunk ahead, in a thread: uproot, Awkward and XLA release the GIL)."""
+        lowered = self._stream_lowered()
+
+        def produce():
+            item = next(lowered, None)
+            if item is None:
+                return None
+            g, buffers = item
+            n = len(buffers["weight"])
+            return g, n, self._device_chunk(buffers, self._padded_groups(np.full(n, g, np.int32)))
+
+        with ThreadPoolExecutor(1) as pool:
+            ahead = pool.submit(produce)
+            while (item := ahead.result()) is not None:
+                ahead = pool.submit(produce)
+                yield item
+
+    def _chunks_now(self):
+        """The device chunks: held in memory, or read from the files (streaming)."""
+        if self.cfg.streaming:
+            return (chunk for _, _, chunk in self._streamed_chunks())
+        return iter(self._chunks)
+
+    def _set_capacity(self, sizes: list[dict], size: int) -> None:
+        """The padded chunk shape: each axis's largest size over the chunks, rounded up."""
         capacity: dict = {}
-        for buffers in raw:
-            for axis, n in ragged.axis_sizes(buffers, self.plan).items():
+        for chunk in sizes:
+            for axis, n in chunk.items():
                 capacity[axis] = max(capacity.get(axis, 1), n)
         self._runs = {axis: n for axis, n in capacity.items() if axis[0] == "run"}
         # round up so that similar inputs share shapes (and compiled code) across runs
         capacity = {axis: -(-n // 512) * 512 for axis, n in capacity.items() if axis[0] != "run"}
-        capacity["event"] = n_chunk = min(capacity["event"], size)
-        self._chunk_events = n_chunk
+        capacity["event"] = min(capacity["event"], size)
+        self._capacity = capacity
+        self._chunk_events = capacity["event"]
         # Histogram blocks: each holds events of one or a few sets, each event a slot among them
-        self._block = KDE_BLOCK if n_chunk % KDE_BLOCK == 0 else n_chunk
-        n_sets = len(sets)
-        padded_groups = [np.concatenate([groups[a:a + size],
-                                         np.full(n_chunk - len(groups[a:a + size]), n_sets)])
-                         for a in starts]
-        blocks = [[np.unique(b, return_inverse=True) for b in g.reshape(-1, self._block)]
-                  for g in padded_groups]
-        self._num_slots = max(len(present) for chunk in blocks for present, _ in chunk)
-        self._chunks = []
-        for buffers, chunk in zip(raw, blocks, strict=True):
-            padded = ragged.pad(buffers, self.plan, capacity)
-            padded["events"]["__slot__"] = np.concatenate([slot for _, slot in chunk]).astype(np.int32)
-            # unused slots (and the padding events' set, n_sets) are dropped
-            padded["slots"] = np.array([np.concatenate([present, np.full(
-                self._num_slots - len(present), n_sets)]) for present, _ in chunk], np.int32)
-            self._chunks.append(ragged.to_device(padded))
+        self._block = KDE_BLOCK if self._chunk_events % KDE_BLOCK == 0 else self._chunk_events
+
+    def _padded_groups(self, groups: np.ndarray) -> np.ndarray:
+        """Each event's set in a chunk, padding events in the set ``len(groups)`` (dropped)."""
+        return np.concatenate([groups, np.full(self._chunk_events - len(groups), len(self._groups),
+                                               np.int32)])
+
+    def _device_chunk(self, buffers: dict, groups: np.ndarray) -> dict:
+        """A lowered chunk padded to the chunk shape, with its events' slots, on the device."""
+        for axis, n in ragged.axis_sizes(buffers, self.plan).items():
+            limit = self._runs if axis[0] == "run" else self._capacity
+            if n > limit[axis]:
+                raise DataError(f"{self.cfg.name}: a chunk has {n} entries on {axis}, more than "
+                                f"the {limit[axis]} of the first pass (did the files change?)")
+        padded = ragged.pad(buffers, self.plan, self._capacity)
+        blocks = [np.unique(b, return_inverse=True) for b in groups.reshape(-1, self._block)]
+        padded["events"]["__slot__"] = np.concatenate([slot for _, slot in blocks]).astype(np.int32)
+        # unused slots (and the padding events' set) are dropped
+        padded["slots"] = np.array([np.concatenate([present, np.full(
+            self._num_slots - len(present), len(self._groups))]) for present, _ in blocks], np.int32)
+        return ragged.to_device(padded)
+
+    def _make_compiled(self) -> None:
         self._jit_events = jax.jit(self._chunk_region_events, static_argnums=2)
         self._jit_yields = jax.jit(self._chunk_yields)
         self._jit_jacobian = jax.jit(self._chunk_jacobian)
@@ -377,7 +544,7 @@ class Analysis:
     def _over_chunks(self, fn, *args):
         """``fn(*args, chunk)`` summed over the chunks."""
         total = None
-        for chunk in self._chunks:
+        for chunk in self._chunks_now():
             r = fn(*args, chunk)
             total = r if total is None else jax.tree_util.tree_map(jnp.add, total, r)
         return total
@@ -386,7 +553,11 @@ class Analysis:
         mode = self.cfg.gradient
         if mode != "auto":
             return mode
-        return "fused" if self.engine == "compiled" else "reverse"
+        if self.engine != "compiled":
+            return "reverse"
+        if self.cfg.streaming:  # forward for few parameters, two passes (yields, VJP) for many
+            return "forward" if len(self.trainable) <= STREAM_FORWARD_MAX else "reverse"
+        return "fused"
 
     @cached_property
     def _stacked_chunks(self) -> dict:
@@ -413,32 +584,47 @@ class Analysis:
 
     # --- select, observe, histogram ---------------------------------------------------------
 
-    def region_events(self, params: dict, hard: bool = False) -> dict:
-        """Per sample and region: ``(observable, event weight)`` per event.
-
-        The event weight is normalisation × soft selection (hard: 0/1 selection).
-        """
-        per_group: dict[int, dict] = {}
-        if self.engine == "compiled":
+    def _event_parts(self, params: dict, hard: bool):
+        """``(group, {region: (x, W)})`` for all events, in parts: whole event sets, or
+        chunks when streaming (see :meth:`_region_events`)."""
+        if self.cfg.streaming:
+            for g, n, chunk in self._streamed_chunks():
+                yield g, {r: (x[:n], w[:, :n]) for r, (x, w)
+                          in self._jit_events(params, chunk, hard).items()}
+        elif self.engine == "compiled":
             parts = [self._jit_events(params, chunk, hard) for chunk in self._chunks]
             stream = {r: tuple(jnp.concatenate([c[r][i] for c in parts], axis=-1) for i in (0, 1))
                       for r in self.cfg.regions}
             for g in self._groups:
                 a, b = self._group_slices[g], self._group_slices[g + 1]
-                per_group[g] = {r: (x[a:b], w[:, a:b]) for r, (x, w) in stream.items()}
+                yield g, {r: (x[a:b], w[:, a:b]) for r, (x, w) in stream.items()}
         else:
             # Fresh JAX-backed Awkward arrays per evaluation: arrays reused across nested
             # transforms (jacrev after a vjp) were seen to give wrong cotangents.
             for g in self._groups:
                 lowered = self._group_events(g).lowered
-                per_group[g] = self._region_events(ragged.AwkwardOps(lowered), params,
-                                                   jnp.asarray(lowered.weight), hard)
-        out: dict = {}
-        for g, members in self._groups.items():
-            for sample, variant in members.items():
-                m, k = self._variant_index(variant)
-                out[sample] = {r: (x, k * w[m]) for r, (x, w) in per_group[g].items()}
-        return out
+                yield g, self._region_events(ragged.AwkwardOps(lowered), params,
+                                             jnp.asarray(lowered.weight), hard)
+
+    def _samples_of(self, g: int, events: dict):
+        """``(sample, {region: (x, w)})`` of each sample of group ``g``."""
+        for sample, variant in self._groups[g].items():
+            m, k = self._variant_index(variant)
+            yield sample, {r: (x, k * w[m]) for r, (x, w) in events.items()}
+
+    def region_events(self, params: dict, hard: bool = False) -> dict:
+        """Per sample and region: ``(observable, event weight)`` per event.
+
+        The event weight is normalisation × soft selection (hard: 0/1 selection). When
+        streaming, this holds every event's values in memory at once.
+        """
+        parts: dict = {}
+        for g, events in self._event_parts(params, hard):
+            for sample, regions in self._samples_of(g, events):
+                for r, xw in regions.items():
+                    parts.setdefault(sample, {}).setdefault(r, []).append(xw)
+        return {s: {r: tuple(jnp.concatenate(c) for c in zip(*xw, strict=True))
+                    for r, xw in regions.items()} for s, regions in parts.items()}
 
     def yields(self, params: dict) -> dict:
         """KDE yields ``[region][sample] = {"nominal", "sumw2"}``: differentiable in ``params``."""
@@ -466,10 +652,13 @@ class Analysis:
 
     def hard_histograms(self, params: dict) -> dict:
         """Hard cuts filled into ``hist.Hist`` histograms ``[region][sample]``."""
-        events = self.region_events(params, hard=True)
-        return {r: {s: hard_histogram(*events[s][r], self.cfg.regions[r].binning.edges,
-                                      label=self.cfg.regions[r].observable)
-                    for s in self.samples} for r in self.cfg.regions}
+        hists = {r: {s: empty_histogram(reg.binning.edges, label=reg.observable)
+                     for s in self.samples} for r, reg in self.cfg.regions.items()}
+        for g, events in self._event_parts(params, hard=True):
+            for sample, regions in self._samples_of(g, events):
+                for r, (x, w) in regions.items():
+                    hists[r][sample].fill(x=np.asarray(x), weight=np.asarray(w))
+        return hists
 
     def pseudodata(self, hists: dict) -> dict | None:
         """``{region: hist.Hist}``: the configured pseudodata from hard histograms, if any."""

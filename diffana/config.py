@@ -437,12 +437,21 @@ class AnalysisConfig(_Strict):
     # compiled engine: events per chunk (one compiled function serves every chunk), and how
     # gradients are taken (fused: one compiled value_and_grad scanning all chunks; forward:
     # per chunk, a tangent per parameter; reverse: per chunk, a yields pass then a VJP
-    # pass; forward and reverse hold one chunk's intermediates at a time; auto: fused)
+    # pass; forward and reverse hold one chunk's intermediates at a time; auto: fused, or
+    # when streaming forward for up to 8 trainable parameters and reverse for more)
     chunk_size: StrictInt = Field(65_536, gt=0)
     gradient: Literal["auto", "fused", "forward", "reverse"] = "auto"
+    # read and lower the events chunk by chunk on every evaluation instead of holding them:
+    # memory bounded by a chunk, whatever the number of events (compiled engine)
+    streaming: StrictBool = False
 
     @model_validator(mode="after")
     def _references(self) -> AnalysisConfig:
+        if self.streaming and self.engine != "compiled":
+            raise _RefError("streaming", f"needs engine: compiled, got engine: {self.engine}")
+        if self.streaming and self.gradient == "fused":
+            raise _RefError("gradient", "'fused' holds every chunk at once; with streaming: "
+                            "true use auto, forward or reverse")
         _check_references(self)
         return self
 

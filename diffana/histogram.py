@@ -63,9 +63,14 @@ def kde_histogram(x, weights, edges, bandwidth, slots=None, num_slots: int = 1,
     return (jnp.matmul(ws, f).reshape(shape), jnp.matmul(ws * ws, f * f).reshape(shape))
 
 
+def empty_histogram(edges, label: str = "x") -> hist.Hist:
+    """An empty weighted ``hist.Hist`` (values and variances ``Σw²``) on these bin edges."""
+    return hist.Hist(hist.axis.Variable(np.asarray(edges), name="x", label=label),
+                     storage=hist.storage.Weight())
+
+
 def hard_histogram(x, weights, edges, label: str = "x") -> hist.Hist:
     """The ordinary weighted histogram (values and variances ``Σw²``) as a ``hist.Hist``."""
-    h = hist.Hist(hist.axis.Variable(np.asarray(edges), name="x", label=label),
-                  storage=hist.storage.Weight())
+    h = empty_histogram(edges, label)
     h.fill(x=np.asarray(x), weight=np.asarray(weights))
     return h

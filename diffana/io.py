@@ -71,6 +71,35 @@ def num_entries(files: Sequence[str | Path], tree: str) -> int:
     return sum(int(_open_events(Path(f), tree).num_entries) for f in files)
 
 
+def iterate_branches(
+    files: Sequence[str | Path],
+    tree: str,
+    branches: Sequence[str],
+    step_size: int = 500_000,
+):
+    """Yield ``(file_index, first_entry, events)`` chunk by chunk (``step_size`` events),
+    file after file, with ``TTree.iterate`` / ``RNTuple.iterate``: memory stays bounded.
+
+    Raises:
+        DataError: a file is missing or unreadable, the tree is missing, or a branch is
+            missing (the message names the file and the branch, and similar branches).
+    """
+    branches = list(dict.fromkeys(branches))
+    for index, f in enumerate(files):
+        path = Path(f)
+        obj = _open_events(path, tree)
+        _check_branches(path, obj, branches)
+        entry = 0
+        try:
+            for chunk in obj.iterate(branches, step_size=step_size, library="ak"):
+                yield index, entry, chunk
+                entry += len(chunk)
+        except DataError:
+            raise
+        except Exception as err:
+            raise DataError(f"{path}: reading {tree!r} failed ({type(err).__name__}: {err})") from None
+
+
 def read_branches(
     files: Sequence[str | Path],
     tree: str,
@@ -80,28 +109,17 @@ def read_branches(
 ) -> ak.Array:
     """Read ``branches`` from every file as one Awkward record array (NumPy backend).
 
-    Reads chunk by chunk (``step_size`` events) with ``TTree.iterate`` / ``RNTuple.iterate``
-    so that memory stays bounded while reading, then concatenates.
+    Reads chunk by chunk (:func:`iterate_branches`), then concatenates.
 
     Raises:
-        DataError: a file is missing or unreadable, the tree is missing, or a branch is
-            missing (the message names the file and the branch, and similar branches).
+        DataError: a file is missing or unreadable, the tree is missing, a branch is
+            missing, or there are no events at all.
     """
     chunks = []
-    branches = list(dict.fromkeys(branches))
-    for f in files:
-        path = Path(f)
-        obj = _open_events(path, tree)
-        _check_branches(path, obj, branches)
-        try:
-            for chunk in obj.iterate(branches, step_size=step_size, library="ak"):
-                chunks.append(chunk)
-                if progress is not None:
-                    progress(len(chunk))
-        except DataError:
-            raise
-        except Exception as err:
-            raise DataError(f"{path}: reading {tree!r} failed ({type(err).__name__}: {err})") from None
+    for _, _, chunk in iterate_branches(files, tree, branches, step_size):
+        chunks.append(chunk)
+        if progress is not None:
+            progress(len(chunk))
     if not chunks:
         raise DataError(f"{', '.join(map(str, files))}: no events found in {tree!r}")
     return ak.concatenate(chunks) if len(chunks) > 1 else chunks[0]
@@ -129,13 +147,15 @@ def sum_of_weights(files: Sequence[str | Path], tree: str, branch: str = "genWei
 
 
 def write_events(path: str | Path, events: dict[str, ak.Array | np.ndarray], *, tree: str = "Events",
-                 rntuple: bool = False, runs: dict[str, np.ndarray] | None = None) -> Path:
+                 rntuple: bool = False, runs: dict[str, np.ndarray] | None = None,
+                 basket: int | None = None) -> Path:
     """Write NanoAOD-style events: jagged collections become ``nX`` + ``X_field`` branches.
 
     ``events`` maps a collection name to an Awkward record array (jagged, one list per event)
     or a branch name to a flat NumPy array. ``runs`` (e.g. ``{"genEventSumw": ...}``) is
-    written as the ``Runs`` tree. The file is written under a temporary name and renamed, so
-    a reader never sees a half-written file.
+    written as the ``Runs`` tree. ``basket``: events per TTree basket (default: all in one),
+    so that a reader can read a chunk without decompressing the whole branch. The file is
+    written under a temporary name and renamed, so a reader never sees a half-written file.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -151,7 +171,14 @@ def write_events(path: str | Path, events: dict[str, ak.Array | np.ndarray], *, 
                     flat[name] = arr
             out.mkrntuple(tree, ak.Array(flat))
         else:
-            out.mktree(tree, events)
+            n = len(next(iter(events.values())))
+            step = basket or max(n, 1)
+            for start in range(0, max(n, 1), step):
+                part = {k: v[start:start + step] for k, v in events.items()}
+                if start == 0:
+                    out.mktree(tree, part)
+                else:
+                    out[tree].extend(part)
         if runs is not None:
             out.mktree("Runs", runs)
     tmp.replace(path)

@@ -33,19 +33,21 @@ def _dominated(weakest: ak.Array, btag: ak.Array, levels: np.ndarray) -> ak.Arra
     ``(events, most jets)``, NaN-padded.
     """
     counts = ak.to_numpy(ak.num(weakest))
-    w = ak.to_numpy(ak.flatten(weakest)).astype(np.float64)
+    # the weakest jet pT as its rank among all values: integers, so the event offsets below
+    # are exact (float offsets rounded near-ties differently from one chunk to the next)
+    _, w = np.unique(ak.to_numpy(ak.flatten(weakest)).astype(np.float64), return_inverse=True)
     b = ak.to_numpy(ak.flatten(btag)).astype(np.float64)
-    event = np.repeat(np.arange(len(counts)), counts)
+    event = np.repeat(np.arange(len(counts), dtype=np.int64), counts)
     first = np.zeros(len(w), dtype=bool)
     first[(np.cumsum(counts) - counts)[counts > 0]] = True
     # a segmented running maximum: events offset so that no maximum crosses an event
-    offset = event * (2.0 * (np.abs(w).max(initial=0.0) + 1.0))
+    offset = event * (int(w.max(initial=0)) + 1)
     dominated = np.zeros(len(w), dtype=bool)
     for q in range(levels.shape[1]):  # each b-tag value of the event's jets
         level = levels[event, q]
-        at_least = np.where(b >= level, w + offset, -np.inf)
-        before = np.maximum.accumulate(np.concatenate([[-np.inf], at_least[:-1]]))
-        before[first] = -np.inf  # nothing comes before an event's first candidate
+        at_least = np.where(b >= level, w + offset, -1)
+        before = np.maximum.accumulate(np.concatenate([[-1], at_least[:-1]]))
+        before[first] = -1  # nothing comes before an event's first candidate
         here = b == level
         dominated[here] |= before[here] - offset[here] >= w[here]
     return ak.unflatten(dominated, counts)
