@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from diffana import infer, io, observe, ragged, select, spec as specmod
 from diffana.config import AnalysisConfig, resolve_path
-from diffana.exceptions import DataError
+from diffana.exceptions import ConfigError, DataError
 from diffana.generate import ensure_generated
 from diffana.histogram import empty_histogram, kde_histogram
 from diffana.model import Model
@@ -238,6 +238,18 @@ def _vary_branch(cfg: AnalysisConfig, sample: str, name: str, events, file_index
     return ak.with_field(events, varied, branch)
 
 
+def compute_device(kind: str):
+    """The JAX device of ``device: auto|cpu|gpu`` (``None``: JAX's default device)."""
+    if kind == "auto":
+        return None
+    try:
+        return jax.devices(kind)[0]
+    except RuntimeError:
+        have = sorted({d.platform for d in jax.devices()})
+        raise ConfigError(f"device: {kind!r}: JAX finds no such device here (it has {have}); "
+                          "use device: auto, or install JAX with CUDA") from None
+
+
 class Analysis:
     """An analysis configuration bound to its events, ready to evaluate and differentiate.
 
@@ -260,6 +272,7 @@ class Analysis:
         hi = np.array([cfg.parameters[n].bounds[1] for n in self.trainable], dtype=np.float64)
         self.lower_bounds, self.upper_bounds = lo, hi
 
+        self.device = compute_device(cfg.device)
         base = Path(base_dir)
         generated = None
         if cfg.generate is not None:
@@ -497,7 +510,7 @@ class Analysis:
         # unused slots (and the padding events' set) are dropped
         padded["slots"] = np.array([np.concatenate([present, np.full(
             self._num_slots - len(present), len(self._groups))]) for present, _ in blocks], np.int32)
-        return ragged.to_device(padded)
+        return ragged.to_device(padded, self.device)
 
     def _make_compiled(self) -> None:
         self._jit_events = jax.jit(self._chunk_region_events, static_argnums=2)

@@ -444,6 +444,8 @@ class AnalysisConfig(_Strict):
     # read and lower the events chunk by chunk on every evaluation instead of holding them:
     # memory bounded by a chunk, whatever the number of events (compiled engine)
     streaming: StrictBool = False
+    # where the compiled engine runs: JAX's default device (auto), or the first cpu or gpu
+    device: Literal["auto", "cpu", "gpu"] = "auto"
 
     @model_validator(mode="after")
     def _references(self) -> AnalysisConfig:

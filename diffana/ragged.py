@@ -292,8 +292,11 @@ def pad(buffers: dict, the_plan: Plan, capacity: dict) -> dict:
     return jax.tree_util.tree_map_with_path(pad_one, buffers, _axes(buffers, the_plan))
 
 
-def to_device(buffers: dict) -> dict:
-    """The compiled engine's buffers as JAX arrays (float64 values, int32 indices)."""
+def to_device(buffers: dict, device=None) -> dict:
+    """The compiled engine's buffers as JAX arrays (float64 values, int32 indices), on
+    ``device`` (default: JAX's default device)."""
+    if device is not None:
+        return jax.device_put(buffers, device)
     return jax.tree_util.tree_map(jnp.asarray, buffers)
 
 

@@ -12,6 +12,7 @@ from jax.test_util import check_grads
 
 from conftest import ROOT
 from diffana.analysis import Analysis
+from diffana.exceptions import ConfigError
 
 
 def test_engines_agree(compiled_small, awkward_small):
@@ -115,3 +116,15 @@ def test_sensitivity_sums_to_gradient(compiled_small):
     for n in ana.trainable:
         assert set(sens[n]) == {"signal_region/ttbar", "signal_region/wjets"}
         assert sum(sens[n].values()) == pytest.approx(float(g[n]), rel=1e-8, abs=1e-12)
+
+
+def test_device_option(small_config):
+    cpu = Analysis(small_config.model_copy(update={"device": "cpu", "chunk_size": 2048}),
+                   ROOT / "configs", progress=False)
+    p0 = cpu.initial_params()
+    assert cpu._chunks[0]["weight"].devices() == {jax.devices("cpu")[0]}
+    assert np.isfinite(float(cpu.loss_and_grad(cpu.to_unit(p0), p0)[0]))
+    if not any(d.platform == "gpu" for d in jax.devices()):
+        with pytest.raises(ConfigError, match="device: 'gpu': JAX finds no such device"):
+            Analysis(small_config.model_copy(update={"device": "gpu"}), ROOT / "configs",
+                     progress=False)

@@ -67,6 +67,9 @@ def test_later_steps_never_recompile(pair, caplog):
                 jax.block_until_ready(ana.loss_and_grad(u + shift, p0))
         compiled = [r.getMessage() for r in caplog.records if "ompil" in r.getMessage()]
         assert not compiled, compiled
+    with jax.log_compiles(), caplog.at_level(logging.WARNING):  # the check can see a compile
+        jax.jit(lambda x: x + 1.0)(1.0)
+    assert any("ompil" in r.getMessage() for r in caplog.records)
 
 
 def test_smearing_does_not_depend_on_chunks():
