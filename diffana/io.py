@@ -20,18 +20,47 @@ import uproot
 from diffana.exceptions import DataError
 
 
+def _one_line(err: Exception) -> str:
+    """``Type: message`` on one line (uproot's messages span several)."""
+    return f"{type(err).__name__}: {' '.join(str(err).split())}"
+
+
+def _check_header(path: Path) -> None:
+    """A ROOT file starts with ``root``, its format version and where it ends (``fEND``):
+    a file shorter than that was cut off (an interrupted copy or write)."""
+    size = path.stat().st_size
+    if size == 0:
+        raise DataError(f"{path}: cannot be read as a ROOT file (the file is empty, 0 bytes)")
+    with path.open("rb") as f:
+        head = f.read(20)
+    if head[:4] != b"root":
+        raise DataError(f"{path}: cannot be read as a ROOT file (it starts with {head[:4]!r}, "
+                        "not b'root')")
+    if len(head) < 16:
+        raise DataError(f"{path}: truncated ROOT file ({size} bytes, shorter than its header)")
+    version = int.from_bytes(head[4:8], "big")
+    end = int.from_bytes(head[12:20] if version >= 1_000_000 else head[12:16], "big")
+    if size < end:
+        raise DataError(f"{path}: truncated ROOT file: {size} bytes of the {end} its header "
+                        "records (an interrupted copy or write?)")
+
+
 def _open_events(path: Path, tree: str):
     if not path.is_file():
         raise DataError(f"{path}: input file not found")
+    _check_header(path)
     try:
         handle = uproot.open(path)
     except Exception as err:  # uproot raises many types for damaged files
-        raise DataError(f"{path}: cannot be read as a ROOT file ({type(err).__name__}: {err})") from None
+        raise DataError(f"{path}: cannot be read as a ROOT file ({_one_line(err)})") from None
     try:
         obj = handle[tree]
-    except Exception:
+    except Exception as err:
+        if not isinstance(err, KeyError):  # the key is there, its object damaged
+            raise DataError(f"{path}: {tree!r} cannot be read ({_one_line(err)})") from None
         keys = sorted({k.split(";")[0] for k in handle.keys(recursive=False)})
-        raise DataError(f"{path}: no tree or RNTuple named {tree!r} (the file has {keys})") from None
+        raise DataError(f"{path}: no tree or RNTuple named {tree!r} "
+                        f"(the file has {keys})") from None
     if not hasattr(obj, "arrays"):
         raise DataError(f"{path}: {tree!r} is a {type(obj).__name__}, not a TTree or RNTuple")
     return obj
@@ -80,9 +109,13 @@ def iterate_branches(
     """Yield ``(file_index, first_entry, events)`` chunk by chunk (``step_size`` events),
     file after file, with ``TTree.iterate`` / ``RNTuple.iterate``: memory stays bounded.
 
+    A file whose tree has no entries yields nothing (it is skipped).
+
     Raises:
-        DataError: a file is missing or unreadable, the tree is missing, or a branch is
-            missing (the message names the file and the branch, and similar branches).
+        DataError: a file is missing, empty, truncated (shorter than its header records) or
+            not a ROOT file; the tree is missing; a branch is missing (the message names the
+            file and the branch, and similar branches); or a chunk cannot be read (the
+            message names the first branch that fails, and the entries).
     """
     branches = list(dict.fromkeys(branches))
     for index, f in enumerate(files):
@@ -90,14 +123,30 @@ def iterate_branches(
         obj = _open_events(path, tree)
         _check_branches(path, obj, branches)
         entry = 0
+        chunks = obj.iterate(branches, step_size=step_size, library="ak")
+        while True:
+            try:
+                chunk = next(chunks, None)
+            except Exception as err:
+                raise _read_error(path, obj, tree, branches, entry, step_size, err) from None
+            if chunk is None:
+                break
+            yield index, entry, chunk
+            entry += len(chunk)
+
+
+def _read_error(path: Path, obj, tree: str, branches: Sequence[str], entry: int, step_size: int,
+                err: Exception) -> DataError:
+    """The error of a chunk that could not be read, naming the first branch that fails."""
+    stop = min(entry + step_size, int(obj.num_entries))
+    for b in branches:
         try:
-            for chunk in obj.iterate(branches, step_size=step_size, library="ak"):
-                yield index, entry, chunk
-                entry += len(chunk)
-        except DataError:
-            raise
-        except Exception as err:
-            raise DataError(f"{path}: reading {tree!r} failed ({type(err).__name__}: {err})") from None
+            obj.arrays([b], entry_start=entry, entry_stop=stop, library="ak")
+        except Exception as branch_err:
+            return DataError(f"{path}: branch {b!r} of {tree!r} cannot be read at entries "
+                             f"{entry}-{stop} (damaged file? {_one_line(branch_err)})")
+    return DataError(f"{path}: reading {tree!r} at entries {entry}-{stop} failed "
+                     f"({_one_line(err)})")
 
 
 def read_branches(
@@ -121,7 +170,8 @@ def read_branches(
         if progress is not None:
             progress(len(chunk))
     if not chunks:
-        raise DataError(f"{', '.join(map(str, files))}: no events found in {tree!r}")
+        raise DataError(f"{', '.join(map(str, files))}: no events in {tree!r} (0 entries in "
+                        f"{'each file' if len(files) > 1 else 'the file'}); expected at least one")
     return ak.concatenate(chunks) if len(chunks) > 1 else chunks[0]
 
 
@@ -139,10 +189,20 @@ def sum_of_weights(files: Sequence[str | Path], tree: str, branch: str = "genWei
         with uproot.open(path) as handle:
             runs = handle["Runs"] if "Runs" in handle else None
             if runs is not None and "genEventSumw" in runs.keys():
-                total += float(np.sum(runs["genEventSumw"].array(library="np"), dtype=np.float64))
+                sumw = float(np.sum(runs["genEventSumw"].array(library="np"), dtype=np.float64))
+                if not np.isfinite(sumw):
+                    raise DataError(f"{path}: branch 'genEventSumw' of 'Runs' sums to {sumw}; "
+                                    "expected a finite number")
+                total += sumw
                 continue
         _check_branches(path, obj, [branch])
-        total += float(np.sum(obj.arrays([branch], library="np")[branch], dtype=np.float64))
+        weights = np.asarray(obj.arrays([branch], library="np")[branch], dtype=np.float64)
+        # NaN/inf weights: an error when the events are read (nonfinite: stop), or their
+        # events are dropped (nonfinite: drop) and so left out of the sum as well
+        total += float(np.sum(weights[np.isfinite(weights)], dtype=np.float64))
+    if total == 0.0:
+        raise DataError(f"{', '.join(map(str, files))}: {branch} sums to 0 (no events, or weights "
+                        f"that cancel); expected a non-zero sum to normalise by")
     return total
 
 
