@@ -30,9 +30,9 @@ import numpy as np
 from scipy.special import ndtri
 from tqdm.auto import tqdm
 
-from diffana import infer, io, observe, ragged, select, spec as specmod
+from diffana import checks, infer, io, observe, ragged, select, spec as specmod
 from diffana.config import AnalysisConfig, resolve_path
-from diffana.exceptions import ConfigError, DataError
+from diffana.exceptions import ConfigError, DataError, DiffanaError
 from diffana.generate import ensure_generated
 from diffana.histogram import empty_histogram, kde_histogram
 from diffana.model import Model
@@ -108,6 +108,10 @@ class SampleReader:
         self.branches += [b for v in cfg.variations.values() for b in _varied_branch(v)]
         self.entries = [io.num_entries([f], self.tree) for f in self.files]
         if s.normalisation == "events":
+            if not (s.n_total or sum(self.entries)):
+                raise DataError(f"sample {name!r}: no events in {self.tree!r} of "
+                                f"{', '.join(map(str, self.files))} (0 entries); expected at "
+                                "least one, or n_total")
             self.norm = s.cross_section * cfg.luminosity / (s.n_total or sum(self.entries))
         elif s.normalisation == "genweight":
             self.norm = s.cross_section * cfg.luminosity / io.sum_of_weights(self.files, self.tree)
@@ -134,6 +138,8 @@ class SampleReader:
     def sets(self, events: ak.Array, file_index: np.ndarray, entry: np.ndarray) -> dict:
         """``{set: (events, weight)}`` of these events (``file_index``/``entry``: where each
         event is in the sample's files, which seeds a smearing)."""
+        # structure and NaN/inf checks; dropped counts add up on self.nonfinite
+        events, file_index, entry = checks.check_chunk(self, events, file_index, entry)
         n = len(events)
         if self.normalisation == "none":
             weight = np.ones(n)
@@ -259,10 +265,12 @@ class Analysis:
         engine: ``compiled`` (flat buffers, one ``jax.jit``) or ``awkward`` (JAX-backed
             Awkward arrays, eager); defaults to ``cfg.engine``.
         progress: show progress bars while reading.
+        layout: the chunk shape found elsewhere (a Dask worker's analysis: it holds no events
+            and lowers the chunks it is given); ``{}`` before it is known.
     """
 
     def __init__(self, cfg: AnalysisConfig, base_dir: str | Path = ".", engine: str | None = None,
-                 progress: bool = True):
+                 progress: bool = True, layout: dict | None = None):
         self.cfg = cfg
         self.engine = engine or cfg.engine
         self.plan = ragged.plan(cfg)
@@ -282,7 +290,9 @@ class Analysis:
         self._readers = [SampleReader(cfg, name, self.plan, base, generated) for name in cfg.samples]
         total = sum(sum(r.entries) for r in self._readers)
         self.samples: dict[str, SampleEvents] = {}
-        if cfg.streaming:
+        distributed = cfg.executor.kind == "dask"
+        held = not (cfg.streaming or distributed or layout is not None)
+        if not held:  # the events stay in the files (or on the workers)
             for r in self._readers:
                 sets = {key: StreamedSet(r, key) for _, key, _ in r.members}
                 self.samples.update({name: SampleEvents(name, r.files, sets[key], r.norm, variant)
@@ -294,7 +304,18 @@ class Analysis:
                     self.samples.update(_read_sample(r, cfg.step_size, bar))
         self._edges = {r: jnp.asarray(reg.binning.edges) for r, reg in cfg.regions.items()}
         self._groups = self._group_samples()
-        if cfg.streaming:
+        self._remote = None
+        if not held:
+            self._set_index = {(ev.reader.name, ev.key): g
+                               for g in self._groups for ev in [self._group_events(g)]}
+        if layout is not None:
+            if layout:
+                self._apply_layout(layout)
+        elif distributed:
+            from diffana.distributed import DaskChunks
+
+            self._remote = DaskChunks(self, base, progress)
+        elif cfg.streaming:
             self._prepare_stream(total, progress)
         elif self.engine == "compiled":
             self._prepare_chunks(progress)
@@ -414,43 +435,66 @@ class Analysis:
         starts = range(0, max(len(weight), 1), size)
         for a in tqdm(starts, desc="lowering", unit="chunk", disable=not progress, leave=False):
             raw.append(ragged.lower(events[a:a + size], self.plan, weight[a:a + size]).buffers)
-        self._set_capacity([ragged.axis_sizes(b, self.plan) for b in raw], size)
+        layout = self._capacity_of([ragged.axis_sizes(b, self.plan) for b in raw], size)
+        self._apply_layout({**layout, "slots": 1})
         self._num_slots = max(len(np.unique(b)) for a in starts
                               for b in self._padded_groups(groups[a:a + size]).reshape(-1, self._block))
+        self.layout["slots"] = self._num_slots
         self._chunks = [self._device_chunk(buffers, self._padded_groups(groups[a:a + size]))
                         for a, buffers in zip(starts, raw, strict=True)]
-        self._make_compiled()
 
     def _prepare_stream(self, total: int, progress: bool) -> None:
         """``streaming: true``: a first pass over the files counts the events of each set and
         finds the chunk shape; every evaluation then reads and lowers the chunks again."""
-        self._set_index = {(ev.reader.name, ev.key): g
-                           for g in self._groups for ev in [self._group_events(g)]}
         sizes = []
         with tqdm(total=total, desc="first pass", unit="ev", disable=not progress,
                   leave=False) as bar:
             for _, buffers in self._stream_lowered(first_pass=True, progress=bar.update):
                 sizes.append(ragged.axis_sizes(buffers, self.plan))
+        self._apply_layout(self.chunk_layout(sizes))
+
+    def chunk_layout(self, sizes: list[dict]) -> dict:
+        """The padded shape of chunks of one set each (streamed or distributed) from their
+        axis sizes: each axis's largest size, rounded up."""
         if not sizes:
             raise DataError(f"{self.cfg.name}: no events left to analyse (after preselection)")
-        self._set_capacity(sizes, -(-self.cfg.chunk_size // 512) * 512)
-        self._num_slots = 2  # a block holds events of its chunk's one set, and padding
-        self._make_compiled()
+        # a block holds events of its chunk's one set, and padding: two slots
+        return {**self._capacity_of(sizes, -(-self.cfg.chunk_size // 512) * 512), "slots": 2}
 
     def _stream_lowered(self, first_pass: bool = False, progress=None):
         """``(set, lowered buffers)`` of each chunk read from the files (the first pass
         counts the events of each set)."""
         for reader in self._readers:
             for n_read, sets in reader.chunks(self.cfg.chunk_size):
-                for key, (events, weight) in sets.items():
-                    if not len(weight):
-                        continue
-                    g = self._set_index[(reader.name, key)]
+                for g, buffers in self._lower_sets(reader, sets):
                     if first_pass:
-                        self._group_events(g).n_events += len(weight)
-                    yield g, ragged.lower(events, self.plan, weight).buffers
+                        self._group_events(g).n_events += len(buffers["weight"])
+                    yield g, buffers
                 if progress is not None:
                     progress(n_read)
+
+    def _lower_sets(self, reader: SampleReader, sets: dict) -> list:
+        return [(self._set_index[(reader.name, key)], ragged.lower(events, self.plan, weight).buffers)
+                for key, (events, weight) in sets.items() if len(weight)]
+
+    def range_specs(self) -> list[tuple[int, int, int, int]]:
+        """``(sample reader, file, first entry, stop entry)`` of each chunk to read."""
+        size = self.cfg.chunk_size
+        return [(i, f, a, min(a + size, n)) for i, r in enumerate(self._readers)
+                for f, n in enumerate(r.entries) for a in range(0, n, size)]
+
+    def lower_range(self, spec: tuple[int, int, int, int]) -> list:
+        """``[(set, lowered buffers)]`` of one range of one file (see :meth:`range_specs`)."""
+        r, f, start, stop = spec
+        reader = self._readers[r]
+        events = io.read_range(reader.files[f], reader.tree, reader.branches, start, stop)
+        n = len(events)
+        return self._lower_sets(reader, reader.sets(events, np.full(n, f), start + np.arange(n)))
+
+    def device_chunk(self, g: int, buffers: dict) -> tuple[int, int, dict]:
+        """``(set, events, padded device chunk)`` of a lowered chunk of one set."""
+        n = len(buffers["weight"])
+        return g, n, self._device_chunk(buffers, self._padded_groups(np.full(n, g, np.int32)))
 
     def _streamed_chunks(self):
         """``(set, events, device chunk)`` of each chunk, read and lowered while the previous
@@ -459,11 +503,7 @@ class Analysis:
 
         def produce():
             item = next(lowered, None)
-            if item is None:
-                return None
-            g, buffers = item
-            n = len(buffers["weight"])
-            return g, n, self._device_chunk(buffers, self._padded_groups(np.full(n, g, np.int32)))
+            return None if item is None else self.device_chunk(*item)
 
         with ThreadPoolExecutor(1) as pool:
             ahead = pool.submit(produce)
@@ -477,20 +517,29 @@ class Analysis:
             return (chunk for _, _, chunk in self._streamed_chunks())
         return iter(self._chunks)
 
-    def _set_capacity(self, sizes: list[dict], size: int) -> None:
-        """The padded chunk shape: each axis's largest size over the chunks, rounded up."""
+    @staticmethod
+    def _capacity_of(sizes: list[dict], size: int) -> dict:
+        """Each axis's largest size over the chunks, rounded up (``capacity``), and the most
+        objects of one event on each scanned axis (``runs``)."""
         capacity: dict = {}
         for chunk in sizes:
             for axis, n in chunk.items():
                 capacity[axis] = max(capacity.get(axis, 1), n)
-        self._runs = {axis: n for axis, n in capacity.items() if axis[0] == "run"}
+        runs = {axis: n for axis, n in capacity.items() if axis[0] == "run"}
         # round up so that similar inputs share shapes (and compiled code) across runs
         capacity = {axis: -(-n // 512) * 512 for axis, n in capacity.items() if axis[0] != "run"}
         capacity["event"] = min(capacity["event"], size)
-        self._capacity = capacity
-        self._chunk_events = capacity["event"]
+        return {"capacity": capacity, "runs": runs}
+
+    def _apply_layout(self, layout: dict) -> None:
+        """Fix the padded chunk shape (and compile for it)."""
+        self.layout = layout
+        self._capacity, self._runs = layout["capacity"], layout["runs"]
+        self._num_slots = layout["slots"]
+        self._chunk_events = self._capacity["event"]
         # Histogram blocks: each holds events of one or a few sets, each event a slot among them
         self._block = KDE_BLOCK if self._chunk_events % KDE_BLOCK == 0 else self._chunk_events
+        self._make_compiled()
 
     def _padded_groups(self, groups: np.ndarray) -> np.ndarray:
         """Each event's set in a chunk, padding events in the set ``len(groups)`` (dropped)."""
@@ -554,8 +603,12 @@ class Analysis:
         _, pullback = jax.vjp(lambda v: self._chunk_yields_at(v, params_fixed, chunk), u)
         return pullback(cotangent)[0]
 
-    def _over_chunks(self, fn, *args):
-        """``fn(*args, chunk)`` summed over the chunks."""
+    def _over_chunks(self, name: str, *args):
+        """``_jit_<name>(*args, chunk)`` (``yields``, ``jacobian``, ``vjp``) summed over the
+        chunks: here, or on the workers that hold them."""
+        if self._remote is not None:
+            return self._remote.map_reduce(name, args)
+        fn = getattr(self, f"_jit_{name}")
         total = None
         for chunk in self._chunks_now():
             r = fn(*args, chunk)
@@ -568,7 +621,8 @@ class Analysis:
             return mode
         if self.engine != "compiled":
             return "reverse"
-        if self.cfg.streaming:  # forward for few parameters, two passes (yields, VJP) for many
+        if self.cfg.streaming or self._remote is not None:
+            # forward for few parameters, two passes (yields, VJP) for many
             return "forward" if len(self.trainable) <= STREAM_FORWARD_MAX else "reverse"
         return "fused"
 
@@ -600,10 +654,11 @@ class Analysis:
     def _event_parts(self, params: dict, hard: bool):
         """``(group, {region: (x, W)})`` for all events, in parts: whole event sets, or
         chunks when streaming (see :meth:`_region_events`)."""
+        if self._remote is not None:
+            raise DiffanaError("the events of each sample are on the Dask workers; per-event "
+                               "values need executor: local")
         if self.cfg.streaming:
-            for g, n, chunk in self._streamed_chunks():
-                yield g, {r: (x[:n], w[:, :n]) for r, (x, w)
-                          in self._jit_events(params, chunk, hard).items()}
+            yield from self.chunk_parts(self._streamed_chunks(), params, hard)
         elif self.engine == "compiled":
             parts = [self._jit_events(params, chunk, hard) for chunk in self._chunks]
             stream = {r: tuple(jnp.concatenate([c[r][i] for c in parts], axis=-1) for i in (0, 1))
@@ -618,6 +673,12 @@ class Analysis:
                 lowered = self._group_events(g).lowered
                 yield g, self._region_events(ragged.AwkwardOps(lowered), params,
                                              jnp.asarray(lowered.weight), hard)
+
+    def chunk_parts(self, chunks, params: dict, hard: bool):
+        """``(group, {region: (x, W)})`` of each ``(set, events, device chunk)``."""
+        for g, n, chunk in chunks:
+            yield g, {r: (x[:n], w[:, :n]) for r, (x, w)
+                      in self._jit_events(params, chunk, hard).items()}
 
     def _samples_of(self, g: int, events: dict):
         """``(sample, {region: (x, w)})`` of each sample of group ``g``."""
@@ -642,7 +703,7 @@ class Analysis:
     def yields(self, params: dict) -> dict:
         """KDE yields ``[region][sample] = {"nominal", "sumw2"}``: differentiable in ``params``."""
         if self.engine == "compiled":
-            return self._by_sample(self._over_chunks(self._jit_yields, params))
+            return self._by_sample(self._over_chunks("yields", params))
         per_group = []
         for g in self._groups:
             lowered = self._group_events(g).lowered
@@ -656,7 +717,7 @@ class Analysis:
         if self.engine != "compiled":
             y = self.yields(params)
             return y, jax.jacfwd(lambda th: self.yields({**params, **th}))(theta)
-        y, jac = self._over_chunks(self._jit_jacobian, self.to_unit(params), params)
+        y, jac = self._over_chunks("jacobian", self.to_unit(params), params)
         scale = jnp.asarray(self.upper_bounds - self.lower_bounds)
         jac = self._by_sample(jac, floor=False)
         out = {r: {s: {k: {n: jac[r][s][k][..., i] / scale[i] for i, n in enumerate(self.trainable)}
@@ -665,9 +726,15 @@ class Analysis:
 
     def hard_histograms(self, params: dict) -> dict:
         """Hard cuts filled into ``hist.Hist`` histograms ``[region][sample]``."""
+        if self._remote is not None:
+            return self._remote.hard_histograms(params)
+        return self.fill_hard(self._event_parts(params, hard=True))
+
+    def fill_hard(self, parts) -> dict:
+        """``[region][sample]`` histograms of ``(group, {region: (x, W)})`` parts."""
         hists = {r: {s: empty_histogram(reg.binning.edges, label=reg.observable)
                      for s in self.samples} for r, reg in self.cfg.regions.items()}
-        for g, events in self._event_parts(params, hard=True):
+        for g, events in parts:
             for sample, regions in self._samples_of(g, events):
                 for r, (x, w) in regions.items():
                     hists[r][sample].fill(x=np.asarray(x), weight=np.asarray(w))
@@ -680,6 +747,11 @@ class Analysis:
             return None
         return {r: sum((hs[s] * float(f) for s, f in mix.items()), start=hs[next(iter(mix))] * 0.0)
                 for r, hs in hists.items()}
+
+    def close(self) -> None:
+        """Let go of the Dask cluster or client, if any."""
+        if self._remote is not None:
+            self._remote.close()
 
     def hard_yields(self, params: dict, hists: dict | None = None) -> dict:
         """Yields of the hard histograms (``hists``, if already filled at ``params``), with
@@ -755,10 +827,10 @@ class Analysis:
             if mode == "fused":
                 return self._jit_fused(u, params_fixed, self._stacked_chunks)
             if mode == "reverse":
-                y = self._over_chunks(self._jit_yields, self.from_unit(u, params_fixed))
+                y = self._over_chunks("yields", self.from_unit(u, params_fixed))
                 loss, ct = self._jit_loss_and_cotangent(y)
-                return loss, self._over_chunks(self._jit_vjp, u, params_fixed, ct)
-            y, jac = self._over_chunks(self._jit_jacobian, u, params_fixed)
+                return loss, self._over_chunks("vjp", u, params_fixed, ct)
+            y, jac = self._over_chunks("jacobian", u, params_fixed)
             loss, ct = self._jit_loss_and_cotangent(y)
             return loss, self._jit_contract(ct, jac)
         # Awkward cannot be jit-compiled: differentiate the ragged stages eagerly and chain

@@ -285,7 +285,9 @@ class Binning(_Strict):
         if not np.all(np.isfinite(edges)) or np.any(np.diff(edges) <= 0):
             raise _KeyError("bins", f"{self.bins} bins from {self.low} to {self.high} do not give "
                                     "finite, strictly increasing edges")
-        object.__setattr__(self, "edges", edges)
+        # the edges stand for all of it: a dumped configuration loads again
+        for key, value in (("edges", edges), ("bins", None), ("low", None), ("high", None)):
+            object.__setattr__(self, key, value)
         return self
 
 
@@ -410,6 +412,19 @@ class Optimiser(_Strict):
         return name
 
 
+class Executor(_Strict):
+    """Where the chunks are evaluated: here (``local``), or on Dask workers (``dask``).
+
+    ``dask``: ``address`` of a running scheduler (``tcp://host:8786``), or none to start a
+    ``LocalCluster`` of ``workers`` processes on this machine. The workers must see the
+    input files under the same paths.
+    """
+
+    kind: Literal["local", "dask"] = "local"
+    address: str | None = None
+    workers: StrictInt | None = Field(None, gt=0)
+
+
 class AnalysisConfig(_Strict):
     """A whole analysis run."""
 
@@ -434,6 +449,9 @@ class AnalysisConfig(_Strict):
     seed: StrictInt = 0
     # drop events that cannot pass the top-level count requirements (see ragged.structural_keep)
     preselect: StrictBool = False
+    # NaN/inf in a branch read: stop with an error naming the file, branch and entry, or drop
+    # the objects (jagged branches) or events (event branches) that have them (diffana.checks)
+    nonfinite: Literal["stop", "drop"] = "stop"
     # compiled engine: events per chunk (one compiled function serves every chunk), and how
     # gradients are taken (fused: one compiled value_and_grad scanning all chunks; forward:
     # per chunk, a tangent per parameter; reverse: per chunk, a yields pass then a VJP
@@ -446,14 +464,18 @@ class AnalysisConfig(_Strict):
     streaming: StrictBool = False
     # where the compiled engine runs: JAX's default device (auto), or the first cpu or gpu
     device: Literal["auto", "cpu", "gpu"] = "auto"
+    # the compiled chunks evaluated here or on Dask workers (see Executor)
+    executor: Executor = Field(default_factory=Executor)
 
     @model_validator(mode="after")
     def _references(self) -> AnalysisConfig:
-        if self.streaming and self.engine != "compiled":
-            raise _RefError("streaming", f"needs engine: compiled, got engine: {self.engine}")
-        if self.streaming and self.gradient == "fused":
-            raise _RefError("gradient", "'fused' holds every chunk at once; with streaming: "
-                            "true use auto, forward or reverse")
+        for key, on in (("streaming", self.streaming), ("executor.kind", self.executor.kind == "dask")):
+            if on and self.engine != "compiled":
+                raise _RefError(key, f"needs engine: compiled, got engine: {self.engine}")
+            if on and self.gradient == "fused":
+                raise _RefError("gradient", f"'fused' holds every chunk at once; with {key}: "
+                                f"{'true' if key == 'streaming' else 'dask'} use auto, forward "
+                                "or reverse")
         _check_references(self)
         return self
 

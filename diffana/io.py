@@ -149,6 +149,19 @@ def _read_error(path: Path, obj, tree: str, branches: Sequence[str], entry: int,
                      f"({_one_line(err)})")
 
 
+def read_range(path: str | Path, tree: str, branches: Sequence[str], start: int,
+               stop: int) -> ak.Array:
+    """Entries ``[start, stop)`` of one file (errors as :func:`iterate_branches`)."""
+    path = Path(path)
+    branches = list(dict.fromkeys(branches))
+    obj = _open_events(path, tree)
+    _check_branches(path, obj, branches)
+    try:
+        return obj.arrays(branches, entry_start=start, entry_stop=stop, library="ak")
+    except Exception as err:
+        raise _read_error(path, obj, tree, branches, start, stop - start, err) from None
+
+
 def read_branches(
     files: Sequence[str | Path],
     tree: str,

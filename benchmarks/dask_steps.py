@@ -1,0 +1,146 @@
+"""Gradient steps on Dask workers: step time for 1 and 2 workers, data moved, a paper estimate.
+
+* ``steps``: the reference configuration (``reference.yaml``) on ``--events`` events with
+  ``executor: {kind: dask, workers: N}`` (a ``LocalCluster`` of N processes, one thread
+  each) for each N of ``--workers``, and the same events with the local executor
+  (``gradient: forward`` both): the median step time of ``--repeat`` steps after the first,
+  and the bytes that travel per step (parameters to every task, a result back from each).
+* ``estimate``: per-chunk costs of the AGC analysis (``configs/agc_ttbar.yaml``) measured
+  here, scaled to the full AGC input (``--agc-events``, ~1 billion events) on ``--nodes``
+  workers: compute ``chunks × time per chunk / workers``, plus Dask's per-task overhead
+  and a tree reduction of ``log2(tasks)`` hops.
+
+    python benchmarks/dask_steps.py --json benchmarks/results/dask.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+
+# Dask's scheduler costs per task (submission, scheduling, result): its documentation gives
+# about 1 ms per task as the rule of thumb ("Dask Best Practices: avoid very large graphs").
+TASK_OVERHEAD_S = 1e-3
+HOP_S = 5e-3  # one reduction hop between workers (small message, same data centre)
+
+
+def _steps(ana, repeat: int) -> tuple[float, float]:
+    import jax
+
+    p0 = ana.initial_params()
+    u = ana.to_unit(p0)
+    t0 = time.perf_counter()
+    jax.block_until_ready(ana.loss_and_grad(u, p0))
+    first = time.perf_counter() - t0
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        jax.block_until_ready(ana.loss_and_grad(u, p0))
+        times.append(time.perf_counter() - t0)
+    return first, statistics.median(times)
+
+
+def steps(n_events: int, workers: list[int], repeat: int) -> dict:
+    from diffana.analysis import Analysis
+    from diffana.config import load
+
+    cfg = load(HERE / "reference.yaml")
+    cfg = cfg.model_copy(update={
+        "generate": cfg.generate.model_copy(update={"events": n_events}), "gradient": "forward"})
+    out: dict = {"events": n_events, "repeat": repeat}
+    local = Analysis(cfg, HERE, progress=False)
+    out["local_first_step_s"], out["local_step_s"] = _steps(local, repeat)
+    del local
+    for n in workers:
+        t0 = time.perf_counter()
+        ana = Analysis(cfg.model_copy(update={"executor": cfg.executor.model_copy(
+            update={"kind": "dask", "workers": n})}), HERE, progress=False)
+        setup = time.perf_counter() - t0
+        try:
+            first, step = _steps(ana, repeat)
+            out[f"dask_{n}"] = {"workers": n, "setup_s": setup, "first_step_s": first,
+                                "step_s": step, "tasks_per_step": ana._remote.tasks,
+                                "bytes_per_step": ana._remote.bytes_per_step}
+        finally:
+            ana.close()
+    return out
+
+
+def estimate(agc_events: float, nodes: int, repeat: int) -> dict:
+    """Per-chunk costs of the AGC analysis measured here, scaled to the full input."""
+    import jax
+
+    from diffana.analysis import Analysis
+    from diffana.config import load
+
+    cfg = load(HERE.parent / "configs" / "agc_ttbar.yaml")
+    cfg = cfg.model_copy(update={"streaming": True, "gradient": "forward"})
+    t0 = time.perf_counter()
+    ana = Analysis(cfg, HERE.parent / "configs", progress=False)
+    first_pass = time.perf_counter() - t0
+    specs = ana.range_specs()  # one Dask task per range of a file, all its event sets
+    tasks_here = [[ana.device_chunk(g, b) for g, b in ana.lower_range(spec)] for spec in specs]
+    p0 = ana.initial_params()
+    u = ana.to_unit(p0)
+    jax.block_until_ready(ana._jit_jacobian(u, p0, tasks_here[0][0][2]))  # compile
+    per_task = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        for chunks in tasks_here:
+            for _, _, chunk in chunks:
+                jax.block_until_ready(ana._jit_jacobian(u, p0, chunk))
+        per_task.append((time.perf_counter() - t0) / len(specs))
+    read = sum(stop - start for _, _, start, stop in specs)
+    t_task = statistics.median(per_task)
+    input_per_task = read / len(specs)  # events read per task (before preselection)
+    out = {"agc_events": agc_events, "nodes": nodes, "measured_tasks": len(specs),
+           "events_read": read, "task_s": t_task,
+           "read_and_lower_s_per_input_event": first_pass / read,
+           "first_read_and_lower_s": agc_events * first_pass / read / nodes}
+    # as measured (ranges as the files here give them: small files make short ranges), and
+    # with full ranges of chunk_size and 4 × chunk_size entries per task
+    for label, per_task_events in (("as_measured", input_per_task),
+                                   ("full_ranges", cfg.chunk_size),
+                                   ("ranges_4x", 4 * cfg.chunk_size)):
+        n_tasks = math.ceil(agc_events / per_task_events)
+        compute = agc_events * (t_task / input_per_task) / nodes
+        scheduler = n_tasks * TASK_OVERHEAD_S
+        reduction = math.ceil(math.log2(max(n_tasks, 2))) * HOP_S
+        out[label] = {"events_per_task": per_task_events, "tasks_per_step": n_tasks,
+                      "compute_s": compute, "scheduler_s": scheduler, "reduction_s": reduction,
+                      "step_s": compute + scheduler + reduction}
+    return out
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--events", type=int, default=2_000_000)
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--agc-events", type=float, default=1e9)
+    ap.add_argument("--nodes", type=int, default=100)
+    ap.add_argument("--no-steps", action="store_true", help="only the paper estimate")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args(argv)
+    result = {}
+    if not args.no_steps:
+        result["steps"] = steps(args.events, args.workers, args.repeat)
+    result["estimate"] = estimate(args.agc_events, args.nodes, args.repeat)
+    print(json.dumps(result, indent=1))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()
