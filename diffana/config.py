@@ -298,7 +298,9 @@ class Region(_Strict):
     observable: str
     binning: Binning
     bandwidth: Number = Field(1.0, gt=0)
-    floor: Number = Field(1e-3, ge=0)
+    # expected events added to every bin of every sample: > 0, so that an empty bin or a
+    # vanishing background cannot give an infinite significance or a NaN gradient
+    floor: Number = Field(1e-3, gt=0)
 
 
 # --- model, objective, optimiser ------------------------------------------------------------

@@ -114,6 +114,8 @@ CASES = [
          "selection[0].temperature:", "(got 0)", "greater than 0"),
     case("negative-bandwidth", mutate(["regions", "signal_region", "bandwidth"], -40.0),
          "regions.signal_region.bandwidth:", "-40.0", "greater than 0"),
+    case("zero-floor", mutate(["regions", "signal_region", "floor"], 0.0),
+         "regions.signal_region.floor:", "0.0", "greater than 0"),
     # names that are not defined
     case("unknown-observable-kind", mutate(["observables", "ht", "kind"], "summ"),
          "observables.ht.kind:", "'summ'", "registered: ['branch', 'count', 'leading'"),
