@@ -3,19 +3,27 @@
 ::
 
     diffana run configs/ttbar_vs_wjets.yaml [--steps N] [--out DIR] [--engine compiled|awkward] [--seed S]
+    diffana run --resume DIR
     diffana validate configs/ttbar_vs_wjets.yaml
     diffana generate ttbar_vs_wjets --events N --seed S --out DIR
     diffana fit configs/agc_ttbar.yaml --histograms FILE [--out DIR] [--data pseudodata]
         [--n-total SAMPLE=N ...] [--nanoaod-inputs FILE --files-per-process N]
 
 Errors a user can fix print one line (file, key path or branch, value, what is expected)
-and exit with code 2; there is no traceback.
+and exit with code 2; there is no traceback. So does a run that stopped at a NaN or inf
+(its ``results.json`` holds the last good parameters).
+
+Ctrl-C (SIGINT) or SIGTERM during ``diffana run`` writes ``checkpoint.npz`` into the run
+directory, prints how to continue (``diffana run --resume DIR``) and exits with 130 or 143
+(128 + the signal's number). The resumed run ends with the results of an uninterrupted one.
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from diffana.exceptions import DiffanaError
@@ -26,7 +34,10 @@ def _parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="optimise a configuration and write a run directory")
-    run.add_argument("config", type=Path)
+    run.add_argument("config", type=Path, nargs="?")
+    run.add_argument("--resume", type=Path, metavar="DIR",
+                     help="continue the interrupted run in DIR (its config.resolved.yaml and "
+                          "checkpoint.npz)")
     run.add_argument("--steps", type=int, help="optimiser steps (overrides optimiser.steps)")
     run.add_argument("--out", type=Path, help="run directory (default runs/<name>-<timestamp>)")
     run.add_argument("--engine", choices=["compiled", "awkward"], help="overrides engine")
@@ -81,20 +92,41 @@ def _n_total(args) -> dict[str, int]:
     return out
 
 
+def _terminated(signum, frame):
+    """SIGTERM before ``run`` takes over its signals (while importing): exit as for Ctrl-C."""
+    err = KeyboardInterrupt()
+    err.signum, err.message = signum, f"interrupted by {signal.Signals(signum).name}"
+    raise err
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    previous = None
+    if (args.command == "run" and threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL):
+        previous = signal.signal(signal.SIGTERM, _terminated)
+    try:
+        return _main(args)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(args) -> int:
     try:
         if args.command == "validate":
             from diffana.run import validate
 
             print(validate(args.config))
         elif args.command == "run":
-            from diffana.run import run
-
+            if (args.config is None) == (args.resume is None):
+                raise DiffanaError("run: give a configuration file, or --resume DIR")
             if args.steps is not None and args.steps < 0:
                 raise DiffanaError(f"--steps: must be >= 0, got {args.steps}")
+            from diffana.run import run
+
             run(args.config, steps=args.steps, out=args.out, engine=args.engine, seed=args.seed,
-                progress=not args.quiet)
+                progress=not args.quiet, resume=args.resume)
         elif args.command == "generate":
             from diffana.generate import GENERATORS
 
@@ -122,9 +154,10 @@ def main(argv: list[str] | None = None) -> int:
     except DiffanaError as err:
         print(f"diffana: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("diffana: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        signum = getattr(err, "signum", signal.SIGINT)
+        print(f"diffana: {getattr(err, 'message', 'interrupted')}", file=sys.stderr)
+        return 128 + signum
     return 0
 
 

@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import math
+import signal
 import time
 from collections.abc import Callable
 from typing import NamedTuple
@@ -30,14 +31,38 @@ from tqdm.auto import tqdm
 from diffana.exceptions import ConfigError
 
 
+class Resume(NamedTuple):
+    """Where the loop continues: its state after the last completed update.
+
+    Continuing from it gives bitwise the same steps as a loop that was never stopped.
+    """
+
+    step: int  # the next step to evaluate
+    u: np.ndarray  # where to evaluate it (unit box)
+    state: list[np.ndarray] | None  # the optax state's leaves; None before the first update
+    history: list[tuple[int, float, np.ndarray]]  # (step, loss, u) of the steps before ``step``
+
+
 class OptimisationResult(NamedTuple):
     """Where the optimiser ended and how it got there."""
 
     params: jax.Array  # unit-box coordinates of the last good step
     loss: float
     history: list[tuple[int, float, np.ndarray]]  # (step, loss, u) per evaluated point
-    stopped: str  # "steps", "tolerance" or "non-finite: ..."
+    stopped: str  # "steps", "tolerance" or "non-finite <objective or gradient...> at step k"
     first_call_seconds: float  # the first evaluation, compilation included
+    resume: Resume | None = None  # where a stopped loop would continue (the last update's)
+    non_finite_u: np.ndarray | None = None  # where the non-finite value appeared, if one did
+    non_finite_param: int | None = None  # the first parameter whose derivative was non-finite
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM arrived; ``resume`` is where to continue from (if known)."""
+
+    def __init__(self, resume: Resume | None = None, signum: int = signal.SIGINT,
+                 message: str = "interrupted"):
+        super().__init__(message)
+        self.resume, self.signum, self.message = resume, int(signum), message
 
 
 def make_optimiser(name: str, options: dict) -> optax.GradientTransformation:
@@ -61,6 +86,8 @@ def optimise(
     progress: bool = True,
     on_step: Callable[[int, float, np.ndarray], None] | None = None,
     describe: Callable[[float], str] | None = None,
+    names: list[str] | None = None,
+    resume: Resume | None = None,
 ) -> OptimisationResult:
     """Minimise a loss over the unit box with an optax optimiser.
 
@@ -73,8 +100,100 @@ def optimise(
         tolerance: stop when the loss changes by less than ``tolerance × max(1, |loss|)``.
         on_step: called with ``(step, loss, u)`` after each evaluation (for live history files).
         describe: formats the loss for the progress bar (e.g. as the objective).
+        names: the parameters' names, for messages (default: their indices).
+        resume: continue an interrupted loop from here (``u0`` is then ignored).
+
+    Raises:
+        Interrupted: on ``KeyboardInterrupt`` (SIGINT, or SIGTERM turned into one), carrying
+            the :class:`Resume` of the last completed update.
     """
-    u = jnp.clip(jnp.asarray(u0, dtype=jnp.float64), 0.0, 1.0)
+    if resume is not None:
+        u = jnp.asarray(resume.u, dtype=jnp.float64)
+    else:
+        u = jnp.clip(jnp.asarray(u0, dtype=jnp.float64), 0.0, 1.0)
+    first = resume.step if resume is not None else 0
+    history: list[tuple[int, float, np.ndarray]] = list(resume.history) if resume else []
+    # The loop's state after its last completed update, (next step, u, optimiser state or its
+    # leaves, history length): replaced as a whole, never mutated, so that an interrupt
+    # anywhere finds it whole.
+    mark = (first, u, resume.state if resume is not None else None, len(history))
+    try:
+        vg, (loss, grad), first_call_seconds = _first_call(loss_and_grad, u)
+        opt = make_optimiser(name, dict(options or {"learning_rate": 0.02}))
+        state = opt.init(u)
+        if resume is not None and resume.state is not None:
+            state = _restore_state(state, resume.state, f"optax.{name}({options or ''})")
+        needs_value = "lbfgs" in name  # line-search optimisers want the value and a value_fn
+
+        def _update(grad, state, u, loss):
+            if needs_value:
+                updates, state = opt.update(grad, state, u, value=loss, grad=grad,
+                                            value_fn=lambda v: vg(v)[0])
+            else:
+                updates, state = opt.update(grad, state, u)
+            return (optax.projections.projection_box(optax.apply_updates(u, updates), 0.0, 1.0),
+                    state)
+
+        update = jax.jit(_update)  # one compiled optimiser update (line searches included)
+        last_loss = history[-1][1] if history else math.inf
+        stopped = "steps"
+        non_finite_u = non_finite_param = None
+        best_u = jnp.asarray(history[-1][2]) if history else u
+        best_loss = history[-1][1] if history else float(loss)
+        describe = describe or (lambda v: f"{v:.6g}")
+        with tqdm(total=steps, initial=min(first, steps), desc="optimising",
+                  disable=not progress, leave=False) as bar:
+            for step in range(first, steps + 1):
+                if step > first:
+                    loss, grad = vg(u)
+                loss_f = float(loss)
+                bad = [i for i, g in enumerate(np.asarray(grad)) if not np.isfinite(g)]
+                if not math.isfinite(loss_f) or bad:
+                    if not math.isfinite(loss_f):
+                        what = "objective"
+                    else:
+                        non_finite_param = bad[0]
+                        what = f"gradient of parameter {names[bad[0]] if names else bad[0]}"
+                    stopped = f"non-finite {what} at step {step}"
+                    non_finite_u = np.asarray(u)
+                    break
+                history.append((step, loss_f, np.asarray(u)))
+                best_u, best_loss = u, loss_f
+                if on_step is not None:
+                    on_step(step, loss_f, np.asarray(u))
+                bar.set_postfix_str(f"objective {describe(loss_f)}")
+                if (tolerance is not None
+                        and abs(last_loss - loss_f) < tolerance * max(1.0, abs(loss_f))):
+                    stopped = "tolerance"
+                    break
+                if step == steps:
+                    break
+                last_loss = loss_f
+                try:
+                    u, state = update(grad, state, u, loss)
+                except jax.errors.JAXTypeError:
+                    # A loss that cannot be traced (the awkward engine) inside a line search.
+                    u, state = _update(grad, state, u, loss)
+                mark = (step + 1, u, state, len(history))
+                bar.update(1)
+    except KeyboardInterrupt as err:
+        signum = getattr(err, "signum", signal.SIGINT)
+        raise Interrupted(_resume_at(mark, history), signum) from None
+    return OptimisationResult(best_u, best_loss, history, stopped, first_call_seconds,
+                              _resume_at(mark, history), non_finite_u, non_finite_param)
+
+
+def _restore_state(template, leaves: list, what: str):
+    """The optimiser state with ``template``'s structure and the checkpoint's ``leaves``."""
+    expected = [(np.shape(a), np.asarray(a).dtype) for a in jax.tree_util.tree_leaves(template)]
+    if expected != [(np.shape(a), np.asarray(a).dtype) for a in leaves]:
+        raise ConfigError(f"optimiser: the checkpoint's optimiser state does not fit {what}")
+    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(template),
+                                        [jnp.asarray(a) for a in leaves])
+
+
+def _first_call(loss_and_grad: Callable, u) -> tuple[Callable, tuple, float]:
+    """``(value_and_grad, its value at u, seconds)``: the first call, compilation included."""
     vg = loss_and_grad
     start = time.perf_counter()
     probe = vg(u)
@@ -83,51 +202,10 @@ def optimise(
         start = time.perf_counter()
         probe = vg(u)
     jax.block_until_ready(probe)
-    first_call_seconds = time.perf_counter() - start
-    opt = make_optimiser(name, dict(options or {"learning_rate": 0.02}))
-    state = opt.init(u)
-    needs_value = "lbfgs" in name  # line-search optimisers want the value and a value_fn
+    return vg, probe, time.perf_counter() - start
 
-    def _update(grad, state, u, loss):
-        if needs_value:
-            updates, state = opt.update(grad, state, u, value=loss, grad=grad,
-                                        value_fn=lambda v: vg(v)[0])
-        else:
-            updates, state = opt.update(grad, state, u)
-        return optax.projections.projection_box(optax.apply_updates(u, updates), 0.0, 1.0), state
 
-    update = jax.jit(_update)  # one compiled optimiser update (line searches included)
-    history: list[tuple[int, float, np.ndarray]] = []
-    loss, grad = probe
-    last_loss = math.inf
-    stopped = "steps"
-    best_u, best_loss = u, float(loss)
-    describe = describe or (lambda v: f"{v:.6g}")
-    with tqdm(total=steps, desc="optimising", disable=not progress, leave=False) as bar:
-        for step in range(steps + 1):
-            if step > 0:
-                loss, grad = vg(u)
-            loss_f = float(loss)
-            bad = [i for i, g in enumerate(np.asarray(grad)) if not np.isfinite(g)]
-            if not math.isfinite(loss_f) or bad:
-                what = "objective" if not math.isfinite(loss_f) else f"gradient of parameter {bad[0]}"
-                stopped = f"non-finite {what} at step {step}"
-                break
-            history.append((step, loss_f, np.asarray(u)))
-            best_u, best_loss = u, loss_f
-            if on_step is not None:
-                on_step(step, loss_f, np.asarray(u))
-            bar.set_postfix_str(f"objective {describe(loss_f)}")
-            if tolerance is not None and abs(last_loss - loss_f) < tolerance * max(1.0, abs(loss_f)):
-                stopped = "tolerance"
-                break
-            if step == steps:
-                break
-            last_loss = loss_f
-            try:
-                u, state = update(grad, state, u, loss)
-            except jax.errors.JAXTypeError:
-                # A loss that cannot be traced (the awkward engine) inside a line search.
-                u, state = _update(grad, state, u, loss)
-            bar.update(1)
-    return OptimisationResult(best_u, best_loss, history, stopped, first_call_seconds)
+def _resume_at(mark: tuple, history: list) -> Resume:
+    step, u, state, n = mark
+    leaves = None if state is None else [np.asarray(a) for a in jax.tree_util.tree_leaves(state)]
+    return Resume(step, np.asarray(u), leaves, history[:n])

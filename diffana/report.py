@@ -9,6 +9,11 @@ Layout (stable: other tools read it)::
     workspace.json         the pyhf workspace at the optimum (Asimov observations)
     histograms.root        hard histograms before/after, ``{initial,final}/{region}/{sample}``
     objective_history.png, histograms.png, sensitivity.png
+    checkpoint.npz         only in an interrupted run: where ``diffana run --resume`` continues
+
+Every file but ``history.csv`` (appended and flushed row by row) is written to a temporary
+name and renamed, and ``results.json`` is written last: a directory without it is a run
+that has not finished.
 """
 
 from __future__ import annotations
@@ -17,16 +22,30 @@ import csv
 import io
 import json
 import os
+from collections.abc import Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
 
-def write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str | bytes) -> None:
     """Write to ``path.part`` and rename: a reader never sees a half-written file."""
+    with _replacing(path) as tmp, open(tmp, "wb") as f:
+        f.write(text.encode() if isinstance(text, str) else text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+@contextmanager
+def _replacing(path: Path):
+    """Yields ``path.part`` to write; renames it to ``path`` on success, removes it otherwise."""
     tmp = path.with_name(path.name + ".part")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def write_json(path: Path, obj) -> None:
@@ -34,16 +53,27 @@ def write_json(path: Path, obj) -> None:
 
 
 class HistoryWriter:
-    """``history.csv``, one row per optimiser step, flushed as the run goes."""
+    """``history.csv``, one row per optimiser step, flushed as the run goes.
 
-    def __init__(self, path: Path, param_names: list[str]):
-        self._file = open(path, "w", newline="")  # noqa: SIM115 - kept open for the run
+    ``earlier``: rows ``(step, objective, params)`` of the steps an interrupted run completed;
+    the file is rewritten with them (and nothing after them) before the run goes on.
+    """
+
+    def __init__(self, path: Path, param_names: list[str], earlier: Sequence[tuple] = ()):
+        text = io.StringIO()
+        csv.writer(text).writerow(["step", "objective", *param_names])
+        for row in earlier:
+            csv.writer(text).writerow(self._cells(*row))
+        write_atomic(path, text.getvalue())
+        self._file = open(path, "a", newline="")  # noqa: SIM115 - kept open for the run
         self._writer = csv.writer(self._file)
-        self._writer.writerow(["step", "objective", *param_names])
-        self._file.flush()
+
+    @staticmethod
+    def _cells(step: int, objective: float, params: list[float]) -> list:
+        return [step, repr(float(objective)), *[repr(float(p)) for p in params]]
 
     def row(self, step: int, objective: float, params: list[float]) -> None:
-        self._writer.writerow([step, repr(float(objective)), *[repr(float(p)) for p in params]])
+        self._writer.writerow(self._cells(step, objective, params))
         self._file.flush()
 
     def close(self) -> None:
@@ -62,13 +92,55 @@ def write_root_histograms(path: Path, hists: dict[str, dict]) -> None:
     """``hists[stage][region][sample]`` (``hist.Hist``) into a ROOT file with uproot."""
     import uproot
 
-    tmp = path.with_name(path.name + ".part")
-    with uproot.recreate(tmp) as f:
-        for stage, regions in hists.items():
-            for region, samples in regions.items():
-                for sample, h in samples.items():
-                    f[f"{stage}/{region}/{sample}"] = h
-    os.replace(tmp, path)
+    with _replacing(path) as tmp:
+        with uproot.recreate(tmp) as f:
+            for stage, regions in hists.items():
+                for region, samples in regions.items():
+                    for sample, h in samples.items():
+                        f[f"{stage}/{region}/{sample}"] = h
+
+
+CHECKPOINT = "checkpoint.npz"
+
+
+def write_checkpoint(path: Path, resume, meta: dict) -> None:
+    """An interrupted optimisation, atomically: ``resume`` (:class:`diffana.optimise.Resume`,
+    or None before the first step) as arrays, ``meta`` (where the run came from) as JSON.
+
+    No pickle: the optimiser state is stored as its leaves, and put back into the structure
+    of a fresh ``optax`` state when read.
+    """
+    arrays: dict[str, np.ndarray] = {}
+    if resume is not None:
+        meta = {**meta, "step": int(resume.step), "state_leaves": (
+            None if resume.state is None else len(resume.state))}
+        arrays["u"] = np.asarray(resume.u, dtype=np.float64)
+        for i, leaf in enumerate(resume.state or []):
+            arrays[f"state_{i}"] = np.asarray(leaf)
+        arrays["history_step"] = np.array([h[0] for h in resume.history], dtype=np.int64)
+        arrays["history_loss"] = np.array([h[1] for h in resume.history], dtype=np.float64)
+        arrays["history_u"] = np.array([np.asarray(h[2]) for h in resume.history],
+                                       dtype=np.float64).reshape(-1, arrays["u"].size)
+    buffer = io.BytesIO()
+    np.savez(buffer, meta=np.array(json.dumps({"format": 1, **meta})), **arrays)
+    write_atomic(path, buffer.getvalue())
+
+
+def read_checkpoint(path: Path):
+    """``(resume, meta)`` from :func:`write_checkpoint` (``resume`` None if it has none)."""
+    from diffana.optimise import Resume
+
+    with np.load(path, allow_pickle=False) as f:
+        meta = json.loads(str(f["meta"]))
+        if meta.get("format") != 1:
+            raise ValueError(f"unknown checkpoint format {meta.get('format')!r}")
+        if "u" not in f:
+            return None, meta
+        n = meta["state_leaves"]
+        state = None if n is None else [f[f"state_{i}"] for i in range(n)]
+        history = [(int(s), float(v), u) for s, v, u in
+                   zip(f["history_step"], f["history_loss"], f["history_u"], strict=True)]
+        return Resume(int(meta["step"]), f["u"], state, history), meta
 
 
 def table(rows: list[list[str]], header: list[str]) -> str:

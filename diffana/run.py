@@ -8,20 +8,26 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import math
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
+import yaml
 from tqdm.auto import tqdm
 
 from diffana import config as configmod
 from diffana import plot, report
 from diffana.analysis import WEIGHTED, Analysis
-from diffana.exceptions import DiffanaError
-from diffana.optimise import optimise
+from diffana.exceptions import DiffanaError, NumericalError
+from diffana.optimise import Interrupted, Resume, optimise
 
 
 def _floats(params: dict) -> dict[str, float]:
@@ -29,7 +35,7 @@ def _floats(params: dict) -> dict[str, float]:
 
 
 def run(
-    config_path: str | Path,
+    config_path: str | Path | None = None,
     *,
     steps: int | None = None,
     out: str | Path | None = None,
@@ -37,40 +43,110 @@ def run(
     seed: int | None = None,
     progress: bool = True,
     echo=print,
+    resume: str | Path | None = None,
 ) -> dict:
     """Load, optimise, evaluate with hard cuts, and write the run directory.
 
     Returns the content of ``results.json``. ``results.json`` is written last, so a run
     directory without it is an unfinished run.
+
+    SIGINT (Ctrl-C) or SIGTERM writes ``checkpoint.npz`` into the run directory and raises
+    :class:`diffana.optimise.Interrupted`; ``run(resume=run_dir)`` continues from it with the
+    run directory's ``config.resolved.yaml`` and ends with the results (``results.json``,
+    ``history.csv``, histograms) of a run that was never interrupted.
+
+    Args:
+        config_path: the YAML configuration (not with ``resume``).
+        steps, engine, seed: override ``optimiser.steps``, ``engine``, ``seed`` (not with
+            ``resume``: an interrupted run continues as it was configured).
+        out: the run directory (default ``runs/<name>-<timestamp>``; not with ``resume``).
+        resume: the directory of an interrupted run to continue.
+
+    Raises:
+        Interrupted: SIGINT or SIGTERM arrived (the checkpoint is written).
+        NumericalError: the optimisation stopped at a NaN or inf (``results.json`` is written,
+            with the last good parameters).
     """
     start = time.perf_counter()
-    config_path = Path(config_path)
-    cfg = configmod.load(config_path)
-    updates: dict = {}
-    if engine is not None:
-        updates["engine"] = engine
-    if seed is not None:
-        updates["seed"] = seed
-    if steps is not None:
-        updates["optimiser"] = cfg.optimiser.model_copy(update={"steps": steps})
-    cfg = cfg.model_copy(update=updates)
+    if resume is not None:
+        given = {"a configuration": config_path, "steps": steps, "out": out, "engine": engine,
+                 "seed": seed}
+        clash = [k for k, v in given.items() if v is not None]
+        if clash:
+            raise DiffanaError(f"--resume {resume}: continues the run as it was configured; "
+                               f"drop {', '.join(clash)}")
+        out_dir, config_file, base_dir, cfg, checkpoint, meta = _load_resume(Path(resume))
+    else:
+        config_file = Path(config_path)
+        base_dir = config_file.parent
+        cfg = configmod.load(config_file)
+        updates: dict = {}
+        if engine is not None:
+            updates["engine"] = engine
+        if seed is not None:
+            updates["seed"] = seed
+        if steps is not None:
+            updates["optimiser"] = cfg.optimiser.model_copy(update={"steps": steps})
+        cfg = cfg.model_copy(update=updates)
+        out_dir = Path(out) if out else Path("runs") / (
+            f"{cfg.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
+        for stale in ("results.json", report.CHECKPOINT):  # a rerun into a directory starts over
+            (out_dir / stale).unlink(missing_ok=True)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        report.write_atomic(out_dir / "config.resolved.yaml", configmod.dump(cfg))
+        checkpoint, meta = None, {"config_file": str(config_file),
+                                  "base_dir": str(base_dir.resolve()),
+                                  "resumed_from_steps": [], "wall_seconds": 0.0}
+    for part in [*out_dir.glob("*.part"), *out_dir.glob("*.part.*")]:
+        part.unlink(missing_ok=True)  # left by a writer that was interrupted
+    meta.update(config_sha256=_sha256(out_dir / "config.resolved.yaml"), seed=cfg.seed,
+                generate_seed=cfg.generate.seed if cfg.generate is not None else None,
+                engine=cfg.engine, optimiser=cfg.optimiser.name,
+                trainable=[n for n, p in cfg.parameters.items() if p.trainable])
 
-    out_dir = Path(out) if out else Path("runs") / (
-        f"{cfg.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
-    if (out_dir / "results.json").exists():
-        (out_dir / "results.json").unlink()  # a rerun into the same directory starts over
-    out_dir.mkdir(parents=True, exist_ok=True)
-    report.write_atomic(out_dir / "config.resolved.yaml", configmod.dump(cfg))
+    signals = _Signals()
+    with signals.installed():
+        try:
+            ana = Analysis(cfg, base_dir=base_dir, progress=progress)
+            res, results = _optimise_and_write(ana, cfg, out_dir, config_file, checkpoint,
+                                               meta, start, progress)
+        except KeyboardInterrupt as err:
+            signals.hold = True  # a second signal does not cut the checkpoint short
+            if (out_dir / "results.json").exists():  # finished: nothing to continue
+                (out_dir / report.CHECKPOINT).unlink(missing_ok=True)
+                raise
+            # the optimiser's last completed update, or where this call started from
+            where = (err.resume if isinstance(err, Interrupted) and err.resume is not None
+                     else checkpoint)
+            signum = getattr(err, "signum", signal.SIGINT)
+            name = signal.Signals(signum).name
+            meta["wall_seconds"] = meta["wall_seconds"] + time.perf_counter() - start
+            report.write_checkpoint(out_dir / report.CHECKPOINT, where, {**meta, "signal": name})
+            at = f"at step {where.step} of {cfg.optimiser.steps}" if where else "before step 0"
+            raise Interrupted(where, signum, f"interrupted by {name} {at}; checkpoint written "
+                              f"to {out_dir / report.CHECKPOINT}; continue with: diffana run "
+                              f"--resume {out_dir}") from None
+    if echo is not None:
+        echo(report.summary(results))
+        echo(f"run directory: {out_dir}")
+    if res.stopped.startswith("non-finite"):
+        raise NumericalError(f"{config_file}: optimisation stopped: {results['stopped']}; the "
+                             f"last good parameters are in {out_dir / 'results.json'}")
+    return results
 
-    ana = Analysis(cfg, base_dir=config_path.parent, progress=progress)
+
+def _optimise_and_write(ana: Analysis, cfg, out_dir: Path, config_file: Path | str,
+                        checkpoint: Resume | None, meta: dict, start: float, progress: bool):
+    """The optimisation, the hard-cut evaluation and the run directory's files."""
     p0 = ana.initial_params()
     sign = -1.0 if ana.maximise else 1.0
-    history = report.HistoryWriter(out_dir / "history.csv", ana.trainable)
 
-    def on_step(step, loss, u):
+    def row(step, loss, u) -> tuple:  # a history.csv row
         params = ana.from_unit(jnp.asarray(u), p0)
-        history.row(step, sign * loss, [params[n] for n in ana.trainable])
+        return step, sign * loss, [params[n] for n in ana.trainable]
 
+    earlier = [row(*h) for h in checkpoint.history] if checkpoint is not None else []
+    history = report.HistoryWriter(out_dir / "history.csv", ana.trainable, earlier)
     try:
         res = optimise(
             lambda u: ana.loss_and_grad(u, p0),
@@ -80,11 +156,23 @@ def run(
             steps=cfg.optimiser.steps,
             tolerance=cfg.optimiser.tolerance,
             progress=progress,
-            on_step=on_step,
+            on_step=lambda step, loss, u: history.row(*row(step, loss, u)),
             describe=lambda v: f"{sign * v:.5g}",
+            names=ana.trainable,
+            resume=checkpoint,
         )
     finally:
         history.close()
+    try:
+        results = _evaluate_and_write(ana, cfg, res, out_dir, config_file, meta, start, p0,
+                                      sign)
+    except KeyboardInterrupt as err:
+        raise Interrupted(res.resume, getattr(err, "signum", signal.SIGINT)) from None
+    return res, results
+
+
+def _evaluate_and_write(ana: Analysis, cfg, res, out_dir: Path, config_file: Path | str,
+                        meta: dict, start: float, p0: dict, sign: float) -> dict:
     p_final = ana.from_unit(res.params, p0)
 
     # the optimiser evaluated both already: step 0 and its last good step
@@ -101,7 +189,7 @@ def run(
 
     results = {
         "config": cfg.name,
-        "config_file": str(config_path),
+        "config_file": str(config_file),
         "engine": ana.engine,
         "objective": cfg.objective.kind,
         "maximise": ana.maximise,
@@ -119,8 +207,21 @@ def run(
         "sensitivity": sensitivity,
         "wall_seconds": 0.0,
     }
-    if not all(math.isfinite(v) for v in (objective_initial, objective_final, hard_initial,
-                                           hard_final)):
+    if meta["resumed_from_steps"]:
+        results["resumed_from_steps"] = meta["resumed_from_steps"]
+    if res.non_finite_u is not None:
+        bad = ana.from_unit(jnp.asarray(res.non_finite_u), p0)
+        i = res.non_finite_param
+        where = _non_finite_stage(ana, bad, None if i is None else ana.trainable[i])
+        results["stopped"] = f"{res.stopped} ({where})"
+        results["params_non_finite"] = _floats(bad)
+        results["warning"] = (
+            f"the optimisation stopped at a non-finite value; params_final are the last good "
+            f"parameters (step {res.history[-1][0]})" if res.history else
+            "the optimisation stopped at a non-finite value at step 0; params_final are the "
+            "initial parameters")
+    elif not all(math.isfinite(v) for v in (objective_initial, objective_final, hard_initial,
+                                             hard_final)):
         results["warning"] = "non-finite objective value; see stopped"
 
     data = {stage: ana.pseudodata(h) for stage, h in hists.items()}
@@ -136,15 +237,138 @@ def run(
                    data if data["final"] is not None else None)
     if sensitivity:
         plot.sensitivity(sensitivity, out_dir / "sensitivity.png")
-    results["wall_seconds"] = time.perf_counter() - start
-    report.write_json(out_dir / "results.json", results)
-    if echo is not None:
-        echo(report.summary(results))
-        echo(f"run directory: {out_dir}")
-    if res.stopped.startswith("non-finite"):
-        raise DiffanaError(f"{config_path}: optimisation stopped: {res.stopped}; the last good "
-                           f"parameters are in {out_dir / 'results.json'}")
+    results["wall_seconds"] = meta["wall_seconds"] + time.perf_counter() - start
+    report.write_json(out_dir / "results.json", results)  # last: the run is finished
+    (out_dir / report.CHECKPOINT).unlink(missing_ok=True)
     return results
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _load_resume(run_dir: Path):
+    """``(run_dir, config_file, base_dir, cfg, resume, meta)`` of an interrupted run."""
+    if (run_dir / "results.json").exists():
+        raise DiffanaError(f"{run_dir}: the run has finished (results.json exists); "
+                           f"nothing to resume")
+    path = run_dir / report.CHECKPOINT
+    if not path.is_file():
+        raise DiffanaError(f"{run_dir}: no {report.CHECKPOINT} (a run stopped by SIGINT or "
+                           f"SIGTERM writes one); nothing to resume")
+    try:
+        checkpoint, meta = report.read_checkpoint(path)
+    except (OSError, ValueError, KeyError) as err:
+        raise DiffanaError(f"{path}: not a readable checkpoint ({err})") from None
+    resolved = run_dir / "config.resolved.yaml"
+    if not resolved.is_file():
+        raise DiffanaError(f"{resolved}: configuration file not found")
+    if _sha256(resolved) != meta["config_sha256"]:
+        raise DiffanaError(f"{resolved}: changed since the run was interrupted; the checkpoint "
+                           f"belongs to the configuration it had then")
+    base_dir = Path(meta["base_dir"])
+    cfg = configmod.load_dict(_without_filled_edges(yaml.safe_load(resolved.read_text())),
+                              source=str(resolved), base_dir=base_dir)
+    trainable = [n for n, p in cfg.parameters.items() if p.trainable]
+    if trainable != meta["trainable"] or (checkpoint is not None
+                                          and checkpoint.u.shape != (len(trainable),)):
+        raise DiffanaError(f"{path}: its parameters {meta['trainable']} are not the "
+                           f"configuration's trainable ones {trainable}")
+    if checkpoint is not None:
+        meta["resumed_from_steps"] = [*meta["resumed_from_steps"], checkpoint.step]
+    return run_dir, meta["config_file"], base_dir, cfg, checkpoint, meta
+
+
+def _without_filled_edges(data):
+    """The resolved configuration as it can be read back: a regular binning (``bins``, ``low``,
+    ``high``) is written with the ``edges`` filled in from it, which the schema refuses."""
+    if isinstance(data, dict):
+        filled = {"edges", "bins", "low", "high"} <= data.keys()
+        return {k: _without_filled_edges(v) for k, v in data.items()
+                if not (filled and k == "edges")}
+    if isinstance(data, list):
+        return [_without_filled_edges(v) for v in data]
+    return data
+
+
+class _Signals:
+    """SIGINT and SIGTERM raise :class:`Interrupted` in the main thread (not while ``hold``)."""
+
+    def __init__(self):
+        self.hold = False
+
+    def _handler(self, signum, frame):
+        if not self.hold:
+            raise Interrupted(signum=signum)
+
+    @contextmanager
+    def installed(self):
+        if threading.current_thread() is not threading.main_thread():
+            yield  # signals reach the main thread only
+            return
+        # a signal the process was told to ignore (SIGINT under nohup or `cmd &`) stays ignored
+        previous = {s: signal.signal(s, self._handler) for s in (signal.SIGINT, signal.SIGTERM)
+                    if signal.getsignal(s) is not signal.SIG_IGN}
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, signal.SIG_DFL if handler is None else handler)
+
+
+def _non_finite_stage(ana: Analysis, params: dict, parameter: str | None) -> str:
+    """Where a NaN or inf first appears at ``params``: ``stage: ...[, region R, sample S]``.
+
+    The values stage by stage (select, observe, histogram, model/infer), then, for a
+    non-finite gradient, the derivative of each stage in ``parameter``.
+    """
+    def first_bad(tree: dict):
+        for r, per_sample in tree.items():  # tree[region or sample][sample or region]
+            for s, leaf in per_sample.items():
+                if not all(np.all(np.isfinite(np.asarray(a))) for a in
+                           jax.tree_util.tree_leaves(leaf)):
+                    return r, s
+        return None
+
+    def events_stage(events: dict) -> str | None:
+        for sample, regions in events.items():
+            for region, (x, w) in regions.items():
+                if not np.all(np.isfinite(np.asarray(w))):
+                    return f"stage: select, region {region}, sample {sample}"
+                if not np.all(np.isfinite(np.asarray(x))):
+                    return f"stage: observe, region {region}, sample {sample}"
+        return None
+
+    try:
+        found = events_stage(ana.region_events(params))
+        if found:
+            return found
+        yields = ana.yields(params)
+        bad = first_bad(yields)
+        if bad:
+            return f"stage: histogram, region {bad[0]}, sample {bad[1]}"
+        if not math.isfinite(float(ana.objective_from_yields(yields))):
+            return "stage: model/infer"
+        if parameter is None:
+            return "stage: not reproduced at these parameters"
+        theta = jnp.asarray(params[parameter], dtype=jnp.float64)
+
+        def along(fn):  # ∂fn/∂parameter (forward mode, one tangent)
+            return jax.jvp(lambda t: fn({**params, parameter: t}), (theta,),
+                           (jnp.ones_like(theta),))[1]
+
+        found = events_stage(along(ana.region_events))
+        if found:
+            return found
+        bad = first_bad(along(ana.yields))
+        if bad:
+            return f"stage: histogram, region {bad[0]}, sample {bad[1]}"
+        bad = first_bad(jax.grad(ana.objective_from_yields)(yields))
+        if bad:
+            return f"stage: model/infer, from the yields of region {bad[0]}, sample {bad[1]}"
+        return "stage: none on its own (each stage and its derivative are finite)"
+    except Exception as err:  # the diagnosis must not hide the stop itself
+        return f"stage: not determined ({type(err).__name__}: {err})".splitlines()[0]
 
 
 def validate(config_path: str | Path) -> str:
