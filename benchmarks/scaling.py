@@ -72,16 +72,25 @@ def plot(rows: list[dict], path: Path) -> None:
     import mplhep
 
     n = [r["events"] for r in rows]
+    # streamed runs (benchmarks/streaming.py): events read from ROOT on every step
+    streamed = sorted((json.loads(f.read_text()) for f in (HERE / "results").glob("streaming_*.json")),
+                      key=lambda r: r["events"])
     with plt.style.context(mplhep.style.CMS):
         fig, (a, b) = plt.subplots(1, 2, figsize=(14, 6))
-        a.loglog(n, [r["diffana_step_s"] for r in rows], "o-", label="diffana (compiled)")
+        a.loglog(n, [r["diffana_step_s"] for r in rows], "o-", label="diffana (in memory)")
         a.loglog(n, [r["reference_step_s"] for r in rows], "s--", label="hand-written JAX")
+        if streamed:
+            a.loglog([r["events"] for r in streamed], [r["step_s"] for r in streamed], "^",
+                     label="diffana (streamed from ROOT)")
+            b.loglog([r["events"] for r in streamed], [r["peak_rss_mb"] for r in streamed], "^",
+                     label="streamed")
         last = rows[-1]["diffana_step_s"] / n[-1]
         a.loglog(n, [last * x for x in n], ":", color="grey", label="linear")
         a.set_xlabel("events")
         a.set_ylabel("gradient step [s]")
         a.legend(fontsize=13)
-        b.loglog(n, [r["diffana_peak_rss_mb"] for r in rows], "o-")
+        b.loglog(n, [r["diffana_peak_rss_mb"] for r in rows], "o-", label="in memory")
+        b.legend(fontsize=13)
         b.set_xlabel("events")
         b.set_ylabel("peak RSS [MB]")
         fig.subplots_adjust(wspace=0.3)

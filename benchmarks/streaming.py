@@ -12,7 +12,9 @@ Each measurement runs in a fresh process, so that its peak RSS is its own:
   the first gradient step (compiling), and ``--repeat`` further steps (median);
 * ``check``: on the first ``--check-events`` of the same files (a sample that fits in
   memory), the streamed gradient against the in-memory (fused) one: the largest relative
-  difference of value and gradients.
+  difference of value and gradients;
+* ``reference`` (``--reference``): the hand-written JAX reference's step on as many of its
+  own events, in memory.
 
     python benchmarks/streaming.py --events 20000000 --json benchmarks/results/streaming_20M.json
     python benchmarks/streaming.py --quick        # 2 M events in a few minutes on 2 cores
@@ -128,6 +130,14 @@ def check(files: list[dict], repeat: int) -> dict:
             "value": {"streamed": streamed["value"], "in_memory": held["value"]}}
 
 
+def reference(files: list[dict], repeat: int) -> dict:
+    """The hand-written reference's step on as many events (its own, in memory)."""
+    from run import reference_step
+
+    n = sum(f["events"] for f in files)
+    return {"reference_step_s": reference_step(n, max(repeat, 1))["step_s"]}
+
+
 def _fresh(what: str, files: list[dict], repeat: int) -> dict:
     code = ONE_RUN.format(here=str(HERE), what=what, files=files, repeat=repeat)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE), str(HERE.parent)]))
@@ -146,6 +156,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data", type=Path, help="where the ROOT files go (default: the event "
                     "cache, $DIFFANA_CACHE or ~/.cache/diffana, under streaming/)")
+    ap.add_argument("--reference", action="store_true",
+                    help="also the hand-written reference's in-memory step at --events")
     ap.add_argument("--quick", action="store_true", help="2 M events, check at 500 k")
     ap.add_argument("--json", type=Path, help="also write the result here")
     args = ap.parse_args(argv)
@@ -160,6 +172,8 @@ def main(argv=None) -> dict:
     n_check = max(1, -(-args.check_events // args.per_file))
     result = {"generated_events": args.events, **_fresh("stream", files, args.repeat),
               **_fresh("check", files[:n_check], 0)}
+    if args.reference:
+        result.update(_fresh("reference", files, args.repeat))
     print(json.dumps(result, indent=1))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

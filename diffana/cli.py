@@ -3,6 +3,7 @@
 ::
 
     diffana run configs/ttbar_vs_wjets.yaml [--steps N] [--out DIR] [--engine compiled|awkward] [--seed S]
+        [--executor local|dask [--address tcp://host:8786 | --workers N]]
     diffana run --resume DIR
     diffana validate configs/ttbar_vs_wjets.yaml
     diffana generate ttbar_vs_wjets --events N --seed S --out DIR
@@ -43,6 +44,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--engine", choices=["compiled", "awkward"], help="overrides engine")
     run.add_argument("--seed", type=int, help="overrides seed")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument("--executor", choices=["local", "dask"],
+                     help="where the chunks are evaluated (overrides executor.kind)")
+    run.add_argument("--address", help="with --executor dask: the scheduler, tcp://host:8786")
+    run.add_argument("--workers", type=int,
+                     help="with --executor dask and no --address: a LocalCluster of N processes")
 
     val = sub.add_parser("validate", help="check a configuration without running it")
     val.add_argument("config", type=Path)
@@ -125,8 +131,12 @@ def _main(args) -> int:
                 raise DiffanaError(f"--steps: must be >= 0, got {args.steps}")
             from diffana.run import run
 
+            executor = None
+            if any(v is not None for v in (args.executor, args.address, args.workers)):
+                executor = {"kind": args.executor or "dask", "address": args.address,
+                            "workers": args.workers}
             run(args.config, steps=args.steps, out=args.out, engine=args.engine, seed=args.seed,
-                progress=not args.quiet, resume=args.resume)
+                progress=not args.quiet, resume=args.resume, executor=executor)
         elif args.command == "generate":
             from diffana.generate import GENERATORS
 

@@ -24,7 +24,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from diffana import config as configmod
-from diffana import plot, report
+from diffana import checks, plot, report
 from diffana.analysis import WEIGHTED, Analysis
 from diffana.exceptions import DiffanaError, NumericalError
 from diffana.optimise import Interrupted, Resume, optimise
@@ -44,6 +44,7 @@ def run(
     progress: bool = True,
     echo=print,
     resume: str | Path | None = None,
+    executor: dict | None = None,
 ) -> dict:
     """Load, optimise, evaluate with hard cuts, and write the run directory.
 
@@ -61,6 +62,8 @@ def run(
             ``resume``: an interrupted run continues as it was configured).
         out: the run directory (default ``runs/<name>-<timestamp>``; not with ``resume``).
         resume: the directory of an interrupted run to continue.
+        executor: overrides ``executor`` (``{"kind": "dask", "address": ..., "workers": N}``);
+            with ``resume`` too (where the steps run does not change the numbers).
 
     Raises:
         Interrupted: SIGINT or SIGTERM arrived (the checkpoint is written).
@@ -88,6 +91,8 @@ def run(
         if steps is not None:
             updates["optimiser"] = cfg.optimiser.model_copy(update={"steps": steps})
         cfg = cfg.model_copy(update=updates)
+        if executor is not None:
+            cfg = _with_executor(cfg, executor, config_file)
         out_dir = Path(out) if out else Path("runs") / (
             f"{cfg.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
         for stale in ("results.json", report.CHECKPOINT):  # a rerun into a directory starts over
@@ -104,7 +109,10 @@ def run(
                 engine=cfg.engine, optimiser=cfg.optimiser.name,
                 trainable=[n for n, p in cfg.parameters.items() if p.trainable])
 
+    if resume is not None and executor is not None:
+        cfg = _with_executor(cfg, executor, config_file)
     signals = _Signals()
+    ana = None
     with signals.installed():
         try:
             ana = Analysis(cfg, base_dir=base_dir, progress=progress)
@@ -126,6 +134,9 @@ def run(
             raise Interrupted(where, signum, f"interrupted by {name} {at}; checkpoint written "
                               f"to {out_dir / report.CHECKPOINT}; continue with: diffana run "
                               f"--resume {out_dir}") from None
+        finally:
+            if ana is not None:
+                ana.close()  # the Dask cluster or client, if any
     if echo is not None:
         echo(report.summary(results))
         echo(f"run directory: {out_dir}")
@@ -202,6 +213,8 @@ def _evaluate_and_write(ana: Analysis, cfg, res, out_dir: Path, config_file: Pat
         "steps_done": res.history[-1][0] if res.history else 0,
         "stopped": res.stopped,
         "n_events": {n: s.n_events for n, s in ana.samples.items()},
+        # NaN/inf values read, and what nonfinite: drop removed (empty: none)
+        "nonfinite": checks.summary(ana._readers),
         "seed": cfg.seed,
         "compile_seconds": res.first_call_seconds,
         "sensitivity": sensitivity,
@@ -369,6 +382,22 @@ def _non_finite_stage(ana: Analysis, params: dict, parameter: str | None) -> str
         return "stage: none on its own (each stage and its derivative are finite)"
     except Exception as err:  # the diagnosis must not hide the stop itself
         return f"stage: not determined ({type(err).__name__}: {err})".splitlines()[0]
+
+
+def _with_executor(cfg, executor: dict, source) -> configmod.AnalysisConfig:
+    """``cfg`` with ``executor`` overridden (validated like the configuration)."""
+    data = {**cfg.executor.model_dump(), **{k: v for k, v in executor.items() if v is not None}}
+    if data.get("kind") == "local":
+        data = {"kind": "local"}
+    try:
+        ex = configmod.Executor(**data)
+    except ValueError as err:
+        raise DiffanaError(f"{source}: --executor: {' '.join(str(err).split())}") from None
+    if ex.kind == "dask" and (cfg.engine != "compiled" or cfg.gradient == "fused"):
+        raise DiffanaError(f"{source}: --executor dask needs engine: compiled and gradient: auto, "
+                           f"forward or reverse (got engine: {cfg.engine}, gradient: "
+                           f"{cfg.gradient})")
+    return cfg.model_copy(update={"executor": ex})
 
 
 def validate(config_path: str | Path) -> str:

@@ -113,3 +113,16 @@ def test_worker_read_error_is_the_local_error(cluster, tmp_path):
         messages.append(str(err.value))
     assert all(m.startswith(f"{path}: branch ") and "cannot be read at entries" in m
                for m in messages), messages
+
+
+def test_executor_option_errors(tmp_path, capsys):
+    from diffana.cli import main
+    from conftest import write_config
+
+    path = write_config(tmp_path / "c.yaml", default_config_dict(1_000))
+    assert main(["run", str(path), "--executor", "dask", "--engine", "awkward",
+                 "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--executor dask needs engine: compiled" in err
+    assert main(["run", str(path), "--workers", "0", "--out", str(tmp_path / "run")]) == 2
+    assert "--executor: " in capsys.readouterr().err
