@@ -280,8 +280,8 @@ def _load_resume(run_dir: Path):
         raise DiffanaError(f"{resolved}: changed since the run was interrupted; the checkpoint "
                            f"belongs to the configuration it had then")
     base_dir = Path(meta["base_dir"])
-    cfg = configmod.load_dict(_without_filled_edges(yaml.safe_load(resolved.read_text())),
-                              source=str(resolved), base_dir=base_dir)
+    cfg = configmod.load_dict(yaml.safe_load(resolved.read_text()), source=str(resolved),
+                              base_dir=base_dir)
     trainable = [n for n, p in cfg.parameters.items() if p.trainable]
     if trainable != meta["trainable"] or (checkpoint is not None
                                           and checkpoint.u.shape != (len(trainable),)):
@@ -290,18 +290,6 @@ def _load_resume(run_dir: Path):
     if checkpoint is not None:
         meta["resumed_from_steps"] = [*meta["resumed_from_steps"], checkpoint.step]
     return run_dir, meta["config_file"], base_dir, cfg, checkpoint, meta
-
-
-def _without_filled_edges(data):
-    """The resolved configuration as it can be read back: a regular binning (``bins``, ``low``,
-    ``high``) is written with the ``edges`` filled in from it, which the schema refuses."""
-    if isinstance(data, dict):
-        filled = {"edges", "bins", "low", "high"} <= data.keys()
-        return {k: _without_filled_edges(v) for k, v in data.items()
-                if not (filled and k == "edges")}
-    if isinstance(data, list):
-        return [_without_filled_edges(v) for v in data]
-    return data
 
 
 class _Signals:

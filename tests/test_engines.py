@@ -29,7 +29,12 @@ def test_engines_agree(compiled_small, awkward_small):
     assert compiled_small.hard_objective(p) == pytest.approx(awkward_small.hard_objective(p), rel=1e-10)
 
 
-@pytest.mark.parametrize("engine", ["compiled_small", "awkward_small"])
+@pytest.mark.parametrize("engine", [
+    "compiled_small",
+    # the awkward engine's transforms: slow (eager), and it equals the compiled engine
+    # (test_engines_agree)
+    pytest.param("awkward_small", marks=pytest.mark.slow),
+])
 def test_transforms(engine, request):
     ana = request.getfixturevalue(engine)
     p0 = ana.initial_params()
