@@ -94,7 +94,8 @@ def test_hard_m_bjj_equals_agc_definition(filename, btag, engine):
         np.testing.assert_allclose(x[selected], expected[selected], rtol=1e-9)
 
 
-def test_soft_m_bjj_gradients_and_engines():
+@pytest.mark.slow  # 40 s; the AGC objective's finite-difference check (test_agc_analysis)
+def test_soft_m_bjj_gradients_and_engines():  # goes through soft m_bjj in the default run
     path = DATA / "nano_tt_v12.root"
     cfg = load_dict(config(path, "Jet_btagDeepFlavB"))
     compiled = Analysis(cfg, engine="compiled", progress=False)

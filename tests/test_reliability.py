@@ -117,6 +117,16 @@ def test_interrupt_resume_and_reproducibility(tmp_path, env):
     assert all(p.stat().st_mtime_ns <= finished for p in stopped.iterdir())
 
 
+@pytest.fixture
+def terminal_sigint():
+    """SIGINT handled as in a terminal (a test runner started in the background, as by ``cmd
+    &`` in a script, inherits SIGINT ignored, and diffana leaves an ignored signal ignored)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.usefixtures("terminal_sigint")
 def test_ctrl_c_resume_then_non_finite_gradient(tmp_path, monkeypatch, capsys):
     """Ctrl-C at step 2 writes a checkpoint (exit 130); the resumed run meets a NaN in the
     gradient at step 3: exit 2 with one line, and results.json keeps the last good parameters
