@@ -244,6 +244,18 @@ def _vary_branch(cfg: AnalysisConfig, sample: str, name: str, events, file_index
     return ak.with_field(events, varied, branch)
 
 
+def _block(n_chunk: int) -> int:
+    """Events per histogram block of a chunk: each block holds events of one or a few event
+    sets, each event a slot among them (see ``Analysis._prepare_chunks``)."""
+    return KDE_BLOCK if n_chunk % KDE_BLOCK == 0 else n_chunk
+
+
+def _padded_groups(groups: np.ndarray, n_chunk: int, n_sets: int) -> np.ndarray:
+    """Each event's set in a chunk of ``n_chunk`` events; padding events are in the set
+    ``n_sets``, which the chunk function drops."""
+    return np.concatenate([groups, np.full(n_chunk - len(groups), n_sets, np.int32)])
+
+
 def compute_device(kind: str):
     """The JAX device of ``device: auto|cpu|gpu`` (``None``: JAX's default device)."""
     if kind == "auto":
@@ -436,12 +448,12 @@ class Analysis:
         for a in tqdm(starts, desc="lowering", unit="chunk", disable=not progress, leave=False):
             raw.append(ragged.lower(events[a:a + size], self.plan, weight[a:a + size]).buffers)
         layout = self._capacity_of([ragged.axis_sizes(b, self.plan) for b in raw], size)
-        self._apply_layout({**layout, "slots": 1})
-        self._num_slots = max(len(np.unique(b)) for a in starts
-                              for b in self._padded_groups(groups[a:a + size]).reshape(-1, self._block))
-        self.layout["slots"] = self._num_slots
-        self._chunks = [self._device_chunk(buffers, self._padded_groups(groups[a:a + size]))
-                        for a, buffers in zip(starts, raw, strict=True)]
+        n_chunk = layout["capacity"]["event"]
+        padded = [_padded_groups(groups[a:a + size], n_chunk, len(sets)) for a in starts]
+        # the most sets (padding included) that one histogram block holds
+        slots = max(len(np.unique(b)) for g in padded for b in g.reshape(-1, _block(n_chunk)))
+        self._apply_layout({**layout, "slots": slots})
+        self._chunks = [self._device_chunk(buffers, g) for buffers, g in zip(raw, padded, strict=True)]
 
     def _prepare_stream(self, total: int, progress: bool) -> None:
         """``streaming: true``: a first pass over the files counts the events of each set and
@@ -494,7 +506,8 @@ class Analysis:
     def device_chunk(self, g: int, buffers: dict) -> tuple[int, int, dict]:
         """``(set, events, padded device chunk)`` of a lowered chunk of one set."""
         n = len(buffers["weight"])
-        return g, n, self._device_chunk(buffers, self._padded_groups(np.full(n, g, np.int32)))
+        groups = _padded_groups(np.full(n, g, np.int32), self._chunk_events, len(self._groups))
+        return g, n, self._device_chunk(buffers, groups)
 
     def _streamed_chunks(self):
         """``(set, events, device chunk)`` of each chunk, read and lowered while the previous
@@ -537,14 +550,8 @@ class Analysis:
         self._capacity, self._runs = layout["capacity"], layout["runs"]
         self._num_slots = layout["slots"]
         self._chunk_events = self._capacity["event"]
-        # Histogram blocks: each holds events of one or a few sets, each event a slot among them
-        self._block = KDE_BLOCK if self._chunk_events % KDE_BLOCK == 0 else self._chunk_events
+        self._block = _block(self._chunk_events)
         self._make_compiled()
-
-    def _padded_groups(self, groups: np.ndarray) -> np.ndarray:
-        """Each event's set in a chunk, padding events in the set ``len(groups)`` (dropped)."""
-        return np.concatenate([groups, np.full(self._chunk_events - len(groups), len(self._groups),
-                                               np.int32)])
 
     def _device_chunk(self, buffers: dict, groups: np.ndarray) -> dict:
         """A lowered chunk padded to the chunk shape, with its events' slots, on the device."""
