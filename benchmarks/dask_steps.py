@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 import sys
@@ -131,15 +130,13 @@ def main(argv=None) -> dict:
     ap.add_argument("--no-steps", action="store_true", help="only the paper estimate")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
+    from run import report
+
     result = {}
     if not args.no_steps:
         result["steps"] = steps(args.events, args.workers, args.repeat)
     result["estimate"] = estimate(args.agc_events, args.nodes, args.repeat)
-    print(json.dumps(result, indent=1))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=1) + "\n")
-    return result
+    return report(result, args.json)
 
 
 if __name__ == "__main__":

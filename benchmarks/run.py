@@ -95,6 +95,15 @@ def relative_difference(a: dict, b: dict) -> float:
     return worst
 
 
+def report(result: dict, path: Path | None) -> dict:
+    """Print the result as JSON, and also write it to ``path`` if given."""
+    print(json.dumps(result, indent=1))
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--events", type=int, default=1_000_000)
@@ -147,11 +156,7 @@ def main(argv=None) -> dict:
         result["default_analysis_step_s"] = d["step_s"]
         result["default_analysis_events"] = sum(s.n_events for s in default.samples.values())
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps(result, indent=1))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=1) + "\n")
-    return result
+    return report(result, args.json)
 
 
 if __name__ == "__main__":

@@ -165,6 +165,8 @@ def main(argv=None) -> dict:
         args.events, args.check_events, args.per_file = 2_000_000, 500_000, 500_000
     sys.path.insert(0, str(HERE))
     sys.path.insert(0, str(HERE.parent))
+    from run import report
+
     from diffana.generate import cache_dir
 
     files = write_files(args.data or cache_dir() / "streaming", args.events, args.per_file,
@@ -174,11 +176,7 @@ def main(argv=None) -> dict:
               **_fresh("check", files[:n_check], 0)}
     if args.reference:
         result.update(_fresh("reference", files, args.repeat))
-    print(json.dumps(result, indent=1))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=1) + "\n")
-    return result
+    return report(result, args.json)
 
 
 if __name__ == "__main__":

@@ -230,17 +230,17 @@ def _vary_branch(cfg: AnalysisConfig, sample: str, name: str, events, file_index
     else:
         # Seeded per (run seed, sample, variation) and addressed per object: the same
         # object gets the same smearing however the events are read.
-        key = f"{cfg.seed}/{sample}/{name}"
-        if values.ndim > 1:
-            counts = ak.to_numpy(ak.num(values))
+        counts = ak.to_numpy(ak.num(values)) if values.ndim > 1 else None
+        if counts is not None:  # a collection: each object's event and position in it
+            file_index, entry = np.repeat(file_index, counts), np.repeat(entry, counts)
             position = ak.to_numpy(ak.flatten(ak.local_index(values)))
-            normal = addressed_normal(key, np.repeat(file_index, counts),
-                                      np.repeat(entry, counts), position)
-            flat = ak.to_numpy(ak.flatten(values)) * (1.0 + float(var.smear["sigma"]) * normal)
-            varied = ak.unflatten(flat, counts)
+            values = ak.flatten(values)
         else:
-            normal = addressed_normal(key, file_index, entry, np.zeros(len(values)))
-            varied = ak.to_numpy(values) * (1.0 + float(var.smear["sigma"]) * normal)
+            position = np.zeros(len(values))
+        normal = addressed_normal(f"{cfg.seed}/{sample}/{name}", file_index, entry, position)
+        varied = ak.to_numpy(values) * (1.0 + float(var.smear["sigma"]) * normal)
+        if counts is not None:
+            varied = ak.unflatten(varied, counts)
     return ak.with_field(events, varied, branch)
 
 
@@ -615,9 +615,13 @@ class Analysis:
         chunks: here, or on the workers that hold them."""
         if self._remote is not None:
             return self._remote.map_reduce(name, args)
+        return self.sum_over(name, args, self._chunks_now())
+
+    def sum_over(self, name: str, args: tuple, chunks) -> dict:
+        """``_jit_<name>(*args, chunk)`` summed over these device chunks."""
         fn = getattr(self, f"_jit_{name}")
         total = None
-        for chunk in self._chunks_now():
+        for chunk in chunks:
             r = fn(*args, chunk)
             total = r if total is None else jax.tree_util.tree_map(jnp.add, total, r)
         return total

@@ -30,7 +30,6 @@ import weakref
 from pathlib import Path
 
 import jax
-import numpy as np
 from distributed import Client, LocalCluster, WorkerPlugin
 from tqdm.auto import tqdm
 
@@ -90,12 +89,7 @@ def _pad(key: str, lowered: list) -> list:
 
 def _run(key: str, name: str, args: tuple, chunks: list):
     """``_jit_<name>(*args, chunk)`` summed over one task's chunks, as NumPy."""
-    fn = getattr(_kernel(key), f"_jit_{name}")
-    total = None
-    for _, _, chunk in chunks:
-        r = fn(*args, chunk)
-        total = r if total is None else jax.tree_util.tree_map(lambda a, b: a + b, total, r)
-    return jax.device_get(total)
+    return jax.device_get(_kernel(key).sum_over(name, args, (c for _, _, c in chunks)))
 
 
 def _hard(key: str, params: dict, chunks: list) -> dict:
@@ -105,8 +99,7 @@ def _hard(key: str, params: dict, chunks: list) -> dict:
 
 def _add(a, b):
     """Sum of two results (NumPy pytrees, or ``hist`` histograms, which add)."""
-    return jax.tree_util.tree_map(lambda x, y: x + y, a, b,
-                                  is_leaf=lambda x: hasattr(x, "axes"))
+    return jax.tree_util.tree_map(lambda x, y: x + y, a, b)  # a histogram is a leaf
 
 
 class DaskChunks:
@@ -193,7 +186,7 @@ class DaskChunks:
         total = self._reduce(futures)
         # what travelled: the arguments to every task, and a result back from each
         self.bytes_per_step = self.tasks * (len(pickle.dumps(args)) + len(pickle.dumps(total)))
-        return jax.tree_util.tree_map(np.asarray, total)
+        return total
 
     def hard_histograms(self, params: dict) -> dict:
         self._watch_workers()
