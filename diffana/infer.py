@@ -261,7 +261,12 @@ def fit(
         x, _, hessian, active, n_iter, pgrad = solve(theta)
         gradient_x = jax.grad(twice_nll, argnums=0)
         _, gradient_dot = jax.jvp(lambda th: gradient_x(x, th), (theta,), (theta_dot,))
-        jacobian = jnp.where(active[:, None], jnp.eye(x.shape[0]), hessian)
+        # The free block of the Hessian, and identity rows and columns for the parameters
+        # held on a bound: their tangent is then exactly 0 (with the Hessian's coupling
+        # columns kept, a pivoted solve left round-off there).
+        free = ~active
+        jacobian = (jnp.where(free[:, None] & free[None, :], hessian, 0.0)
+                    + jnp.diag(jnp.where(active, 1.0, 0.0)))
         x_dot = jnp.linalg.solve(jacobian, jnp.where(active, 0.0, -gradient_dot))
         aux = (n_iter.astype(jnp.float64), pgrad)
         return (x, aux), (x_dot, jax.tree_util.tree_map(jnp.zeros_like, aux))
