@@ -19,11 +19,16 @@ Example:
 
 from __future__ import annotations
 
+import functools
+import numbers
+
 import hist
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.scipy.special import ndtr
+
+_SQRT_HALF = float(np.sqrt(0.5))
+_INV_SQRT_2PI = float(1.0 / np.sqrt(2.0 * np.pi))
 
 
 def kde_histogram(x, weights, edges, bandwidth, slots=None, num_slots: int = 1,
@@ -35,7 +40,9 @@ def kde_histogram(x, weights, edges, bandwidth, slots=None, num_slots: int = 1,
         weights: per-event weights (normalisation × soft selection), shape ``(events,)``,
             or ``(sets, events)`` for several weight sets of the same events.
         edges: bin edges, shape ``(bins + 1,)``.
-        bandwidth: Gaussian kernel width, in the units of ``x``.
+        bandwidth: Gaussian kernel width, in the units of ``x``. A number is a constant
+            (the derivatives in ``x`` and ``weights`` then come from one rule that evaluates
+            the kernel once); an array may be differentiated too.
         slots: optional per-event index in ``[0, num_slots)`` within its block of ``block``
             consecutive events (default: all events one block): events of several samples
             in one array, histogrammed apart; an index out of range drops the event.
@@ -45,10 +52,25 @@ def kde_histogram(x, weights, edges, bandwidth, slots=None, num_slots: int = 1,
         ``(blocks, num_slots, [sets,] bins)``): ``Σ w·p_k`` and ``Σ (w·p_k)²`` with ``p_k``
         the kernel fraction in bin ``k``.
     """
-    cdf = ndtr((jnp.asarray(edges)[None, :] - x[:, None]) / bandwidth)
-    frac = cdf[:, 1:] - cdf[:, :-1]
+    edges = jnp.asarray(edges)
+    if isinstance(bandwidth, numbers.Real):
+        return _kde_constant_bandwidth(x, weights, edges, slots, float(bandwidth), num_slots,
+                                       block)
+    return _kde(x, weights, edges, slots, bandwidth, num_slots, block)
+
+
+def _cdf(x, edges, bandwidth):
+    """``(z, Φ(z))`` at each event × edge, ``z = (edge - x) / h``."""
+    z = (edges[None, :] - x[:, None]) / bandwidth
+    # Φ(z) = erfc(-z/√2)/2 is accurate in float64 over the whole range, in both tails;
+    # jax.scipy.special.ndtr evaluates erf and erfc everywhere and selects (1.5× the cost).
+    return z, 0.5 * jax.lax.erfc(-_SQRT_HALF * z)
+
+
+def _sums(weights, frac, slots, num_slots: int, block: int | None):
+    """``Σ_events weights × frac`` per bin: ``(sets, bins)``, or per block and slot."""
     if slots is None:
-        return weights @ frac, (weights * weights) @ (frac * frac)
+        return weights @ frac
     # The slots become extra weight sets of a batched matrix product per block: with blocks
     # holding one or two samples this costs about twice the plain histogram, where a segment
     # sum over events × sets × bins costs ten times (CPU).
@@ -60,7 +82,45 @@ def kde_histogram(x, weights, edges, bandwidth, slots=None, num_slots: int = 1,
     ws = ws.reshape(ws.shape[0], -1, block)
     f = frac.reshape(-1, block, n_bins)
     shape = (ws.shape[0], num_slots, *jnp.shape(weights)[:-1], n_bins)
-    return (jnp.matmul(ws, f).reshape(shape), jnp.matmul(ws * ws, f * f).reshape(shape))
+    return jnp.matmul(ws, f).reshape(shape)
+
+
+def _kde(x, weights, edges, slots, bandwidth, num_slots, block):
+    _, cdf = _cdf(x, edges, bandwidth)
+    frac = cdf[:, 1:] - cdf[:, :-1]
+    return (_sums(weights, frac, slots, num_slots, block),
+            _sums(weights * weights, frac * frac, slots, num_slots, block))
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(4, 5, 6))
+def _kde_constant_bandwidth(x, weights, edges, slots, bandwidth, num_slots, block):
+    return _kde(x, weights, edges, slots, bandwidth, num_slots, block)
+
+
+@_kde_constant_bandwidth.defjvp
+def _kde_constant_bandwidth_jvp(bandwidth, num_slots, block, primals, tangents):
+    """The histogram's derivative written out: ``∂p_k/∂x = -(φ(z_{k+1}) - φ(z_k)) / h``.
+
+    Autodiff through the kernel would carry every tangent through the events × edges
+    arrays of Φ and of the bin fractions; here the kernel and its slope are evaluated once,
+    and each tangent costs a few matrix products over the events (1.8× faster under
+    ``jacfwd`` with three parameters, 1.3× in reverse mode). The rule is itself
+    differentiable (higher orders), and linear in the tangents (reverse mode).
+    """
+    x, weights, edges, slots = primals
+    dx, dweights = tangents[:2]
+    z, cdf = _cdf(x, edges, bandwidth)
+    pdf = _INV_SQRT_2PI * jnp.exp(-0.5 * z * z)
+    frac = cdf[:, 1:] - cdf[:, :-1]
+    slope = (pdf[:, :-1] - pdf[:, 1:]) / bandwidth  # ∂frac/∂x
+    w2 = weights * weights
+    sums = functools.partial(_sums, slots=slots, num_slots=num_slots, block=block)
+    moved = weights * dx  # each event's weight times its move, per weight set
+    primal = (sums(weights, frac), sums(w2, frac * frac))
+    tangent = (sums(dweights, frac) + sums(moved, slope),
+               sums(2.0 * weights * dweights, frac * frac) + sums(2.0 * weights * moved,
+                                                                  frac * slope))
+    return primal, tangent
 
 
 def empty_histogram(edges, label: str = "x") -> hist.Hist:

@@ -130,6 +130,9 @@ def event_weights(cfg: AnalysisConfig, the_plan: Plan, ops, requirements, weight
     return out
 
 
+SHORT_RUN = 8  # most objects per event for nth_selected's element-wise product
+
+
 def first_selected(weights, starts, max_run: int | None = None):
     """Soft "first selected object": ``p_c = w_c · Π_{c' before c} (1 - w_c')`` per segment.
 
@@ -164,11 +167,13 @@ def nth_selected(weights, starts, n: int, max_run: int | None = None):
     the i-th selected object, as ``objects[mask][:, i]`` would pick.
 
     The count distribution of the objects before ``c`` is the Poisson-binomial generating
-    polynomial ``Π (1 - w + w·z)``, truncated to degree ``n - 1``; a segmented scan
-    multiplies these polynomials along each event. Given ``max_run ≤ 32``, the most objects
-    any event has, the scan takes ``ceil(log2(max_run))`` doubling steps (Hillis–Steele),
-    which compiles several times faster than ``jax.lax.associative_scan`` and runs as fast;
-    for long runs (e.g. all trijets of an event) the associative scan runs faster.
+    polynomial ``Π (1 - w + w·z)``, truncated to degree ``n - 1``, multiplied along each
+    event. Given ``max_run ≤ 8``, the most objects any event has, each object multiplies in
+    the factors of the ``max_run - 1`` places before it that are in its event (element-wise
+    over all objects: compiles and runs fastest for short runs); otherwise
+    ``jax.lax.associative_scan`` multiplies along the events (measured here: 3× faster than
+    a Hillis–Steele doubling scan under ``jacfwd`` and 6–10× under ``vjp`` at 17–32
+    objects per event, for up to twice its compile time).
 
     Example:
         >>> import jax.numpy as jnp
@@ -177,6 +182,17 @@ def nth_selected(weights, starts, n: int, max_run: int | None = None):
         [[1.0, 0.0], [0.0, 0.0], [0.0, 1.0], [0.0, 0.0]]
     """
     starts = starts.astype(bool)
+    if max_run is not None and max_run <= SHORT_RUN:
+        # coefficients of z^0 .. z^(n-1) of the product over the places before each object
+        before = [jnp.ones_like(weights)] + [jnp.zeros_like(weights)] * (n - 1)
+        inside = ~starts  # the place d before each object is in its event (d = 1 here)
+        for d in range(1, max_run):
+            w = _shift(weights, d, 0.0)
+            before = [jnp.where(inside, b * (1.0 - w) + (before[k - 1] * w if k else 0.0), b)
+                      for k, b in enumerate(before)]
+            inside = inside & ~_shift(starts, d, True)
+        return weights[:, None] * jnp.stack(before, axis=-1)
+
     # polynomial of one object: (1 - w) + w·z, coefficients of z^0 .. z^(n-1)
     # (built by stacking: an indexed update becomes a slow generic scatter under jacfwd)
     zeros = jnp.zeros_like(weights)
@@ -191,14 +207,7 @@ def nth_selected(weights, starts, n: int, max_run: int | None = None):
         f2, b = right
         return f1 | f2, jnp.where(f2[..., None], b, multiply(a, b))
 
+    _, inclusive = jax.lax.associative_scan(combine, (starts, poly))
     unit = jnp.asarray([[1.0] + [0.0] * (n - 1)], dtype=weights.dtype)
-    if max_run is None or max_run > 32:
-        _, inclusive = jax.lax.associative_scan(combine, (starts, poly))
-    else:
-        flags, inclusive, d = starts, poly, 1
-        while d < max_run:  # after this step each entry holds its last 2d objects' product
-            flags, inclusive = combine((_shift(flags, d, True), _shift(inclusive, d, unit[0])),
-                                       (flags, inclusive))
-            d *= 2
     before = jnp.where(starts[:, None], unit, jnp.roll(inclusive, 1, axis=0))
     return weights[:, None] * before

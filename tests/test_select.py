@@ -154,13 +154,17 @@ def test_genweight_normalisation():
     np.testing.assert_allclose(ana.samples["other"].lowered.weight, 50.0 * 1000.0 / 200)
 
 
-def test_nth_selected_hard_and_soft():
+@pytest.mark.parametrize("run", ["known", None])  # element-wise product; associative scan
+def test_nth_selected_hard_and_soft(run):
     rng = np.random.default_rng(5)
     counts = rng.integers(0, 7, 40)
+    max_run = int(counts.max()) if run else None
+    assert max_run is None or max_run <= select.SHORT_RUN
     starts = np.zeros(counts.sum(), dtype=bool)
     starts[np.concatenate([[0], np.cumsum(counts)[:-1]])[counts > 0]] = True
     mask = rng.random(counts.sum()) < 0.6
-    p = np.asarray(select.nth_selected(jnp.asarray(mask, dtype=float), jnp.asarray(starts), 4))
+    p = np.asarray(select.nth_selected(jnp.asarray(mask, dtype=float), jnp.asarray(starts), 4,
+                                       max_run))
     offsets = np.concatenate([[0], np.cumsum(counts)])
     for e in range(len(counts)):
         chosen = np.flatnonzero(mask[offsets[e]:offsets[e + 1]]) + offsets[e]
@@ -172,7 +176,7 @@ def test_nth_selected_hard_and_soft():
                                           expected[offsets[e]:offsets[e + 1]])
     # soft: for each event, Σ_c p[c, i] = P(at least i+1 selected); check against brute force
     w = jnp.asarray(rng.uniform(0.05, 0.95, 5))
-    p = select.nth_selected(w, jnp.array([1, 0, 0, 0, 0]), 3)
+    p = select.nth_selected(w, jnp.array([1, 0, 0, 0, 0]), 3, 5 if run else None)
     import itertools
 
     brute = np.zeros((5, 3))
@@ -181,5 +185,6 @@ def test_nth_selected_hard_and_soft():
         for rank, c in enumerate(np.flatnonzero(bits)[:3]):
             brute[c, rank] += prob
     np.testing.assert_allclose(p, brute, rtol=1e-12)
-    check_grads(lambda w: select.nth_selected(w, jnp.array([1, 0, 0, 1, 0]), 3), (w,), order=1,
+    check_grads(lambda w: select.nth_selected(w, jnp.array([1, 0, 0, 1, 0]), 3, 3 if run else None),
+                (w,), order=1,
                 modes=("fwd", "rev"))
