@@ -71,10 +71,15 @@ def reference_step(n_events: int, repeat: int) -> dict:
             "grad": {NAMES[k]: float(v) for k, v in grad.items()}}
 
 
-def reference_analysis(n_events: int, engine: str = "compiled") -> Analysis:
-    cfg = load(HERE / "reference.yaml")
+def generated_analysis(path: Path, n_events: int, engine: str = "compiled") -> Analysis:
+    """The configuration at ``path`` on ``n_events`` events of its own generator."""
+    cfg = load(path)
     cfg = cfg.model_copy(update={"generate": cfg.generate.model_copy(update={"events": n_events})})
-    return Analysis(cfg, HERE, engine=engine, progress=False)
+    return Analysis(cfg, path.parent, engine=engine, progress=False)
+
+
+def reference_analysis(n_events: int, engine: str = "compiled") -> Analysis:
+    return generated_analysis(HERE / "reference.yaml", n_events, engine)
 
 
 def diffana_step(ana: Analysis, repeat: int) -> dict:
