@@ -5,20 +5,28 @@
 #
 # Installs each missing dependency of diffana (pyproject.toml) and what it needs, with JAX
 # pinned to the installed version: from wheels in $WHEELS (default .whl, for machines
-# without network) or else from PyPI; diffana itself is imported from this checkout. Then runs benchmarks/run.py (diffana's compiled engine against
-# the hand-written JAX reference on the same GPU, same events) at 1 M, 10 M and 30 M events
-# ($SIZES to change), and prints one JSON list of the results. Nothing here is needed by CI.
+# without network) or else from PyPI; diffana itself is imported from this checkout. Then runs
+# benchmarks/run.py (diffana's compiled engine against the hand-written JAX reference on the
+# same GPU, same events) at 1 M, 10 M and 30 M events ($SIZES to change), and once more at
+# $AWKWARD_EVENTS (default 200 k; empty to skip) with the awkward engine, which is CPU only,
+# on this machine's CPU (JAX_PLATFORMS=cpu) beside the compiled engine on the GPU. Prints one
+# JSON object: the runs, and the speedup of the GPU over the awkward engine.
+# Nothing here is needed by CI. ALLOW_CPU=1 rehearses the whole script on a machine without
+# a GPU (small SIZES, e.g. SIZES=100000 AWKWARD_EVENTS=20000).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-benchmarks/results/gpu}"
 wheels="${WHEELS:-.whl}"
 sizes="${SIZES:-1000000 10000000 30000000}"
+awkward_events="${AWKWARD_EVENTS-200000}"
 py="${PYTHON:-python3}"
 
-"$py" - 2>/dev/null <<'PY' || { echo "gpu_check: JAX sees no GPU here" >&2; exit 2; }
+ALLOW_CPU="${ALLOW_CPU:-}" "$py" - <<'PY' || { echo "gpu_check: JAX sees no GPU here" >&2; exit 2; }
+import os, sys
 import jax
-assert any(d.platform == "gpu" for d in jax.devices()), jax.devices()
-print("JAX", jax.__version__, "on", jax.devices()[0].device_kind)
+if not (os.environ["ALLOW_CPU"] or any(d.platform == "gpu" for d in jax.devices())):
+    sys.exit(1)
+print("gpu_check: JAX", jax.__version__, "on", jax.devices()[0].device_kind, file=sys.stderr)
 PY
 
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # diffana itself, from this checkout
@@ -64,7 +72,29 @@ for n in $sizes; do
     --json "$out/gpu_$n.json" > /dev/null
   results+=("$out/gpu_$n.json")
 done
-"$py" - "${results[@]}" <<'PY'
+awkward=()
+if [ -n "$awkward_events" ]; then
+  echo "gpu_check: $awkward_events events, compiled engine here, awkward engine on the CPU" >&2
+  "$py" benchmarks/run.py --events "$awkward_events" --repeat 5 --no-awkward --no-default \
+    --json "$out/gpu_awkward_compiled.json" > /dev/null
+  JAX_PLATFORMS=cpu "$py" benchmarks/run.py --events "$awkward_events" \
+    --awkward-events "$awkward_events" --repeat 3 --no-default \
+    --json "$out/cpu_awkward.json" > /dev/null
+  awkward=("$out/gpu_awkward_compiled.json" "$out/cpu_awkward.json")
+fi
+"$py" - "${#results[@]}" "${results[@]}" "${awkward[@]}" <<'PY' | tee "$out/gpu_check.json"
 import json, sys
-print(json.dumps([json.load(open(p)) for p in sys.argv[1:]], indent=1))
+n = int(sys.argv[1])
+runs = [json.load(open(p)) for p in sys.argv[2:2 + n]]
+out = {"runs": runs}
+if len(sys.argv) > 2 + n:
+    here, cpu = (json.load(open(p)) for p in sys.argv[2 + n:])
+    out["awkward"] = {
+        "events": cpu["awkward_events"],
+        "awkward_step_s": cpu["awkward_step_s"], "awkward_device": cpu["device"],
+        "compiled_step_s": here["diffana_step_s"], "compiled_device": here["device"],
+        "compiled_step_s_on_cpu": cpu["compiled_step_s_at_awkward_events"],
+        "speedup_vs_awkward": cpu["awkward_step_s"] / here["diffana_step_s"],
+    }
+print(json.dumps(out, indent=1))
 PY

@@ -75,23 +75,31 @@ def plot(rows: list[dict], path: Path) -> None:
     # streamed runs (benchmarks/streaming.py): events read from ROOT on every step
     streamed = sorted((json.loads(f.read_text()) for f in (HERE / "results").glob("streaming_*.json")),
                       key=lambda r: r["events"])
+    ours, ref, stream = "C0", "C1", "C3"  # one colour per series in both panels
     with plt.style.context(mplhep.style.CMS):
         fig, (a, b) = plt.subplots(1, 2, figsize=(14, 6))
-        a.loglog(n, [r["diffana_step_s"] for r in rows], "o-", label="diffana (in memory)")
-        a.loglog(n, [r["reference_step_s"] for r in rows], "s--", label="hand-written JAX")
+        a.loglog(n, [r["diffana_step_s"] for r in rows], "o-", color=ours,
+                 label="diffana (in memory)")
+        a.loglog(n, [r["reference_step_s"] for r in rows], "s--", color=ref,
+                 label="hand-written JAX")
+        b.loglog(n, [r["diffana_peak_rss_mb"] for r in rows], "o-", color=ours,
+                 label="diffana (in memory)")
         if streamed:
             a.loglog([r["events"] for r in streamed], [r["step_s"] for r in streamed], "^",
-                     label="diffana (streamed from ROOT)")
+                     color=stream, label="diffana (streamed from ROOT)")
             b.loglog([r["events"] for r in streamed], [r["peak_rss_mb"] for r in streamed], "^",
-                     label="streamed")
+                     color=stream, label="diffana (streamed from ROOT)")
         last = rows[-1]["diffana_step_s"] / n[-1]
         a.loglog(n, [last * x for x in n], ":", color="grey", label="linear")
-        a.set_xlabel("events")
+        # memory: the process's fixed part (libraries, compiled code) plus a part per event
+        rss = [r["diffana_peak_rss_mb"] for r in rows]
+        per_event = (rss[-1] - rss[0]) / (n[-1] - n[0])
+        b.loglog(n, [rss[0] + per_event * (x - n[0]) for x in n], ":", color="grey",
+                 label=f"{rss[0]:.0f} MB + {per_event * 1e3:.2f} kB/event")
+        for ax in (a, b):
+            ax.set_xlabel("events")
+            ax.legend(fontsize=13)
         a.set_ylabel("gradient step [s]")
-        a.legend(fontsize=13)
-        b.loglog(n, [r["diffana_peak_rss_mb"] for r in rows], "o-", label="in memory")
-        b.legend(fontsize=13)
-        b.set_xlabel("events")
         b.set_ylabel("peak RSS [MB]")
         fig.subplots_adjust(wspace=0.3)
         fig.savefig(path, dpi=110, bbox_inches="tight")
