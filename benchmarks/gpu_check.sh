@@ -92,7 +92,8 @@ if len(sys.argv) > 2 + n:
     out["awkward"] = {
         "events": cpu["awkward_events"],
         "awkward_step_s": cpu["awkward_step_s"], "awkward_device": cpu["device"],
-        "compiled_step_s": here["diffana_step_s"], "compiled_device": here["device"],
+        "compiled_step_s": here["diffana_step_s"],
+        "compiled_device": f'{here["device"]} ({here.get("device_kind", "")})',
         "compiled_step_s_on_cpu": cpu["compiled_step_s_at_awkward_events"],
         "speedup_vs_awkward": cpu["awkward_step_s"] / here["diffana_step_s"],
     }

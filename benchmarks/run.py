@@ -134,6 +134,7 @@ def main(argv=None) -> dict:
     result = {
         "events": args.events,
         "device": str(jax.devices()[0]),
+        "device_kind": jax.devices()[0].device_kind,  # the card's name on a GPU
         "diffana_step_s": ours["step_s"],
         "reference_step_s": ref["step_s"],
         "ratio_vs_reference": ours["step_s"] / ref["step_s"],
