@@ -9,8 +9,9 @@ reported apart. Values and gradients of the two engines are compared.
 
 Per analysis, the step times at the smallest and largest size give ``t(n) = fixed +
 per_event × n`` for each engine (the compiled engine's fixed cost is below the noise: its
-fit can come out slightly negative); the awkward engine's fixed cost is its eager dispatch (thousands of primitives,
-each through Awkward's broadcasting and JAX's op-by-op dispatch), which the compiled
+fit can come out slightly negative); the awkward engine's fixed cost is its eager
+dispatch (thousands of primitives, each through Awkward's broadcasting and JAX's op-by-op
+dispatch), which the compiled
 engine does not have; its per-event cost is that of the same XLA kernels run op by op
 instead of fused.
 

@@ -3,8 +3,8 @@
 ``benchmarks/reference_pipeline.py`` (the hand-written JAX yardstick) draws its events in
 memory with :func:`reference_pipeline.make_events`; this generator writes exactly those
 events, split by label into ``signal.root`` and ``background.root`` (``Jet_pt``,
-``Jet_eta``, ``Jet_btag``, ``lep_pt`` and the event weight as ``genWeight``), so that ``benchmarks/reference.yaml``
-runs the same physics on the same events through diffana.
+``Jet_eta``, ``Jet_btag``, ``lep_pt`` and the event weight as ``genWeight``), so that
+``benchmarks/reference.yaml`` runs the same physics on the same events through diffana.
 """
 
 from __future__ import annotations

@@ -73,7 +73,8 @@ def plot(rows: list[dict], path: Path) -> None:
 
     n = [r["events"] for r in rows]
     # streamed runs (benchmarks/streaming.py): events read from ROOT on every step
-    streamed = sorted((json.loads(f.read_text()) for f in (HERE / "results").glob("streaming_*.json")),
+    streamed = sorted((json.loads(f.read_text())
+                       for f in (HERE / "results").glob("streaming_*.json")),
                       key=lambda r: r["events"])
     ours, ref, stream = "C0", "C1", "C3"  # one colour per series in both panels
     with plt.style.context(mplhep.style.CMS):
