@@ -17,6 +17,7 @@ Example (the Python API in a few lines; ``examples/python_api.py`` runs a whole 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -256,6 +257,54 @@ def _padded_groups(groups: np.ndarray, n_chunk: int, n_sets: int) -> np.ndarray:
     return np.concatenate([groups, np.full(n_chunk - len(groups), n_sets, np.int32)])
 
 
+class HeldChunks:
+    """The compiled engine's in-memory chunks, held once: one array per buffer with a
+    leading chunk axis (``stacked``, what the fused mode's ``lax.scan`` runs over).
+
+    ``chunks[i]`` is chunk ``i`` (a copy, made when asked: the per-chunk gradient modes and
+    the hard fills take one at a time). The chunks are written into the stacked arrays as
+    they come, in place (the arrays are donated), so they never exist twice.
+    """
+
+    def __init__(self, chunks, n_chunks: int):
+        self.stacked = None
+        for i, chunk in enumerate(chunks):
+            if self.stacked is None:
+                self.stacked = _first_of_stack(chunk, n_chunks)
+            else:
+                self.stacked = _put_in_stack(self.stacked, chunk, i)
+        self._n = n_chunks
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, i: int) -> dict:
+        if not -self._n <= i < self._n:
+            raise IndexError(f"chunk {i} of {self._n}")
+        return _take_from_stack(self.stacked, i % self._n)
+
+    def __iter__(self):
+        return (self[i] for i in range(self._n))
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _first_of_stack(chunk: dict, n_chunks: int) -> dict:
+    return jax.tree_util.tree_map(
+        lambda a: jnp.zeros((n_chunks, *a.shape), a.dtype).at[0].set(a), chunk)
+
+
+@functools.partial(jax.jit, donate_argnums=0)
+def _put_in_stack(stacked: dict, chunk: dict, i) -> dict:
+    return jax.tree_util.tree_map(
+        lambda s, a: jax.lax.dynamic_update_index_in_dim(s, a, i, 0), stacked, chunk)
+
+
+@jax.jit
+def _take_from_stack(stacked: dict, i) -> dict:
+    return jax.tree_util.tree_map(lambda s: jax.lax.dynamic_index_in_dim(s, i, 0, False),
+                                  stacked)
+
+
 def compute_device(kind: str):
     """The JAX device of ``device: auto|cpu|gpu`` (``None``: JAX's default device)."""
     if kind == "auto":
@@ -447,13 +496,20 @@ class Analysis:
         starts = range(0, max(len(weight), 1), size)
         for a in tqdm(starts, desc="lowering", unit="chunk", disable=not progress, leave=False):
             raw.append(ragged.lower(events[a:a + size], self.plan, weight[a:a + size]).buffers)
+        del events  # the sets laid end to end: a copy, where there are several
         layout = self._capacity_of([ragged.axis_sizes(b, self.plan) for b in raw], size)
         n_chunk = layout["capacity"]["event"]
         padded = [_padded_groups(groups[a:a + size], n_chunk, len(sets)) for a in starts]
         # the most sets (padding included) that one histogram block holds
         slots = max(len(np.unique(b)) for g in padded for b in g.reshape(-1, _block(n_chunk)))
         self._apply_layout({**layout, "slots": slots})
-        self._chunks = [self._device_chunk(buffers, g) for buffers, g in zip(raw, padded, strict=True)]
+
+        def device_chunks():  # each lowered chunk let go once it is on the device
+            for i, g in enumerate(padded):
+                buffers, raw[i] = raw[i], None
+                yield self._device_chunk(buffers, g)
+
+        self._chunks = HeldChunks(device_chunks(), len(raw))
 
     def _prepare_stream(self, total: int, progress: bool) -> None:
         """``streaming: true``: a first pass over the files counts the events of each set and
@@ -636,11 +692,6 @@ class Analysis:
             # forward for few parameters, two passes (yields, VJP) for many
             return "forward" if len(self.trainable) <= STREAM_FORWARD_MAX else "reverse"
         return "fused"
-
-    @cached_property
-    def _stacked_chunks(self) -> dict:
-        """All chunks as one pytree with a leading chunk axis (for ``lax.scan``)."""
-        return jax.tree_util.tree_map(lambda *a: jnp.stack(a), *self._chunks)
 
     def _fused_loss(self, u, params_fixed, stacked):
         """The loss as one function: a ``lax.scan`` over the chunks, then model and inference.
@@ -842,7 +893,7 @@ class Analysis:
         if self.engine == "compiled":
             mode = self._gradient_mode()
             if mode == "fused":
-                return self._jit_fused(u, params_fixed, self._stacked_chunks)
+                return self._jit_fused(u, params_fixed, self._chunks.stacked)
             if mode == "reverse":
                 y = self._over_chunks("yields", self.from_unit(u, params_fixed))
                 loss, ct = self._jit_loss_and_cotangent(y)
