@@ -102,7 +102,7 @@ def plot(rows: list[dict], path: Path) -> None:
             ax.legend(fontsize=13)
         a.set_ylabel("gradient step [s]")
         b.set_ylabel("peak RSS [MB]")
-        fig.subplots_adjust(wspace=0.3)
+        fig.subplots_adjust(wspace=0.45)
         fig.savefig(path, dpi=110, bbox_inches="tight")
         plt.close(fig)
 
