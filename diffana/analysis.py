@@ -267,21 +267,19 @@ class HeldChunks:
     """
 
     def __init__(self, chunks, n_chunks: int):
-        self.stacked = None
-        for i, chunk in enumerate(chunks):
-            if self.stacked is None:
-                self.stacked = _first_of_stack(chunk, n_chunks)
-            else:
-                self.stacked = _put_in_stack(self.stacked, chunk, i)
+        chunks = iter(chunks)
+        self.stacked = _first_of_stack(next(chunks), n_chunks)
+        for i, chunk in enumerate(chunks, start=1):
+            self.stacked = _put_in_stack(self.stacked, chunk, i)
         self._n = n_chunks
 
     def __len__(self) -> int:
         return self._n
 
     def __getitem__(self, i: int) -> dict:
-        if not -self._n <= i < self._n:
+        if not 0 <= i < self._n:
             raise IndexError(f"chunk {i} of {self._n}")
-        return _take_from_stack(self.stacked, i % self._n)
+        return _take_from_stack(self.stacked, i)
 
     def __iter__(self):
         return (self[i] for i in range(self._n))
