@@ -31,7 +31,8 @@ import numpy as np
 from scipy.special import ndtri
 from tqdm.auto import tqdm
 
-from diffana import checks, infer, io, observe, ragged, select, spec as specmod
+from diffana import checks, infer, io, observe, ragged, select
+from diffana import spec as specmod
 from diffana.config import AnalysisConfig, resolve_path
 from diffana.exceptions import ConfigError, DataError, DiffanaError
 from diffana.generate import ensure_generated
@@ -632,7 +633,7 @@ class Analysis:
             lambda stacked: self._loss_from_yields(self._by_sample(stacked))))
         self._jit_contract = jax.jit(lambda ct, jac: sum(
             jnp.tensordot(c, j, axes=c.ndim) for c, j in
-            zip(jax.tree_util.tree_leaves(ct), jax.tree_util.tree_leaves(jac))))
+            zip(jax.tree_util.tree_leaves(ct), jax.tree_util.tree_leaves(jac), strict=True)))
 
     def _chunk_region_events(self, params: dict, chunk: dict, hard: bool) -> dict:
         ops = ragged.CompiledOps(chunk, self._chunk_events, self._runs)

@@ -48,8 +48,8 @@ from diffana import config as configmod
 from diffana import report, spec
 from diffana.config import AnalysisConfig
 from diffana.exceptions import DataError, DiffanaError
-from diffana.io import similar_names
 from diffana.infer import fit
+from diffana.io import similar_names
 from diffana.model import Model
 
 jax.config.update("jax_enable_x64", True)

@@ -297,12 +297,12 @@ class Model:
                         covered = staterror_bins[m_name]
                         indices = [par_slice.start + covered.index(b) for b in bins]
                         staterror_entries.append((c_name, s_name, m_name, indices))
-                        for b, index in zip(bins, indices):
+                        for b, index in zip(bins, indices, strict=True):
                             factor_lists[s][b].append(index)
                     elif m_type == "shapesys":
                         indices = list(range(par_slice.start, par_slice.start + nbins))
                         shapesys_entries.append((c_name, s_name, m_name, indices))
-                        for b, index in zip(bins, indices):
+                        for b, index in zip(bins, indices, strict=True):
                             factor_lists[s][b].append(index)
 
         self._nominal_positions = np.concatenate(nominal_positions).astype(np.int64)

@@ -23,8 +23,8 @@ import numpy as np
 import yaml
 from tqdm.auto import tqdm
 
-from diffana import config as configmod
 from diffana import checks, plot, report
+from diffana import config as configmod
 from diffana.analysis import WEIGHTED, Analysis
 from diffana.exceptions import DiffanaError, NumericalError
 from diffana.optimise import Interrupted, Resume, optimise
@@ -406,7 +406,7 @@ def validate(config_path: str | Path) -> str:
         generated = generated_dir(g.kind, g.events, g.seed)
         pending = not (generated / ".complete").exists()
     checked = 0
-    for name, sample in cfg.samples.items():
+    for sample in cfg.samples.values():
         uses_generated = any("{generated}" in f for f in sample.files)
         if uses_generated and pending:
             continue

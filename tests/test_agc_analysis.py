@@ -5,8 +5,8 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import ROOT
+
 from diffana.analysis import Analysis
 from diffana.config import load
 

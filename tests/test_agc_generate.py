@@ -15,7 +15,6 @@ import awkward as ak
 import numpy as np
 import pytest
 import uproot
-
 from conftest import DATA, ROOT
 
 if str(ROOT) not in sys.path:

@@ -9,9 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import uproot
+from conftest import DATA, ROOT
 from jax.test_util import check_grads
 
-from conftest import DATA, ROOT
 from diffana.analysis import Analysis
 from diffana.config import load_dict
 

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 import uproot
 import yaml
-
 from conftest import DATA, ROOT
+from test_agc_observables import best_trijet_mass, read_jets
+
 from diffana.analysis import Analysis
 from diffana.config import load_dict
-from test_agc_observables import best_trijet_mass, read_jets
 
 
 def real_file_config(path: Path, btag: str) -> dict:

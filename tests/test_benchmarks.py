@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 
 import pytest
-
 from conftest import ROOT
 
 _spec = importlib.util.spec_from_file_location("benchmark_run", ROOT / "benchmarks" / "run.py")

@@ -8,8 +8,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import DEFAULT_CONFIG, ROOT, default_config_dict, write_config
+
 from diffana.cli import main
 from diffana.config import load, load_dict
 from diffana.exceptions import ConfigError

@@ -4,8 +4,8 @@ what is allowed; ``diffana validate`` exits with 2 and prints no traceback."""
 from __future__ import annotations
 
 import pytest
-
 from conftest import DEFAULT_CONFIG, default_config_dict, write_config
+
 from diffana.cli import main
 from diffana.config import load
 from diffana.exceptions import ConfigError

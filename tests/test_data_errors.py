@@ -9,8 +9,8 @@ import awkward as ak
 import jax
 import numpy as np
 import pytest
-
 from conftest import write_config
+
 from diffana.analysis import Analysis
 from diffana.checks import NonFiniteWarning, Origin, check_events, summary
 from diffana.cli import main

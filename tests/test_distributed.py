@@ -12,6 +12,7 @@ import pytest
 distributed = pytest.importorskip("distributed")
 
 from conftest import ROOT, default_config_dict  # noqa: E402
+
 from diffana.analysis import Analysis  # noqa: E402
 from diffana.config import load_dict  # noqa: E402
 from diffana.exceptions import DataError  # noqa: E402
@@ -116,8 +117,9 @@ def test_worker_read_error_is_the_local_error(cluster, tmp_path):
 
 
 def test_executor_option_errors(tmp_path, capsys):
-    from diffana.cli import main
     from conftest import write_config
+
+    from diffana.cli import main
 
     path = write_config(tmp_path / "c.yaml", default_config_dict(1_000))
     assert main(["run", str(path), "--executor", "dask", "--engine", "awkward",

@@ -8,9 +8,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import ROOT
 from jax.test_util import check_grads
 
-from conftest import ROOT
 from diffana.analysis import Analysis
 from diffana.exceptions import ConfigError
 

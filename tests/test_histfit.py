@@ -14,8 +14,8 @@ import numpy as np
 import pyhf
 import pytest
 import yaml
-
 from conftest import DATA, ROOT, write_config
+
 from diffana import spec as specmod
 from diffana.cli import main
 from diffana.config import load, load_dict

@@ -99,11 +99,11 @@ def assert_reverse_mode_matches_finite_differences(value, gradient, templates, s
     rng = np.random.default_rng(seed)
     direction = [jnp.asarray(rng.uniform(-1.0, 1.0, np.shape(x))) for x in leaves]
     moved = lambda step: jax.tree_util.tree_unflatten(  # noqa: E731
-        treedef, [x + step * v for x, v in zip(leaves, direction)]
+        treedef, [x + step * v for x, v in zip(leaves, direction, strict=True)]
     )
     numerical = (value(moved(eps)) - value(moved(-eps))) / (2 * eps)
     analytic = sum(
-        jnp.vdot(g, v) for g, v in zip(jax.tree_util.tree_leaves(gradient), direction)
+        jnp.vdot(g, v) for g, v in zip(jax.tree_util.tree_leaves(gradient), direction, strict=True)
     )
     np.testing.assert_allclose(analytic, numerical, rtol=1e-5, atol=1e-9)
 
@@ -282,7 +282,7 @@ def test_discovery_significance_gradient_matches_finite_differences_through_the_
         ("SR", "wjets", "data", 1),
         ("SR", "wjets", "shapesys", 0),
     ]:
-        def moved(step):
+        def moved(step, channel=channel, sample=sample, key=key, index=index):
             templates = jax.tree_util.tree_map(lambda x: x, TEMPLATES)
             leaf = templates[channel][sample]
             if key == "data":

@@ -100,7 +100,7 @@ def random_pars(model, rng):
     """Random parameters inside the bounds; nuisance alphas also beyond |alpha| = 1."""
     low, high = model.suggested_bounds.T
     pars = rng.uniform(low, np.minimum(high, low + 2.5))
-    for i, name in enumerate(model.par_names):
+    for i, _name in enumerate(model.par_names):
         if low[i] == -5.0:  # normsys / histosys
             pars[i] = rng.uniform(-2.5, 2.5)
     return np.where(model.suggested_fixed, model.suggested_init, pars)
@@ -180,7 +180,8 @@ def test_templates_are_the_numbers_of_the_spec(model):
     # and the round trip spec -> templates -> spec is exact
     assert model.spec_with(model.templates()) == model.spec_with(model.templates(model.spec))
     roundtrip = model.templates(spec)
-    for a, b in zip(jax.tree_util.tree_leaves(roundtrip), jax.tree_util.tree_leaves(templates)):
+    for a, b in zip(jax.tree_util.tree_leaves(roundtrip), jax.tree_util.tree_leaves(templates),
+                    strict=True):
         np.testing.assert_array_equal(a, b)
 
 

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
+from conftest import default_config_dict
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import default_config_dict
 from diffana.config import load, load_dict
 from diffana.exceptions import ConfigError
-from diffana.select import at_least, exactly, soft_and, soft_above, soft_below, soft_or
+from diffana.select import at_least, exactly, soft_above, soft_and, soft_below, soft_or
 
 SETTINGS = settings(max_examples=200, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])

@@ -13,8 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import uproot
-
 from conftest import ROOT, default_config_dict, write_config
+
 from diffana import cli, report
 from diffana.analysis import Analysis
 from diffana.optimise import Interrupted, optimise

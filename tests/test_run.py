@@ -11,8 +11,8 @@ import sys
 import jax.numpy as jnp
 import pyhf
 import pytest
-
 from conftest import ROOT, default_config_dict, write_config
+
 from diffana.analysis import Analysis
 from diffana.config import load_dict
 from diffana.optimise import optimise

@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import uproot
+from conftest import DATA
 from jax.test_util import check_grads
 
-from conftest import DATA
 from diffana import select
 from diffana.analysis import Analysis
 from diffana.config import load_dict

@@ -8,12 +8,12 @@ import logging
 import jax
 import numpy as np
 import pytest
-
 from conftest import ROOT
+from test_variations import with_variations
+
 from diffana.analysis import Analysis, StreamedSet, addressed_normal
 from diffana.config import load_dict
 from diffana.exceptions import ConfigError
-from test_variations import with_variations
 
 
 def config(**updates):

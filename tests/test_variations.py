@@ -5,8 +5,8 @@ from __future__ import annotations
 import jax
 import numpy as np
 import pytest
-
 from conftest import ROOT, default_config_dict
+
 from diffana.analysis import Analysis
 from diffana.config import load_dict
 from diffana.exceptions import ConfigError
