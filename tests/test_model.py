@@ -100,7 +100,7 @@ def random_pars(model, rng):
     """Random parameters inside the bounds; nuisance alphas also beyond |alpha| = 1."""
     low, high = model.suggested_bounds.T
     pars = rng.uniform(low, np.minimum(high, low + 2.5))
-    for i, _name in enumerate(model.par_names):
+    for i in range(len(model.par_names)):
         if low[i] == -5.0:  # normsys / histosys
             pars[i] = rng.uniform(-2.5, 2.5)
     return np.where(model.suggested_fixed, model.suggested_init, pars)
