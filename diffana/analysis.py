@@ -39,8 +39,6 @@ from diffana.generate import ensure_generated
 from diffana.histogram import empty_histogram, kde_histogram
 from diffana.model import Model
 
-jax.config.update("jax_enable_x64", True)
-
 MAXIMISED = {"discovery_significance", "asimov_significance"}
 WEIGHTED = ("genweight", "weight")  # normalisations that read the genWeight branch
 KDE_BLOCK = 256  # events per histogram block of the compiled engine (see _prepare_chunks)

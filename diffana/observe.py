@@ -90,9 +90,9 @@ def nth(ops, spec, weights, plan):
     """A field of the i-th selected object (``options.index``, default 0: the leading one).
 
     Soft: ``Σ_c p_c x_c`` with ``p_c`` the probability that object ``c`` is the i-th selected
-    (:func:`diffana.select.nth_selected`); 0 for an event with fewer selected objects.
+    (:func:`diffana.soft.nth_selected`); 0 for an event with fewer selected objects.
     """
-    from diffana.select import nth_selected
+    from diffana.soft import nth_selected
 
     root = plan.collections[spec.collection].root
     index = int(spec.options.get("index", 0))

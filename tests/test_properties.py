@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from diffana.config import load, load_dict
 from diffana.exceptions import ConfigError
-from diffana.select import at_least, exactly, soft_above, soft_and, soft_below, soft_or
+from diffana.soft import at_least, exactly, soft_above, soft_and, soft_below, soft_or
 
 SETTINGS = settings(max_examples=200, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])

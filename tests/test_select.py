@@ -10,34 +10,34 @@ import uproot
 from conftest import DATA
 from jax.test_util import check_grads
 
-from diffana import select
+from diffana import soft
 from diffana.analysis import Analysis
 from diffana.config import load_dict
 
 
 def test_soft_ops_gradients():
     x = jnp.linspace(20.0, 60.0, 9)
-    check_grads(lambda c: select.soft_above(x, c, 3.0), (jnp.asarray(35.0),), order=2)
-    check_grads(lambda c: select.soft_below(x, c, 3.0), (jnp.asarray(35.0),), order=2)
+    check_grads(lambda c: soft.soft_above(x, c, 3.0), (jnp.asarray(35.0),), order=2)
+    check_grads(lambda c: soft.soft_below(x, c, 3.0), (jnp.asarray(35.0),), order=2)
     counts = jnp.array([0.2, 1.4, 3.7, 4.1])
-    check_grads(lambda t: select.at_least(counts, 4, t), (jnp.asarray(0.5),), order=1)
-    check_grads(lambda c: select.exactly(c, 1, 0.3), (counts,), order=1)
+    check_grads(lambda t: soft.at_least(counts, 4, t), (jnp.asarray(0.5),), order=1)
+    check_grads(lambda c: soft.exactly(c, 1, 0.3), (counts,), order=1)
     w = jnp.array([0.1, 0.7, 0.4])
-    check_grads(lambda w: select.soft_or([w, w**2]), (w,), order=1)
-    check_grads(lambda w: select.soft_and([w, 1 - w]), (w,), order=1)
+    check_grads(lambda w: soft.soft_or([w, w**2]), (w,), order=1)
+    check_grads(lambda w: soft.soft_and([w, 1 - w]), (w,), order=1)
 
 
 @pytest.mark.parametrize("t", [1e-3, 1e-6])
 def test_soft_tends_to_hard(t):
     x = jnp.array([29.0, 29.9, 30.1, 35.0])
-    soft = select.soft_above(x, 30.0, t)
-    hard = select.soft_above(x, 30.0, t, hard=True)
+    soft = soft.soft_above(x, 30.0, t)
+    hard = soft.soft_above(x, 30.0, t, hard=True)
     np.testing.assert_allclose(soft, hard, atol=1e-12)
     np.testing.assert_array_equal(hard, [0.0, 0.0, 1.0, 1.0])
     counts = jnp.array([0.0, 1.0, 2.0, 3.0])
-    np.testing.assert_allclose(select.exactly(counts, 1, t), [0, 1, 0, 0], atol=1e-12)
-    np.testing.assert_array_equal(select.exactly(counts, 1, t, hard=True), [0, 1, 0, 0])
-    np.testing.assert_array_equal(select.at_least(counts, 2, t, hard=True), [0, 0, 1, 1])
+    np.testing.assert_allclose(soft.exactly(counts, 1, t), [0, 1, 0, 0], atol=1e-12)
+    np.testing.assert_array_equal(soft.exactly(counts, 1, t, hard=True), [0, 1, 0, 0])
+    np.testing.assert_array_equal(soft.at_least(counts, 2, t, hard=True), [0, 0, 1, 1])
 
 
 def real_config(path, btag: str) -> dict:
@@ -159,11 +159,11 @@ def test_nth_selected_hard_and_soft(run):
     rng = np.random.default_rng(5)
     counts = rng.integers(0, 7, 40)
     max_run = int(counts.max()) if run else None
-    assert max_run is None or max_run <= select.SHORT_RUN
+    assert max_run is None or max_run <= soft.SHORT_RUN
     starts = np.zeros(counts.sum(), dtype=bool)
     starts[np.concatenate([[0], np.cumsum(counts)[:-1]])[counts > 0]] = True
     mask = rng.random(counts.sum()) < 0.6
-    p = np.asarray(select.nth_selected(jnp.asarray(mask, dtype=float), jnp.asarray(starts), 4,
+    p = np.asarray(soft.nth_selected(jnp.asarray(mask, dtype=float), jnp.asarray(starts), 4,
                                        max_run))
     offsets = np.concatenate([[0], np.cumsum(counts)])
     for e in range(len(counts)):
@@ -176,7 +176,7 @@ def test_nth_selected_hard_and_soft(run):
                                           expected[offsets[e]:offsets[e + 1]])
     # soft: for each event, Σ_c p[c, i] = P(at least i+1 selected); check against brute force
     w = jnp.asarray(rng.uniform(0.05, 0.95, 5))
-    p = select.nth_selected(w, jnp.array([1, 0, 0, 0, 0]), 3, 5 if run else None)
+    p = soft.nth_selected(w, jnp.array([1, 0, 0, 0, 0]), 3, 5 if run else None)
     import itertools
 
     brute = np.zeros((5, 3))
@@ -185,6 +185,6 @@ def test_nth_selected_hard_and_soft(run):
         for rank, c in enumerate(np.flatnonzero(bits)[:3]):
             brute[c, rank] += prob
     np.testing.assert_allclose(p, brute, rtol=1e-12)
-    check_grads(lambda w: select.nth_selected(w, jnp.array([1, 0, 0, 1, 0]), 3, 3 if run else None),
+    check_grads(lambda w: soft.nth_selected(w, jnp.array([1, 0, 0, 1, 0]), 3, 3 if run else None),
                 (w,), order=1,
                 modes=("fwd", "rev"))

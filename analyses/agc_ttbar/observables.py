@@ -20,7 +20,7 @@ import jax
 import numpy as np
 
 from diffana.observe import register_observable
-from diffana.select import first_selected, soft_or
+from diffana.soft import first_selected, soft_or
 
 
 def _dominated(weakest: ak.Array, btag: ak.Array, levels: np.ndarray) -> ak.Array:
