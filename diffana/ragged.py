@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffana.config import AnalysisConfig, ObjectCut
+from diffana.config.naming import field_branch
 from diffana.exceptions import ConfigError
 
 
@@ -91,7 +92,7 @@ def plan(cfg: AnalysisConfig) -> Plan:
         soft = tuple(c for c in coll.cuts if not _is_hard(c))
         colls[name] = CollectionPlan(name, root, parent, soft, hard)
         for cut in coll.cuts:
-            mapping[root].setdefault(cut.field, f"{cfg.objects[root].source}_{cut.field}")
+            mapping[root].setdefault(cut.field, field_branch(cfg.objects[root].source, cut.field))
 
     from diffana.observe import FIELDS, PREPARE
 
@@ -103,15 +104,15 @@ def plan(cfg: AnalysisConfig) -> Plan:
         if obs.collection is not None:
             root = colls[obs.collection].root
             if obs.field is not None:
-                mapping[root].setdefault(obs.field, f"{cfg.objects[root].source}_{obs.field}")
+                mapping[root].setdefault(obs.field, field_branch(cfg.objects[root].source, obs.field))
             for f in [*FIELDS.get(obs.kind, ()), *obs.options.get("fields", [])]:
-                mapping[root].setdefault(f, f"{cfg.objects[root].source}_{f}")
+                mapping[root].setdefault(f, field_branch(cfg.objects[root].source, f))
         if "branch" in obs.options:
             event_branches.append(str(obs.options["branch"]))
     for root, fields in mapping.items():
         if not fields:
             # A collection used only for counting still needs its multiplicity: read pT.
-            fields["pt"] = f"{cfg.objects[root].source}_pt"
+            fields["pt"] = field_branch(cfg.objects[root].source, "pt")
     return Plan(colls, mapping, tuple(event_branches), tuple(prepared))
 
 

@@ -45,6 +45,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from diffana.config.naming import variation_key
 from diffana.exceptions import ConfigError
 
 
@@ -488,7 +489,7 @@ class AnalysisConfig(_Strict):
 
     def variation_samples(self) -> dict[str, tuple[str, str]]:
         """``{S_<variation>: (S, variation)}`` for every computed variation of every sample."""
-        return {f"{s}_{v}": (s, v) for v, var in self.variations.items()
+        return {variation_key(s, v): (s, v) for v, var in self.variations.items()
                 for s in (var.samples or self.nominal_samples)}
 
     def template_sample(self, sample: str, variation: str) -> str | None:
