@@ -67,8 +67,8 @@ def steps(n_events: int, workers: list[int], repeat: int) -> dict:
         try:
             first, step = _steps(ana, repeat)
             out[f"dask_{n}"] = {"workers": n, "setup_s": setup, "first_step_s": first,
-                                "step_s": step, "tasks_per_step": ana._remote.tasks,
-                                "bytes_per_step": ana._remote.bytes_per_step}
+                                "step_s": step, "tasks_per_step": ana.executor.tasks,
+                                "bytes_per_step": ana.executor.bytes_per_step}
         finally:
             ana.close()
     return out
@@ -79,26 +79,38 @@ def estimate(agc_events: float, nodes: int, repeat: int) -> dict:
     import jax
 
     from diffana.analysis import Analysis
+    from diffana.chunks import lower_sets, one_set_chunk, work_items
     from diffana.config import load
+    from diffana.plan import event_sets
+    from diffana.stages import jit_jacobian
 
     cfg = load(HERE.parent / "configs" / "agc_ttbar.yaml")
     cfg = cfg.model_copy(update={"streaming": True, "gradient": "forward"})
     t0 = time.perf_counter()
     ana = Analysis(cfg, HERE.parent / "configs", progress=False)
     first_pass = time.perf_counter() - t0
-    specs = ana.range_specs()  # one Dask task per range of a file, all its event sets
-    tasks_here = [[ana.device_chunk(g, b) for g, b in ana.lower_range(spec)] for spec in specs]
+    # one Dask task per work item (a range of a file), all its event sets
+    specs = work_items([r.entries for r in ana.readers], cfg.chunk_size)
+    kernel, (_, set_index) = ana.executor.kernel, event_sets(cfg)
+
+    def task(item):
+        reader = ana.readers[item.reader]
+        sets = reader.read_range(item.file, item.start, item.stop)
+        return [one_set_chunk(kernel.layout, ana.plan, g, b, len(kernel.groups), ana.device,
+                              cfg.name) for g, b in lower_sets(ana.plan, set_index, reader.name, sets)]
+
+    tasks_here = [task(item) for item in specs]
     p0 = ana.initial_params()
     u = ana.to_unit(p0)
-    jax.block_until_ready(ana._jit_jacobian(u, p0, tasks_here[0][0][2]))  # compile
+    jax.block_until_ready(jit_jacobian(kernel, u, p0, tasks_here[0][0][2]))  # compile
     per_task = []
     for _ in range(repeat):
         t0 = time.perf_counter()
         for chunks in tasks_here:
             for _, _, chunk in chunks:
-                jax.block_until_ready(ana._jit_jacobian(u, p0, chunk))
+                jax.block_until_ready(jit_jacobian(kernel, u, p0, chunk))
         per_task.append((time.perf_counter() - t0) / len(specs))
-    read = sum(stop - start for _, _, start, stop in specs)
+    read = sum(item.stop - item.start for item in specs)
     t_task = statistics.median(per_task)
     input_per_task = read / len(specs)  # events read per task (before preselection)
     out = {"agc_events": agc_events, "nodes": nodes, "measured_tasks": len(specs),

@@ -107,7 +107,7 @@ def stream(files: list[dict], repeat: int) -> dict:
     times = [_step(ana)[0] for _ in range(repeat)]
     n = sum(s.n_events for s in ana.samples.values())
     return {"events": n, "files": 2 * len(files), "device": str(jax.devices()[0]),
-            "chunk_size": ana.cfg.chunk_size, "gradient": ana._gradient_mode(),
+            "chunk_size": ana.cfg.chunk_size, "gradient": ana.executor.gradient_mode,
             "first_pass_s": first_pass, "first_step_s": first,
             "step_s": statistics.median(times) if times else first,
             "events_per_s": n / (statistics.median(times) if times else first),
@@ -125,7 +125,7 @@ def check(files: list[dict], repeat: int) -> dict:
     memory = Analysis(config(files, streaming=False), HERE, progress=False)
     _, held = _step(memory)
     return {"check_events": sum(s.n_events for s in memory.samples.values()),
-            "in_memory_gradient": memory._gradient_mode(),
+            "in_memory_gradient": memory.executor.gradient_mode,
             "max_relative_difference": relative_difference(streamed, held),
             "value": {"streamed": streamed["value"], "in_memory": held["value"]}}
 

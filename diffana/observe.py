@@ -5,26 +5,38 @@ An observable is a function ``fn(ops, spec, weights, plan) -> per-event JAX arra
 ``spec`` is the :class:`~diffana.config.Observable` entry of the configuration,
 ``weights`` the per-object selection weights of every collection.
 
-Analyses add their own with :func:`register_observable`:
+Every observable kind is one :class:`ObservableKind` record in :data:`KINDS`. Analyses add
+their own with :func:`register_observable`:
 
-    >>> from diffana.observe import register_observable, OBSERVABLES
-    >>> @register_observable("n_soft")
+    >>> from diffana.observe import KINDS, register_observable
+    >>> @register_observable("n_soft", requires=("collection",))
     ... def n_soft(ops, spec, weights, plan):
     ...     return ops.sum(plan.collections[spec.collection].root, weights[spec.collection])
-    >>> "n_soft" in OBSERVABLES
-    True
+    >>> KINDS["n_soft"].requires
+    ('collection',)
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from diffana.exceptions import ConfigError
+from diffana.soft import nth_selected
 
-OBSERVABLES: dict[str, Callable] = {}
-REQUIRES: dict[str, tuple[str, ...]] = {}
-FIELDS: dict[str, tuple[str, ...]] = {}
-PREPARE: dict[str, Callable] = {}
+
+@dataclass(frozen=True)
+class ObservableKind:
+    """An observable kind a configuration can name (``kind: <name>``)."""
+
+    name: str
+    compute: Callable  # ``compute(ops, spec, weights, plan) -> per-event array``
+    requires: tuple[str, ...] = ()  # keys its configuration entry must give
+    fields: tuple[str, ...] = ()  # fields of its collection it reads, besides ``field``
+    prepare: Callable | None = None  # ``prepare(collection, spec) -> {name: NumPy array}``
+
+
+KINDS: dict[str, ObservableKind] = {}
 
 
 def register_observable(name: str, requires: tuple[str, ...] = (), fields: tuple[str, ...] = (),
@@ -43,11 +55,7 @@ def register_observable(name: str, requires: tuple[str, ...] = (), fields: tuple
     """
 
     def deco(fn: Callable) -> Callable:
-        OBSERVABLES[name] = fn
-        REQUIRES[name] = tuple(requires)
-        FIELDS[name] = tuple(fields)
-        if prepare is not None:
-            PREPARE[name] = prepare
+        KINDS[name] = ObservableKind(name, fn, tuple(requires), tuple(fields), prepare)
         return fn
 
     return deco
@@ -60,7 +68,8 @@ def _root(spec, plan):
 @register_observable("sum", requires=("collection", "field"))
 def weighted_sum(ops, spec, weights, plan):
     """Soft sum of a field over selected objects, e.g. soft H_T = Σ w·pT."""
-    return ops.sum(_root(spec, plan), weights[spec.collection] * ops.field(_root(spec, plan), spec.field))
+    root = _root(spec, plan)
+    return ops.sum(root, weights[spec.collection] * ops.field(root, spec.field))
 
 
 @register_observable("count", requires=("collection",))
@@ -82,7 +91,8 @@ def leading(ops, spec, weights, plan):
             f"observables: 'leading' needs a collection without soft cuts, and "
             f"{spec.collection!r} has them; cut on the event observable instead"
         )
-    return ops.first(cp.root, ops.field(cp.root, spec.field), float(spec.options.get("default", 0.0)))
+    default = float(spec.options.get("default", 0.0))
+    return ops.first(cp.root, ops.field(cp.root, spec.field), default)
 
 
 @register_observable("nth", requires=("collection", "field"))
@@ -92,8 +102,6 @@ def nth(ops, spec, weights, plan):
     Soft: ``Σ_c p_c x_c`` with ``p_c`` the probability that object ``c`` is the i-th selected
     (:func:`diffana.soft.nth_selected`); 0 for an event with fewer selected objects.
     """
-    from diffana.soft import nth_selected
-
     root = plan.collections[spec.collection].root
     index = int(spec.options.get("index", 0))
     depth = max(int(spec.options.get("depth", 0)), index + 1)
@@ -131,5 +139,5 @@ def evaluate(cfg, plan, ops, weights: dict) -> dict:
         if obs.kind == "nth":
             options["depth"] = depth[obs.collection]
         spec = obs.model_copy(update={"options": options})
-        out[name] = OBSERVABLES[obs.kind](ops, spec, weights, plan)
+        out[name] = KINDS[obs.kind].compute(ops, spec, weights, plan)
     return out

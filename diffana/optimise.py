@@ -28,6 +28,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
+from diffana.config import optax_optimiser
 from diffana.exceptions import ConfigError
 
 
@@ -67,8 +68,8 @@ class Interrupted(KeyboardInterrupt):
 
 def make_optimiser(name: str, options: dict) -> optax.GradientTransformation:
     """``optax.<name>(**options)``, with a clear error for bad arguments."""
-    factory = getattr(optax, name, None)
-    if factory is None or not callable(factory):
+    factory = optax_optimiser(name)
+    if factory is None:
         raise ConfigError(f"optimiser.name: {name!r} is not an optax optimiser")
     try:
         return factory(**options)

@@ -35,85 +35,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffana.config import AnalysisConfig, ObjectCut
-from diffana.config.naming import field_branch
-from diffana.exceptions import ConfigError
-
-
-@dataclass(frozen=True)
-class CollectionPlan:
-    """Where a collection's data comes from: its root collection, branches and cuts."""
-
-    name: str
-    root: str  # the branch-backed collection it is a subset of (itself for a root)
-    parent: str | None  # the collection it is a subset of, if any
-    soft_cuts: tuple[ObjectCut, ...]
-    hard_cuts: tuple[ObjectCut, ...]
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What to read and how to lower it, derived once from the configuration."""
-
-    collections: dict[str, CollectionPlan]
-    root_branches: dict[str, dict[str, str]]  # root -> field -> branch
-    event_branches: tuple[str, ...]
-    # observables whose structure is computed once when lowering: (name, spec)
-    prepared: tuple = ()
-
-    @property
-    def branches(self) -> list[str]:
-        out = [b for fields in self.root_branches.values() for b in fields.values()]
-        return list(dict.fromkeys(out + list(self.event_branches)))
-
-
-def _is_hard(cut: ObjectCut) -> bool:
-    threshold = cut.above if cut.above is not None else cut.below
-    return not isinstance(threshold, str)
-
-
-def plan(cfg: AnalysisConfig) -> Plan:
-    """Resolve collections to their root collections and list the branches to read."""
-    colls: dict[str, CollectionPlan] = {}
-    mapping: dict[str, dict[str, str]] = {}
-    for name, coll in cfg.objects.items():
-        if coll.source in colls:
-            root = colls[coll.source].root
-            parent = coll.source
-            if coll.fields:
-                raise ConfigError(
-                    f"objects.{name}.fields: a subset of {coll.source!r} takes its fields from "
-                    f"objects.{root}.fields"
-                )
-        else:
-            root, parent = name, None
-            mapping[root] = dict(coll.fields)
-        hard = tuple(c for c in coll.cuts if _is_hard(c))
-        soft = tuple(c for c in coll.cuts if not _is_hard(c))
-        colls[name] = CollectionPlan(name, root, parent, soft, hard)
-        for cut in coll.cuts:
-            mapping[root].setdefault(cut.field, field_branch(cfg.objects[root].source, cut.field))
-
-    from diffana.observe import FIELDS, PREPARE
-
-    event_branches: list[str] = []
-    prepared = []
-    for oname, obs in cfg.observables.items():
-        if obs.kind in PREPARE:
-            prepared.append((oname, obs))
-        if obs.collection is not None:
-            root = colls[obs.collection].root
-            if obs.field is not None:
-                mapping[root].setdefault(obs.field, field_branch(cfg.objects[root].source, obs.field))
-            for f in [*FIELDS.get(obs.kind, ()), *obs.options.get("fields", [])]:
-                mapping[root].setdefault(f, field_branch(cfg.objects[root].source, f))
-        if "branch" in obs.options:
-            event_branches.append(str(obs.options["branch"]))
-    for root, fields in mapping.items():
-        if not fields:
-            # A collection used only for counting still needs its multiplicity: read pT.
-            fields["pt"] = field_branch(cfg.objects[root].source, "pt")
-    return Plan(colls, mapping, tuple(event_branches), tuple(prepared))
+from diffana import observe
+from diffana.config import ObjectCut
+from diffana.plan import Plan
 
 
 def _hard_mask(values: ak.Array, cut: ObjectCut) -> ak.Array:
@@ -217,11 +141,9 @@ def lower(events: ak.Array, the_plan: Plan, weight: np.ndarray) -> Lowered:
             "count": counts.astype(np.int32),
             "starts": np.isin(np.arange(int(offsets[-1])), offsets[:-1]),
         }
-    from diffana.observe import PREPARE
-
     buffers["prepared"] = {
-        name: {k: np.asarray(v) for k, v in
-               PREPARE[obs.kind](jagged[the_plan.collections[obs.collection].root], obs).items()}
+        name: {k: np.asarray(v) for k, v in observe.KINDS[obs.kind].prepare(
+            jagged[the_plan.collections[obs.collection].root], obs).items()}
         for name, obs in the_plan.prepared
     }
     buffers["masks"] = dict(masks)

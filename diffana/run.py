@@ -23,9 +23,12 @@ import numpy as np
 import yaml
 from tqdm.auto import tqdm
 
-from diffana import checks, plot, report
+from diffana import checks, io, plot, report
 from diffana import config as configmod
-from diffana.analysis import WEIGHTED, Analysis
+from diffana.analysis import Analysis
+from diffana.events import branches_for
+from diffana.generate import generated_dir
+from diffana.plan import ParameterSpace, build
 from diffana.exceptions import DiffanaError, NumericalError
 from diffana.optimise import Interrupted, Resume, optimise
 
@@ -107,7 +110,7 @@ def run(
     meta.update(config_sha256=_sha256(out_dir / "config.resolved.yaml"), seed=cfg.seed,
                 generate_seed=cfg.generate.seed if cfg.generate is not None else None,
                 engine=cfg.engine, optimiser=cfg.optimiser.name,
-                trainable=[n for n, p in cfg.parameters.items() if p.trainable])
+                trainable=ParameterSpace.of(cfg).trainable)
 
     if resume is not None and executor is not None:
         cfg = _with_executor(cfg, executor, config_file)
@@ -214,7 +217,7 @@ def _evaluate_and_write(ana: Analysis, cfg, res, out_dir: Path, config_file: Pat
         "stopped": res.stopped,
         "n_events": {n: s.n_events for n, s in ana.samples.items()},
         # NaN/inf values read, and what nonfinite: drop removed (empty: none)
-        "nonfinite": checks.summary(ana._readers),
+        "nonfinite": checks.summary(ana.readers),
         "seed": cfg.seed,
         "compile_seconds": res.first_call_seconds,
         "sensitivity": sensitivity,
@@ -282,7 +285,7 @@ def _load_resume(run_dir: Path):
     base_dir = Path(meta["base_dir"])
     cfg = configmod.load_dict(yaml.safe_load(resolved.read_text()), source=str(resolved),
                               base_dir=base_dir)
-    trainable = [n for n, p in cfg.parameters.items() if p.trainable]
+    trainable = ParameterSpace.of(cfg).trainable
     if trainable != meta["trainable"] or (checkpoint is not None
                                           and checkpoint.u.shape != (len(trainable),)):
         raise DiffanaError(f"{path}: its parameters {meta['trainable']} are not the "
@@ -381,7 +384,7 @@ def _with_executor(cfg, executor: dict, source) -> configmod.AnalysisConfig:
         ex = configmod.Executor(**data)
     except ValueError as err:
         raise DiffanaError(f"{source}: --executor: {' '.join(str(err).split())}") from None
-    if ex.kind == "dask" and (cfg.engine != "compiled" or cfg.gradient == "fused"):
+    if ex.kind == "dask" and configmod.chunked_evaluation_conflict(cfg.engine, cfg.gradient):
         raise DiffanaError(f"{source}: --executor dask needs engine: compiled and gradient: auto, "
                            f"forward or reverse (got engine: {cfg.engine}, gradient: "
                            f"{cfg.gradient})")
@@ -394,30 +397,27 @@ def validate(config_path: str | Path) -> str:
     Checks the schema and cross-references, then opens every input file that exists or
     should exist (not events still to be generated) and checks its tree and branches.
     """
-    from diffana import io, ragged
-    from diffana.generate import generated_dir
-
     config_path = Path(config_path)
     cfg = configmod.load(config_path)
-    plan = ragged.plan(cfg)
+    plan = build(cfg)
     generated, pending = None, False
     if cfg.generate is not None:
         g = cfg.generate
         generated = generated_dir(g.kind, g.events, g.seed)
         pending = not (generated / ".complete").exists()
     checked = 0
-    for sample in cfg.samples.values():
+    for name, sample in cfg.samples.items():
         uses_generated = any("{generated}" in f for f in sample.files)
         if uses_generated and pending:
             continue
-        branches = plan.branches + (["genWeight"] if sample.normalisation in WEIGHTED else [])
+        branches = branches_for(cfg, plan, name)
         for f in sample.files:
             path = configmod.resolve_path(f, config_path.parent, generated)
             io.check_branches(path, sample.tree or cfg.tree, branches)
             checked += 1
     note = "; events are generated on first run" if pending else ""
     return (f"{config_path}: valid ({len(cfg.samples)} samples, {len(cfg.regions)} regions, "
-            f"{sum(p.trainable for p in cfg.parameters.values())} trainable parameters, "
+            f"{len(ParameterSpace.of(cfg).trainable)} trainable parameters, "
             f"{checked} input files checked{note})")
 
 

@@ -245,7 +245,7 @@ def test_nonfinite_drop(tmp_path, files, streaming):
     said = [str(w.message) for w in caught if w.category is NonFiniteWarning]
     assert said == [f"sample 's' ({bad_path}): dropped NaN/inf values (Jet_pt: 1, Jet_eta: 1, "
                     "MET_pt: 1), 2 Jet objects and 1 events (nonfinite: drop)"]
-    assert summary(dropped._readers) == {"s": {
+    assert summary(dropped.readers) == {"s": {
         "values": {"Jet_pt": 1, "Jet_eta": 1, "MET_pt": 1},
         "dropped_objects": {"Jet": 2}, "dropped_events": 1}}
 

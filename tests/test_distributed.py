@@ -53,10 +53,10 @@ def test_dask_steps_equal_local(cluster, local):
     ana = Analysis(config({"kind": "dask", "address": cluster.scheduler_address}),
                    ROOT / "configs", progress=False)
     try:
-        assert ana._remote.tasks >= 4 and ana._gradient_mode() == "forward"
+        assert ana.executor.tasks >= 4 and ana.executor.gradient_mode == "forward"
         assert {n: s.n_events for n, s in ana.samples.items()} == {"ttbar": 1000, "wjets": 4000}
         loss, u = steps(ana)
-        assert 0 < ana._remote.bytes_per_step < 200_000  # parameters out, small sums back
+        assert 0 < ana.executor.bytes_per_step < 200_000  # parameters out, small sums back
     finally:
         ana.close()
     np.testing.assert_allclose(loss, local[0], rtol=1e-9)

@@ -12,6 +12,7 @@ from conftest import ROOT
 from jax.test_util import check_grads
 
 from diffana.analysis import Analysis
+from diffana.executors.held import jit_fused
 from diffana.exceptions import ConfigError
 
 
@@ -81,8 +82,6 @@ def test_no_recompilation_between_steps(compiled_small, caplog):
     p0 = ana.initial_params()
     u = ana.to_unit(p0)
     ana.loss_and_grad(u, p0)  # compile once
-    jitted = (ana._jit_fused,)
-    cache_sizes = [f._cache_size() for f in jitted]
     points = [jnp.clip(u + 0.01 * i, 0, 1) for i in range(5)]
     with jax.log_compiles(True), caplog.at_level(logging.WARNING):
         caplog.clear()
@@ -91,7 +90,6 @@ def test_no_recompilation_between_steps(compiled_small, caplog):
             jax.block_until_ready(g)
     compiles = [r.getMessage() for r in caplog.records if "Compiling" in r.getMessage()]
     assert compiles == []
-    assert [f._cache_size() for f in jitted] == cache_sizes == [1]
 
 
 @pytest.mark.parametrize("gradient", ["fused", "forward", "reverse"])
@@ -103,7 +101,7 @@ def test_chunks_and_gradient_modes_agree(compiled_small, gradient):
     loss, grad = ana.loss_and_grad(u, p0)
     cfg = ana.cfg.model_copy(update={"chunk_size": 700, "gradient": gradient})
     chunked = Analysis(cfg, ROOT / "configs", progress=False)
-    assert len(chunked._chunks) >= 7
+    assert len(chunked.executor.chunks) >= 7
     loss2, grad2 = chunked.loss_and_grad(u, p0)
     assert float(loss2) == pytest.approx(float(loss), rel=1e-12)
     np.testing.assert_allclose(np.asarray(grad2), np.asarray(grad), rtol=1e-10, atol=1e-14)
@@ -120,12 +118,13 @@ def test_fused_step_memory_does_not_grow_with_chunks(small_config):
     ana = Analysis(small_config.model_copy(update={"chunk_size": 1024, "gradient": "fused"}),
                    ROOT / "configs", progress=False)
     p0 = ana.initial_params()
-    one = ana._chunks[0]
+    one = ana.executor.chunks[0]
 
     def temporary_bytes(n_chunks):
         stacked = jax.tree_util.tree_map(
             lambda a: jax.ShapeDtypeStruct((n_chunks, *a.shape), a.dtype), one)
-        compiled = ana._jit_fused.lower(ana.to_unit(p0), p0, stacked).compile()
+        compiled = jit_fused.lower(ana.executor.kernel, ana.objective_spec, ana.to_unit(p0), p0,
+                                    stacked).compile()
         return compiled.memory_analysis().temp_size_in_bytes
 
     few, many = temporary_bytes(4), temporary_bytes(64)
@@ -146,7 +145,7 @@ def test_device_option(small_config):
     cpu = Analysis(small_config.model_copy(update={"device": "cpu", "chunk_size": 2048}),
                    ROOT / "configs", progress=False)
     p0 = cpu.initial_params()
-    assert cpu._chunks[0]["weight"].devices() == {jax.devices("cpu")[0]}
+    assert cpu.executor.chunks[0]["weight"].devices() == {jax.devices("cpu")[0]}
     assert np.isfinite(float(cpu.loss_and_grad(cpu.to_unit(p0), p0)[0]))
     if not any(d.platform == "gpu" for d in jax.devices()):
         with pytest.raises(ConfigError, match="device: 'gpu': JAX finds no such device"):

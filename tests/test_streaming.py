@@ -11,7 +11,8 @@ import pytest
 from conftest import ROOT
 from test_variations import with_variations
 
-from diffana.analysis import Analysis, StreamedSet, addressed_normal
+from diffana.analysis import Analysis
+from diffana.events import StreamedSet, addressed_normal
 from diffana.config import load_dict
 from diffana.exceptions import ConfigError
 

@@ -2,11 +2,11 @@
 
 ::
 
-    client (Analysis without events, optax)        workers (one analysis each, no events)
-      ranges of the input files      ──────────▶  read (uproot) → lower → pad, once;
+    client (the analysis, optax)                   workers (a plan and work items each)
+      work items (ranges of files)   ──────────▶  read (uproot) → lower → pad, once;
                                                    kept in worker memory as Dask futures
       u, θ (each step)               ──────────▶  yields + Jacobian (or VJP) of their
-                                                   chunks: the jitted chunk function
+                                                   chunks: the compiled chunk function
       Σ (tree reduction of small results) ◀────
 
 The client holds the futures of the lowered chunks, so a chunk lost with its worker is
@@ -33,49 +33,84 @@ import jax
 from distributed import Client, LocalCluster, WorkerPlugin
 from tqdm.auto import tqdm
 
+from diffana import ragged
+from diffana.chunks import (
+    ChunkLayout,
+    WorkItem,
+    compute_device,
+    lower_sets,
+    one_set_chunk,
+    single_set_layout,
+    work_items,
+)
 from diffana.config import load_dict
+from diffana.events import SampleReader
+from diffana.exceptions import DiffanaError
+from diffana.executors.chunked import ChunkedExecutor, sum_over
+from diffana.executors.setup import Setup
+from diffana.executors.streamed import region_parts
+from diffana.plan import ParameterSpace, build, event_sets
+from diffana.stages import Kernel, fill_hard
 
 log = logging.getLogger("diffana")
 
-# per worker process: {key: (config JSON, base directory, layout)} and the analyses built
+# per worker process: {key: (config JSON, base directory, layout)} and the contexts built
 _SPECS: dict[str, tuple] = {}
-_KERNELS: dict[str, object] = {}
+_CONTEXTS: dict[str, WorkerContext] = {}
 
 
 class AnalysisPlugin(WorkerPlugin):
     """Gives every worker, present and future (a restarted one too), the configuration and
-    chunk shape its analysis is built from."""
+    chunk layout its context is built from."""
 
-    def __init__(self, key: str, config: str, base: str, layout: dict | None):
+    def __init__(self, key: str, config: str, base: str, layout: ChunkLayout | None):
         self.key, self.config, self.base, self.layout = key, config, base, layout
 
     def setup(self, worker) -> None:
         if _SPECS.get(self.key) != (self.config, self.base, self.layout):
             _SPECS[self.key] = (self.config, self.base, self.layout)
-            _KERNELS.pop(self.key, None)
+            _CONTEXTS.pop(self.key, None)
 
 
-def _kernel(key: str):
-    """This worker's analysis of configuration ``key``: no events, compiled for the layout."""
-    ana = _KERNELS.get(key)
-    if ana is None:
-        from diffana.analysis import Analysis
+class WorkerContext:
+    """What a worker holds for one configuration: its plan, readers and compiled kernel."""
 
-        config, base, layout = _SPECS[key]
+    def __init__(self, config: str, base: str, layout: ChunkLayout | None):
         cfg = load_dict(json.loads(config), source="executor", base_dir=Path(base))
-        ana = _KERNELS[key] = Analysis(cfg, base, progress=False, layout=layout or {})
-    return ana
+        plan = build(cfg)
+        groups, self.set_index = event_sets(cfg)
+        self.readers = [SampleReader(cfg, name, plan, Path(base), None) for name in cfg.samples]
+        self.kernel = Kernel.of(cfg, plan, ParameterSpace.of(cfg), groups)
+        if layout is not None:
+            self.kernel = self.kernel.with_layout(layout)
+        self.device = compute_device(cfg.device)
+
+    def lower(self, item: WorkItem) -> list:
+        """``[(set, lowered buffers)]`` of one work item."""
+        reader = self.readers[item.reader]
+        return lower_sets(self.kernel.plan, self.set_index, reader.name,
+                          reader.read_range(item.file, item.start, item.stop))
+
+    def pad(self, lowered: list) -> list:
+        k = self.kernel
+        return [one_set_chunk(k.layout, k.plan, g, b, len(k.groups), self.device, k.cfg.name)
+                for g, b in lowered]
 
 
-def _lower(key: str, spec: tuple) -> list:
-    return _kernel(key).lower_range(spec)
+def _context(key: str) -> WorkerContext:
+    ctx = _CONTEXTS.get(key)
+    if ctx is None:
+        ctx = _CONTEXTS[key] = WorkerContext(*_SPECS[key])
+    return ctx
+
+
+def _lower(key: str, item: WorkItem) -> list:
+    return _context(key).lower(item)
 
 
 def _sizes(key: str, lowered: list) -> tuple[list[dict], dict[int, int]]:
     """Axis sizes of each lowered chunk, and the events of each set."""
-    from diffana import ragged
-
-    plan = _kernel(key).plan
+    plan = _context(key).kernel.plan
     counts: dict[int, int] = {}
     for g, buffers in lowered:
         counts[g] = counts.get(g, 0) + len(buffers["weight"])
@@ -83,18 +118,17 @@ def _sizes(key: str, lowered: list) -> tuple[list[dict], dict[int, int]]:
 
 
 def _pad(key: str, lowered: list) -> list:
-    ana = _kernel(key)
-    return [ana.device_chunk(g, b) for g, b in lowered]
+    return _context(key).pad(lowered)
 
 
 def _run(key: str, name: str, args: tuple, chunks: list):
-    """``_jit_<name>(*args, chunk)`` summed over one task's chunks, as NumPy."""
-    return jax.device_get(_kernel(key).sum_over(name, args, (c for _, _, c in chunks)))
+    """``CHUNK_FUNCTIONS[name](kernel, *args, chunk)`` summed over one task's chunks, as NumPy."""
+    return jax.device_get(sum_over(name, _context(key).kernel, args, (c for _, _, c in chunks)))
 
 
-def _hard(key: str, params: dict, chunks: list) -> dict:
-    ana = _kernel(key)
-    return ana.fill_hard(ana.chunk_parts(chunks, params, True))
+def _hard(key: str, params: dict, samples: list[str], chunks: list) -> dict:
+    kernel = _context(key).kernel
+    return fill_hard(kernel, samples, region_parts(kernel, chunks, params, True))
 
 
 def _add(a, b):
@@ -102,15 +136,17 @@ def _add(a, b):
     return jax.tree_util.tree_map(lambda x, y: x + y, a, b)  # a histogram is a leaf
 
 
-class DaskChunks:
-    """The chunks of an analysis on Dask workers, and the map-reduce of each step.
+class DaskExecutor(ChunkedExecutor):
+    """The chunks on Dask workers, and the map-reduce of each step.
 
-    ``ana``: the client's analysis (events not read); its ``cfg.executor`` says which
-    cluster. The chunks are read, lowered and padded on the workers once, here.
+    ``cfg.executor`` says which cluster. The chunks are read, lowered and padded on the
+    workers once, here.
     """
 
-    def __init__(self, ana, base: Path, progress: bool):
-        ex = ana.cfg.executor
+    def __init__(self, setup: Setup):
+        super().__init__(setup)
+        cfg = self.kernel.cfg
+        ex = cfg.executor
         self._cluster = None
         if ex.address:
             self.client = Client(ex.address)
@@ -120,42 +156,46 @@ class DaskChunks:
             self.client = Client(self._cluster)
         self._finalizer = weakref.finalize(self, _close, self.client, self._cluster)
         # the workers read the same files: absolute paths, no generator, one set per chunk
-        data = ana.cfg.model_dump(mode="json", exclude_none=True)
+        data = cfg.model_dump(mode="json", exclude_none=True)
         data.pop("generate", None)
-        for name, r in zip(ana.cfg.samples, ana._readers, strict=True):
-            data["samples"][name]["files"] = [str(Path(f).resolve()) for f in r.files]
+        for r in setup.readers:
+            data["samples"][r.name]["files"] = [str(Path(f).resolve()) for f in r.files]
         data.update(streaming=True, executor={"kind": "local"})
         self.config = json.dumps(data)  # key order matters (collections build on earlier ones)
-        self.base = str(Path(base).resolve())
+        self.base = str(Path(setup.base).resolve())
         self.key = f"diffana-{abs(hash((self.config, self.base))):x}"
         try:
-            self._load(ana, progress)
+            self._load(setup)
         except BaseException:
             self.close()
             raise
 
-    def _load(self, ana, progress: bool) -> None:
+    def _load(self, setup: Setup) -> None:
         """Read, lower and pad the chunks on the workers; count the events of each set."""
         self.client.register_plugin(AnalysisPlugin(self.key, self.config, self.base, None),
                                     name="diffana")
         self._workers = set(self.client.scheduler_info()["workers"])
-        specs = ana.range_specs()
-        lowered = self.client.map(_lower, [self.key] * len(specs), specs, pure=False)
-        sizes, done = [], self.client.map(_sizes, [self.key] * len(specs), lowered)
-        with tqdm(total=len(specs), desc=f"lowering on {len(self._workers)} workers",
-                  unit="chunk", disable=not progress, leave=False) as bar:
+        items = work_items([r.entries for r in setup.readers], self.kernel.cfg.chunk_size)
+        lowered = self.client.map(_lower, [self.key] * len(items), items, pure=False)
+        sizes, done = [], self.client.map(_sizes, [self.key] * len(items), lowered)
+        with tqdm(total=len(items), desc=f"lowering on {len(self._workers)} workers",
+                  unit="chunk", disable=not setup.progress, leave=False) as bar:
             for future in done:
                 chunk_sizes, counts = future.result()
                 sizes += chunk_sizes
                 for g, n in counts.items():
-                    ana._group_events(g).n_events += n
+                    setup.sets[g].n_events += n
                 bar.update(1)
-        ana._apply_layout(ana.chunk_layout(sizes))
-        self.client.register_plugin(AnalysisPlugin(self.key, self.config, self.base, ana.layout),
+        cfg = self.kernel.cfg
+        layout = single_set_layout(sizes, cfg.chunk_size, cfg.name)
+        self.kernel = self.kernel.with_layout(layout)
+        self.client.register_plugin(AnalysisPlugin(self.key, self.config, self.base, layout),
                                     name="diffana")
-        self.chunks = self.client.map(_pad, [self.key] * len(specs), lowered)
+        self.chunks = self.client.map(_pad, [self.key] * len(items), lowered)
         del lowered  # the padded chunks' lineage keeps what a recovery needs
+        #: Dask tasks per step (one per work item)
         self.tasks = len(self.chunks)
+        #: bytes that travelled in the last step: arguments out, results back
         self.bytes_per_step = 0
 
     def _watch_workers(self) -> None:
@@ -178,21 +218,24 @@ class DaskChunks:
         return futures[0].result()
 
     def map_reduce(self, name: str, args: tuple):
-        """``Σ_chunks _jit_<name>(*args, chunk)``: only ``args`` travel to the workers."""
+        """Only ``args`` travel to the workers; the chunks stay there."""
         self._watch_workers()
         args = jax.device_get(args)
         futures = self.client.map(_run, [self.key] * self.tasks, [name] * self.tasks,
                                   [args] * self.tasks, self.chunks, pure=False)
         total = self._reduce(futures)
-        # what travelled: the arguments to every task, and a result back from each
         self.bytes_per_step = self.tasks * (len(pickle.dumps(args)) + len(pickle.dumps(total)))
         return total
 
-    def hard_histograms(self, params: dict) -> dict:
+    def event_parts(self, params: dict, hard: bool):
+        raise DiffanaError("the events of each sample are on the Dask workers; per-event "
+                           "values need executor: local")
+
+    def hard_histograms(self, params: dict, samples: list[str]) -> dict:
         self._watch_workers()
         params = jax.device_get(params)
         futures = self.client.map(_hard, [self.key] * self.tasks, [params] * self.tasks,
-                                  self.chunks, pure=False)
+                                  [samples] * self.tasks, self.chunks, pure=False)
         return self._reduce(futures)
 
     def close(self) -> None:

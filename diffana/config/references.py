@@ -1,0 +1,170 @@
+"""The cross-references of a configuration: every name used is defined.
+
+Thresholds name parameters, observables name object collections and registered kinds,
+requirements and regions name observables, systematics and variations name samples. This
+runs after the schema has passed and after the ``imports:`` have registered their
+observable kinds (:func:`diffana.config.loading.load_dict`).
+
+Example:
+    >>> from diffana.config.schema import AnalysisConfig
+    >>> cfg = AnalysisConfig.model_validate(
+    ...     {"samples": {"sig": {"files": ["s.root"], "cross_section": 1.0},
+    ...                  "bkg": {"files": ["b.root"], "cross_section": 1.0}},
+    ...      "regions": {"SR": {"observable": "ht", "binning": {"edges": [0, 1]}}},
+    ...      "model": {"signal": ["sig"]}})
+    >>> try:
+    ...     check_references(cfg, "c.yaml")
+    ... except ConfigError as err:
+    ...     print(err)
+    c.yaml: regions.SR.observable: 'ht' is not an observable (defined: [])
+"""
+
+from __future__ import annotations
+
+from diffana import observe
+from diffana.config.errors import one_line
+from diffana.config.schema import AnalysisConfig, Requirement
+from diffana.config.values import Threshold
+from diffana.exceptions import ConfigError
+
+
+class _RefError(ValueError):
+    """A name used at ``path`` that is not defined."""
+
+    def __init__(self, path: str, message: str):
+        super().__init__(message)
+        self.path = path
+
+
+def check_references(cfg: AnalysisConfig, source: str = "<config>") -> None:
+    """Check that every name ``cfg`` uses is defined.
+
+    Raises:
+        ConfigError: one line naming ``source``, the key path of the first undefined name,
+            and the names defined there.
+    """
+    try:
+        _check(cfg)
+    except _RefError as err:
+        raise ConfigError(one_line(f"{source}: {err.path}: {err}")) from None
+
+
+def _check(cfg: AnalysisConfig) -> None:
+    """Raise a :class:`_RefError` at the first name used but not defined."""
+    params = set(cfg.parameters)
+
+    def threshold(path: str, value: Threshold | None) -> None:
+        if isinstance(value, str) and value not in params:
+            raise _RefError(path, f"{value!r} is not a parameter (defined: {sorted(params)})")
+
+    for name, coll in cfg.objects.items():
+        if coll.source in cfg.objects:
+            if list(cfg.objects).index(coll.source) >= list(cfg.objects).index(name):
+                above = list(cfg.objects)[:list(cfg.objects).index(name)]
+                raise _RefError(
+                    f"objects.{name}.source",
+                    f"{coll.source!r} must be defined before {name!r} (a branch prefix such as "
+                    f"Jet, or a collection above it: {above})",
+                )
+        for i, cut in enumerate(coll.cuts):
+            threshold(f"objects.{name}.cuts[{i}].above", cut.above)
+            threshold(f"objects.{name}.cuts[{i}].below", cut.below)
+
+    for name, obs in cfg.observables.items():
+        if obs.kind not in observe.KINDS:
+            raise _RefError(
+                f"observables.{name}.kind",
+                f"unknown observable kind {obs.kind!r} (registered: {sorted(observe.KINDS)})",
+            )
+        for key in observe.KINDS[obs.kind].requires:
+            given = (obs.options.get(key.split(".", 1)[1]) if key.startswith("options.")
+                     else getattr(obs, key))
+            if given is None:
+                raise _RefError(f"observables.{name}.{key}",
+                                f"observable kind {obs.kind!r} needs {key}")
+        if obs.collection is not None and obs.collection not in cfg.objects:
+            raise _RefError(
+                f"observables.{name}.collection",
+                f"{obs.collection!r} is not an object collection (defined: {sorted(cfg.objects)})",
+            )
+
+    def requirement(path: str, req: Requirement) -> None:
+        if req.count is not None and req.count not in cfg.objects:
+            raise _RefError(f"{path}.count", f"{req.count!r} is not an object collection "
+                                              f"({sorted(cfg.objects)})")
+        if req.observable is not None and req.observable not in cfg.observables:
+            raise _RefError(
+                f"{path}.observable",
+                f"{req.observable!r} is not an observable (defined: {sorted(cfg.observables)})",
+            )
+        threshold(f"{path}.above", req.above)
+        threshold(f"{path}.below", req.below)
+        for key in ("all", "any"):
+            for i, sub in enumerate(getattr(req, key) or []):
+                requirement(f"{path}.{key}[{i}]", sub)
+
+    for i, req in enumerate(cfg.selection):
+        requirement(f"selection[{i}]", req)
+    for rname, region in cfg.regions.items():
+        for i, req in enumerate(region.selection):
+            requirement(f"regions.{rname}.selection[{i}]", req)
+        if region.observable not in cfg.observables:
+            raise _RefError(
+                f"regions.{rname}.observable",
+                f"{region.observable!r} is not an observable (defined: {sorted(cfg.observables)})",
+            )
+
+    for name, sample in cfg.samples.items():
+        if sample.variation_of is not None and sample.variation_of not in cfg.nominal_samples:
+            raise _RefError(
+                f"samples.{name}.variation_of",
+                f"{sample.variation_of!r} is not a nominal sample ({cfg.nominal_samples})",
+            )
+    nominal = cfg.nominal_samples
+    for vname, var in cfg.variations.items():
+        if var.reweight is not None and var.reweight["observable"] not in cfg.observables:
+            raise _RefError(f"variations.{vname}.reweight.observable",
+                            f"{var.reweight['observable']!r} is not an observable "
+                            f"(defined: {sorted(cfg.observables)})")
+        for j, s in enumerate(var.samples):
+            if s not in nominal:
+                raise _RefError(f"variations.{vname}.samples[{j}]",
+                                f"{s!r} is not a nominal sample ({nominal})")
+    for name in cfg.variation_samples():
+        if name in cfg.samples:
+            raise _RefError("variations", f"variation sample {name!r} is also a sample name; "
+                                          "rename the variation or the sample")
+    for s in cfg.model.pseudodata:
+        if s not in cfg.samples:
+            raise _RefError(f"model.pseudodata.{s}", f"{s!r} is not a sample ({list(cfg.samples)})")
+    for i, s in enumerate(cfg.model.signal):
+        if s not in nominal:
+            raise _RefError(f"model.signal[{i}]", f"{s!r} is not a nominal sample ({nominal})")
+    if len(nominal) < 2:
+        raise _RefError("samples", f"the model needs at least one background sample, got {nominal}")
+    lo, hi = cfg.model.poi_bounds
+    if not lo <= cfg.objective.poi_value <= hi:
+        raise _RefError("objective.poi_value", f"{cfg.objective.poi_value} is outside "
+                                               f"model.poi_bounds [{lo}, {hi}]")
+    names = {cfg.model.poi}
+    for i, syst in enumerate(cfg.model.systematics):
+        if syst.name in names:
+            raise _RefError(f"model.systematics[{i}].name",
+                            f"duplicate name {syst.name!r} (taken: {sorted(names)})")
+        names.add(syst.name)
+        for j, s in enumerate(syst.samples):
+            if s not in nominal:
+                raise _RefError(f"model.systematics[{i}].samples[{j}]",
+                                f"{s!r} is not a nominal sample ({nominal})")
+        for s, var in syst.variations.items():
+            if s not in nominal:
+                raise _RefError(f"model.systematics[{i}].variations.{s}",
+                                f"{s!r} is not a nominal sample ({nominal})")
+            for k, v in var.items():
+                computed = cfg.variation_samples().get(v, (None, None))[0] == s
+                if not computed and (v not in cfg.samples or cfg.samples[v].variation_of != s):
+                    raise _RefError(
+                        f"model.systematics[{i}].variations.{s}.{k}",
+                        f"{v!r} is neither a sample with variation_of: {s} nor a variation "
+                        f"of {s} (known: {sorted(cfg.variation_samples())})",
+                    )

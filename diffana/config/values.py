@@ -1,0 +1,34 @@
+"""The value types every part of the schema shares: a finite number, a threshold, a strict model.
+
+Example:
+    >>> from pydantic import TypeAdapter
+    >>> TypeAdapter(Number).validate_python("1e3")  # PyYAML reads 1e3 as a string
+    1000.0
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import AllowInfNan, BaseModel, BeforeValidator, ConfigDict
+from pydantic_core import PydanticCustomError
+
+
+def _not_bool(value: Any) -> Any:
+    # YAML reads yes/no/on/off as booleans, which pydantic would take as 1.0 and 0.0
+    if isinstance(value, bool):
+        raise PydanticCustomError("float_type", "Input should be a finite number, not true/false")
+    return value
+
+
+# a finite number; a string that parses as one is accepted (PyYAML reads 1e3 as a string)
+Number = Annotated[float, BeforeValidator(_not_bool), AllowInfNan(False)]
+
+# a cut value: a number (a hard cut) or the name of a parameter (a soft cut)
+Threshold = Number | str
+
+
+class StrictModel(BaseModel):
+    """A configuration block: unknown keys are errors, and a loaded block never changes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)

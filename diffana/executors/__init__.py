@@ -1,0 +1,89 @@
+"""Executors: where and how the stages run over the events, behind one protocol.
+
+================  ==================================================================
+``held``          compiled engine, events lowered once and held in memory as stacked
+                  chunks; gradients fused (one ``lax.scan``), forward or reverse
+``streamed``      compiled engine, chunks read and lowered from the files on every
+                  evaluation (``streaming: true``): memory bounded by a chunk
+``dask``          compiled engine, chunks lowered once and held on Dask workers
+                  (``executor: {kind: dask}``); each step maps over them
+``awkward``       the awkward engine: JAX-backed Awkward arrays, eager
+================  ==================================================================
+
+Each is a class with the methods of :class:`Executor`. An executor receives a
+:class:`Setup` (the compiled stage functions' static :class:`~diffana.stages.Kernel`, the
+objective, the sample readers and event sets) and never reaches back into the
+:class:`~diffana.analysis.Analysis` that made it. The executor owns the choice of gradient
+mode. A new execution mode is one module here plus a line in :data:`EXECUTORS` and
+:func:`choose`.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Protocol
+
+from diffana.config import AnalysisConfig
+from diffana.executors.awkward import AwkwardExecutor
+from diffana.executors.held import HeldExecutor
+from diffana.executors.setup import Setup
+from diffana.executors.streamed import StreamedExecutor
+
+__all__ = ["EXECUTORS", "Executor", "Setup", "choose"]
+
+
+class Executor(Protocol):
+    """What the analysis asks of an executor."""
+
+    #: whether the analysis reads the events into memory for it (``Setup.sets`` holds
+    #: :class:`~diffana.events.EventSet`) or leaves them in the files
+    #: (:class:`~diffana.events.StreamedSet`, counted by the executor's first pass)
+    holds_events: ClassVar[bool]
+
+    @property
+    def gradient_mode(self) -> str:
+        """``fused``, ``forward`` or ``reverse``: how :meth:`loss_and_grad` differentiates."""
+
+    def yields(self, params: dict) -> dict:
+        """KDE yields ``[region][sample] = {"nominal", "sumw2"}``, differentiable."""
+
+    def yields_and_jacobian(self, params: dict) -> tuple[dict, dict]:
+        """Yields and ``∂yields/∂θ`` of the trainable parameters."""
+
+    def objective(self, params: dict):
+        """The soft objective at ``params``."""
+
+    def loss_and_grad(self, u, params_fixed: dict):
+        """The loss and its gradient in unit-box coordinates."""
+
+    def event_parts(self, params: dict, hard: bool):
+        """``(set, {region: (x, W)})`` for all events, in parts."""
+
+    def hard_histograms(self, params: dict, samples: list[str]) -> dict:
+        """Hard cuts filled into ``hist`` histograms ``[region][sample]``."""
+
+    def close(self) -> None:
+        """Let go of what the executor started (a Dask cluster)."""
+
+
+def _dask():
+    # optional extra: dask[distributed] is imported only when a configuration asks for it
+    from diffana.executors.dask import DaskExecutor
+
+    return DaskExecutor
+
+
+EXECUTORS = {"held": lambda: HeldExecutor, "streamed": lambda: StreamedExecutor,
+             "dask": _dask, "awkward": lambda: AwkwardExecutor}
+
+
+def choose(cfg: AnalysisConfig, engine: str) -> type:
+    """The executor class of a configuration (and engine)."""
+    if engine == "awkward":
+        name = "awkward"
+    elif cfg.executor.kind == "dask":
+        name = "dask"
+    elif cfg.streaming:
+        name = "streamed"
+    else:
+        name = "held"
+    return EXECUTORS[name]()

@@ -1,0 +1,100 @@
+"""What the compiled executors share: chunk functions mapped over chunks and summed.
+
+``∂loss/∂u = Σ_chunks ∂loss/∂yields · ∂yields_chunk/∂u``: forward mode takes each chunk's
+yields and Jacobian in one pass (a tangent per parameter); reverse mode takes the yields,
+then a VJP per chunk with the cotangent ``∂loss/∂yields``. Either holds one chunk's
+intermediate values at a time.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from diffana.executors.setup import Setup
+from diffana.stages import CHUNK_FUNCTIONS, Kernel, by_sample, contract, fill_hard
+from diffana.stats.objective import Objective, jit_value, loss
+
+STREAM_FORWARD_MAX = 8  # per-chunk modes, gradient auto: forward up to this many parameters
+
+
+def loss_of_sums(kernel: Kernel, objective: Objective, stacked: dict):
+    """The loss of the chunk yields summed, ``{region: (yields, sumw2)}`` by set."""
+    return loss(objective, by_sample(kernel, stacked))
+
+
+#: the loss and ``∂loss/∂(summed chunk yields)``: the cotangent of the per-chunk modes
+jit_loss_and_cotangent = jax.jit(jax.value_and_grad(loss_of_sums, argnums=2),
+                                 static_argnums=(0, 1))
+
+
+def sum_over(name: str, kernel: Kernel, args: tuple, chunks):
+    """``Σ CHUNK_FUNCTIONS[name](kernel, *args, chunk)`` over these device chunks, in order."""
+    fn = CHUNK_FUNCTIONS[name]
+    total = None
+    for chunk in chunks:
+        r = fn(kernel, *args, chunk)
+        total = r if total is None else jax.tree_util.tree_map(jnp.add, total, r)
+    return total
+
+
+class ChunkedExecutor:
+    """Base of the compiled executors: subclasses give :meth:`map_reduce` and
+    :meth:`event_parts` (and set ``self.kernel`` with its layout)."""
+
+    holds_events = False
+
+    def __init__(self, setup: Setup):
+        self.setup = setup
+        self.kernel = setup.kernel
+        self.objective_spec = setup.objective
+
+    def map_reduce(self, name: str, args: tuple):
+        """``Σ_chunks CHUNK_FUNCTIONS[name](kernel, *args, chunk)``."""
+        raise NotImplementedError
+
+    def event_parts(self, params: dict, hard: bool):
+        raise NotImplementedError
+
+    @property
+    def gradient_mode(self) -> str:
+        mode = self.kernel.cfg.gradient
+        if mode != "auto":
+            return mode
+        # forward for few parameters, two passes (yields, VJP) for many
+        return "forward" if len(self.kernel.space.trainable) <= STREAM_FORWARD_MAX else "reverse"
+
+    def yields(self, params: dict) -> dict:
+        return by_sample(self.kernel, self.map_reduce("yields", (params,)))
+
+    def yields_and_jacobian(self, params: dict) -> tuple[dict, dict]:
+        space = self.kernel.space
+        y, jac = self.map_reduce("jacobian", (space.to_unit(params), params))
+        scale = jnp.asarray(space.upper_bounds - space.lower_bounds)
+        jac = by_sample(self.kernel, jac, floor=False)
+        out = {r: {s: {k: {n: jac[r][s][k][..., i] / scale[i]
+                           for i, n in enumerate(space.trainable)}
+                       for k in ("nominal", "sumw2")} for s in jac[r]} for r in jac}
+        return by_sample(self.kernel, y), out
+
+    def objective(self, params: dict):
+        return jit_value(self.objective_spec, self.yields(params))
+
+    def loss_and_grad(self, u, params_fixed: dict):
+        if self.gradient_mode == "reverse":
+            y = self.map_reduce("yields", (self.kernel.space.from_unit(u, params_fixed),))
+            loss, ct = self._loss_and_cotangent(y)
+            return loss, self.map_reduce("vjp", (u, params_fixed, ct))
+        y, jac = self.map_reduce("jacobian", (u, params_fixed))
+        loss, ct = self._loss_and_cotangent(y)
+        return loss, contract(ct, jac)
+
+    def _loss_and_cotangent(self, stacked: dict):
+        """The loss of summed chunk yields and its gradient in them."""
+        return jit_loss_and_cotangent(self.kernel, self.objective_spec, stacked)
+
+    def hard_histograms(self, params: dict, samples: list[str]) -> dict:
+        return fill_hard(self.kernel, samples, self.event_parts(params, hard=True))
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,224 @@
+"""The plan: what a configuration asks of the events, resolved once.
+
+- :class:`Plan`: the collections (root collection, soft and hard cuts), the branches to read,
+  the observables that prepare structure when events are lowered (:func:`build`);
+- :class:`Member`: a sample as a member of an event set, with its :data:`Variant` (the
+  per-event weight factor that tells it from the set's events: :class:`Reweight`,
+  :class:`Scaled`), from the configuration's variations (:func:`members`);
+- :class:`ParameterSpace`: the parameters, their bounds and the unit box the optimiser
+  works in (``to_unit``/``from_unit``).
+
+Example:
+    >>> from diffana.config import load_dict
+    >>> cfg = load_dict({"samples": {"sig": {"files": ["s.root"], "cross_section": 1.0},
+    ...                              "bkg": {"files": ["b.root"], "cross_section": 10.0}},
+    ...                  "parameters": {"ht_min": {"value": 100, "bounds": [0, 400]}},
+    ...                  "regions": {"SR": {"observable": "ht",
+    ...                              "binning": {"bins": 3, "low": 0, "high": 300},
+    ...                              "selection": [{"observable": "ht", "above": "ht_min"}]}},
+    ...                  "observables": {"ht": {"kind": "sum", "collection": "jets", "field": "pt"}},
+    ...                  "objects": {"jets": {"source": "Jet"}},
+    ...                  "model": {"signal": ["sig"]}})
+    >>> build(cfg).branches
+    ['Jet_pt']
+    >>> space = ParameterSpace.of(cfg)
+    >>> float(space.to_unit(space.initial_params())[0])
+    0.25
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from diffana import observe
+from diffana.config import AnalysisConfig, ObjectCut
+from diffana.config.naming import field_branch
+from diffana.exceptions import ConfigError
+
+
+@dataclass(frozen=True)
+class CollectionPlan:
+    """Where a collection's data comes from: its root collection, branches and cuts."""
+
+    name: str
+    root: str  # the branch-backed collection it is a subset of (itself for a root)
+    parent: str | None  # the collection it is a subset of, if any
+    soft_cuts: tuple[ObjectCut, ...]
+    hard_cuts: tuple[ObjectCut, ...]
+
+
+@dataclass(frozen=True, eq=False)
+class Plan:
+    """What to read and how to lower it, derived once from the configuration.
+
+    Frozen, and hashable by identity: built once per analysis, it is a static argument of
+    the compiled stage functions (see :mod:`diffana.stages`).
+    """
+
+    collections: dict[str, CollectionPlan]
+    root_branches: dict[str, dict[str, str]]  # root -> field -> branch
+    event_branches: tuple[str, ...]
+    # observables whose structure is computed once when lowering: (name, spec)
+    prepared: tuple = ()
+
+    @property
+    def branches(self) -> list[str]:
+        out = [b for fields in self.root_branches.values() for b in fields.values()]
+        return list(dict.fromkeys(out + list(self.event_branches)))
+
+
+def _is_hard(cut: ObjectCut) -> bool:
+    threshold = cut.above if cut.above is not None else cut.below
+    return not isinstance(threshold, str)
+
+
+def build(cfg: AnalysisConfig) -> Plan:
+    """Resolve collections to their root collections and list the branches to read."""
+    colls: dict[str, CollectionPlan] = {}
+    mapping: dict[str, dict[str, str]] = {}
+    for name, coll in cfg.objects.items():
+        if coll.source in colls:
+            root = colls[coll.source].root
+            parent = coll.source
+            if coll.fields:
+                raise ConfigError(
+                    f"objects.{name}.fields: a subset of {coll.source!r} takes its fields from "
+                    f"objects.{root}.fields"
+                )
+        else:
+            root, parent = name, None
+            mapping[root] = dict(coll.fields)
+        hard = tuple(c for c in coll.cuts if _is_hard(c))
+        soft = tuple(c for c in coll.cuts if not _is_hard(c))
+        colls[name] = CollectionPlan(name, root, parent, soft, hard)
+        for cut in coll.cuts:
+            mapping[root].setdefault(cut.field, field_branch(cfg.objects[root].source, cut.field))
+
+    event_branches: list[str] = []
+    prepared = []
+    for oname, obs in cfg.observables.items():
+        if observe.KINDS[obs.kind].prepare is not None:
+            prepared.append((oname, obs))
+        if obs.collection is not None:
+            root = colls[obs.collection].root
+            if obs.field is not None:
+                mapping[root].setdefault(obs.field, field_branch(cfg.objects[root].source, obs.field))
+            for f in [*observe.KINDS[obs.kind].fields, *obs.options.get("fields", [])]:
+                mapping[root].setdefault(f, field_branch(cfg.objects[root].source, f))
+        if "branch" in obs.options:
+            event_branches.append(str(obs.options["branch"]))
+    for root, fields in mapping.items():
+        if not fields:
+            # A collection used only for counting still needs its multiplicity: read pT.
+            fields["pt"] = field_branch(cfg.objects[root].source, "pt")
+    return Plan(colls, mapping, tuple(event_branches), tuple(prepared))
+
+
+@dataclass(frozen=True)
+class Reweight:
+    """Event weights × ``(1 + slope · observable)``: a soft, per-event factor."""
+
+    observable: str
+    slope: float
+
+
+@dataclass(frozen=True)
+class Scaled:
+    """Event weights × a constant ``factor``."""
+
+    factor: float
+
+
+#: How a sample's event weights derive from its event set's: as they are (``None``), or
+#: by a factor (a ``reweight`` or ``weight`` variation shares its nominal sample's events).
+Variant = Reweight | Scaled | None
+
+
+@dataclass(frozen=True)
+class Member:
+    """A sample as a member of one of its reader's event sets.
+
+    ``event_set`` is ``None`` for the events as read, or the name of a computed (``scale``
+    or ``smear``) variation, whose events are a set of their own.
+    """
+
+    sample: str
+    event_set: str | None
+    variant: Variant = None
+
+
+def members(cfg: AnalysisConfig, name: str) -> list[Member]:
+    """Sample ``name`` and each computed variation of it, as members of event sets."""
+    out = [Member(name, None)]
+    for vname, (sample, variation) in cfg.variation_samples().items():
+        if sample != name:
+            continue
+        var = cfg.variations[variation]
+        if var.reweight is not None:  # same events, a soft per-event factor
+            out.append(Member(vname, None, Reweight(str(var.reweight["observable"]),
+                                                    float(var.reweight["slope"]))))
+        elif var.weight is not None:  # same events, a constant factor
+            out.append(Member(vname, None, Scaled(float(var.weight))))
+        else:  # a scale or smear: varied events, a set of their own
+            out.append(Member(vname, vname))
+    return out
+
+
+@dataclass(frozen=True, eq=False)
+class ParameterSpace:
+    """The analysis parameters and the unit box of the trainable ones.
+
+    ``u = (θ - lower) / (upper - lower)`` maps each trainable parameter's bounds to [0, 1]:
+    the optimiser steps in ``u``, so one learning rate suits cuts in GeV and in b-tag score.
+    """
+
+    values: dict[str, float]  # every parameter's configured value
+    trainable: list[str]
+    lower_bounds: np.ndarray
+    upper_bounds: np.ndarray
+
+    @classmethod
+    def of(cls, cfg: AnalysisConfig) -> ParameterSpace:
+        trainable = [n for n, p in cfg.parameters.items() if p.trainable]
+        lo = np.array([cfg.parameters[n].bounds[0] for n in trainable], dtype=np.float64)
+        hi = np.array([cfg.parameters[n].bounds[1] for n in trainable], dtype=np.float64)
+        return cls({n: p.value for n, p in cfg.parameters.items()}, trainable, lo, hi)
+
+    def initial_params(self) -> dict:
+        """All parameters at their configured values, as float64 JAX scalars."""
+        return {n: jnp.asarray(v, dtype=jnp.float64) for n, v in self.values.items()}
+
+    def to_unit(self, params: dict) -> jax.Array:
+        """Trainable parameters mapped to the unit box: ``u = (θ - lo) / (hi - lo)``."""
+        theta = jnp.stack([jnp.asarray(params[n], dtype=jnp.float64) for n in self.trainable])
+        return (theta - self.lower_bounds) / (self.upper_bounds - self.lower_bounds)
+
+    def from_unit(self, u, fixed: dict | None = None) -> dict:
+        """All parameters, the trainable ones from unit-box coordinates ``u``."""
+        params = dict(fixed or self.initial_params())
+        theta = self.lower_bounds + (self.upper_bounds - self.lower_bounds) * u
+        for i, n in enumerate(self.trainable):
+            params[n] = theta[i]
+        return params
+
+
+def event_sets(cfg: AnalysisConfig) -> tuple[list[dict[str, Variant]], dict]:
+    """The event sets of a configuration: ``(groups, index)``.
+
+    ``groups[g]`` maps each sample whose events are set ``g`` to its variant;
+    ``index[(sample reader, set key)]`` is ``g`` (sets numbered in order of first use).
+    """
+    groups: list[dict[str, Variant]] = []
+    index: dict = {}
+    for name in cfg.samples:
+        for m in members(cfg, name):
+            key = (name, m.event_set)
+            if key not in index:
+                index[key] = len(groups)
+                groups.append({})
+            groups[index[key]][m.sample] = m.variant
+    return groups, index

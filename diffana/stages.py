@@ -1,0 +1,193 @@
+"""The stages from parameters to yields: select, observe, histogram — pure functions.
+
+::
+
+    params θ, events (ops) ──select──► object and event weights ──observe──► per-event x
+        ──region selection──► {region: (x, W)} ──KDE──► yields per set × variant × bin
+
+Everything a stage needs besides ``(params, chunk)`` is in a :class:`Kernel`: the
+configuration, the :class:`~diffana.plan.Plan`, the parameter space, the event sets and
+their variants, the bin edges and the chunk layout. A kernel is frozen and hashable by
+identity, so the compiled stage functions take it as a static argument:
+
+    >>> jit_yields(kernel, params, chunk)                            # doctest: +SKIP
+
+``chunk_yields``, ``chunk_jacobian`` and ``chunk_vjp`` are what executors map over chunks
+and sum (yields are sums over events).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from diffana import observe, ragged, select
+from diffana.chunks import ChunkLayout
+from diffana.config import AnalysisConfig
+from diffana.histogram import empty_histogram, kde_histogram
+from diffana.plan import Plan, ParameterSpace, Reweight, Scaled, Variant
+
+
+@dataclass(frozen=True, eq=False)
+class Kernel:
+    """What the stage functions hold fixed: a static argument of the compiled ones.
+
+    ``groups[g]`` maps each sample of event set ``g`` to its :data:`~diffana.plan.Variant`;
+    ``variants`` lists every per-event weight factor in use (index 0: the events as they
+    are); ``layout`` is the chunk shape (``None`` until known, and for the awkward engine).
+    """
+
+    cfg: AnalysisConfig
+    plan: Plan
+    space: ParameterSpace
+    groups: tuple[dict[str, Variant], ...]
+    variants: tuple[Variant, ...]
+    edges: dict
+    layout: ChunkLayout | None = None
+
+    @classmethod
+    def of(cls, cfg: AnalysisConfig, plan: Plan, space: ParameterSpace,
+           groups: list[dict[str, Variant]]) -> Kernel:
+        variants: list = [None]
+        for members in groups:
+            variants += [v for v in members.values()
+                         if isinstance(v, Reweight) and v not in variants]
+        edges = {r: jnp.asarray(reg.binning.edges) for r, reg in cfg.regions.items()}
+        return cls(cfg, plan, space, tuple(groups), tuple(variants), edges)
+
+    def with_layout(self, layout: ChunkLayout) -> Kernel:
+        return dataclasses.replace(self, layout=layout)
+
+    @property
+    def samples(self) -> list[str]:
+        """Every sample (nominal and variation), set by set."""
+        return [s for members in self.groups for s in members]
+
+    def variant_index(self, variant: Variant) -> tuple[int, float]:
+        """``(m, factor)``: a sample's weights are ``factor × W[m]``."""
+        if isinstance(variant, Scaled):
+            return 0, variant.factor
+        return self.variants.index(variant), 1.0
+
+
+def region_events(kernel: Kernel, ops, params: dict, weight, hard: bool) -> dict:
+    """Select and observe once for one set of events.
+
+    Returns ``{region: (x, W)}``: the observable per event and the event weights of every
+    variant (``W[m]`` for ``kernel.variants[m]``), normalisation included.
+    """
+    cfg, plan = kernel.cfg, kernel.plan
+    weights = select.object_weights(cfg, plan, ops, params, hard)
+    obs = observe.evaluate(cfg, plan, ops, weights)
+    common = select.event_weights(cfg, plan, ops, cfg.selection, weights, obs, params, hard)
+    factors = jnp.stack([jnp.ones_like(weight) if v is None else 1.0 + v.slope * obs[v.observable]
+                         for v in kernel.variants])
+    return {rname: (obs[region.observable],
+                    factors * (common * weight * select.event_weights(
+                        cfg, plan, ops, region.selection, weights, obs, params, hard)))
+            for rname, region in cfg.regions.items()}
+
+
+def kde(kernel: Kernel, events: dict, slots=None, num_slots: int = 1,
+        block: int | None = None) -> dict:
+    """``{region: (yields, sumw2)}`` of :func:`region_events`, each ``(variants, bins)``, or
+    ``(blocks, slots, variants, bins)`` given each event's slot in its block."""
+    return {r: kde_histogram(x, w, kernel.edges[r], kernel.cfg.regions[r].bandwidth,
+                             slots, num_slots, block)
+            for r, (x, w) in events.items()}
+
+
+def by_sample(kernel: Kernel, stacked: dict, floor: bool = True) -> dict:
+    """``{region: (yields, sumw2)}``, each ``(sets, variants, bins, ...)``, →
+    ``[region][sample] = {"nominal", "sumw2"}``.
+
+    ``floor``: add each region's per-bin floor to the nominal yields.
+    """
+    out: dict = {r: {} for r in kernel.cfg.regions}
+    for g, members in enumerate(kernel.groups):
+        for sample, variant in members.items():
+            m, k = kernel.variant_index(variant)
+            for r, (y, w2) in stacked.items():
+                f = kernel.cfg.regions[r].floor if floor else 0.0
+                out[r][sample] = {"nominal": k * y[g, m] + f, "sumw2": k * k * w2[g, m]}
+    return out
+
+
+def samples_of(kernel: Kernel, g: int, events: dict):
+    """``(sample, {region: (x, w)})`` of each sample of set ``g``."""
+    for sample, variant in kernel.groups[g].items():
+        m, k = kernel.variant_index(variant)
+        yield sample, {r: (x, k * w[m]) for r, (x, w) in events.items()}
+
+
+# --- one padded chunk (the compiled engine) ----------------------------------------------------
+
+
+def chunk_region_events(kernel: Kernel, params: dict, chunk: dict, hard: bool) -> dict:
+    ops = ragged.CompiledOps(chunk, kernel.layout.events, kernel.layout.runs)
+    return region_events(kernel, ops, params, chunk["weight"], hard)
+
+
+def chunk_yields(kernel: Kernel, params: dict, chunk: dict) -> dict:
+    """``{region: (yields, sumw2)}`` of one chunk, each ``(sets, variants, bins)``."""
+    layout = kernel.layout
+    local = kde(kernel, chunk_region_events(kernel, params, chunk, False),
+                chunk["events"]["__slot__"], layout.slots, layout.block)
+    n_sets, slots = len(kernel.groups), chunk["slots"].reshape(-1)
+    return jax.tree_util.tree_map(
+        lambda a: jnp.zeros((n_sets, *a.shape[2:]), a.dtype).at[slots].add(
+            a.reshape(-1, *a.shape[2:]), mode="drop"), local)
+
+
+def chunk_yields_at(kernel: Kernel, u, params_fixed: dict, chunk: dict) -> dict:
+    """:func:`chunk_yields` at unit-box coordinates ``u``."""
+    return chunk_yields(kernel, kernel.space.from_unit(u, params_fixed), chunk)
+
+
+def chunk_jacobian(kernel: Kernel, u, params_fixed: dict, chunk: dict):
+    """Yields of one chunk and their Jacobian in ``u`` (forward mode: one tangent each)."""
+    def yields(v):
+        y = chunk_yields_at(kernel, v, params_fixed, chunk)
+        return y, y
+
+    jac, y = jax.jacfwd(yields, has_aux=True)(u)
+    return y, jac
+
+
+def chunk_vjp(kernel: Kernel, u, params_fixed: dict, cotangent, chunk: dict):
+    """``cotangent · ∂yields/∂u`` of one chunk."""
+    _, pullback = jax.vjp(lambda v: chunk_yields_at(kernel, v, params_fixed, chunk), u)
+    return pullback(cotangent)[0]
+
+
+jit_events = jax.jit(chunk_region_events, static_argnums=(0, 3))
+jit_yields = jax.jit(chunk_yields, static_argnums=0)
+jit_jacobian = jax.jit(chunk_jacobian, static_argnums=0)
+jit_vjp = jax.jit(chunk_vjp, static_argnums=0)
+
+
+@jax.jit
+def contract(cotangent, jacobian):
+    """``Σ cotangent · jacobian`` over every leaf: the chain rule from yields to ``u``."""
+    return sum(jnp.tensordot(c, j, axes=c.ndim) for c, j in
+               zip(jax.tree_util.tree_leaves(cotangent), jax.tree_util.tree_leaves(jacobian),
+                   strict=True))
+
+#: The chunk functions executors map over chunks and sum, by name (a name travels to a
+#: Dask worker; the function it names is compiled there).
+CHUNK_FUNCTIONS = {"yields": jit_yields, "jacobian": jit_jacobian, "vjp": jit_vjp}
+
+
+def fill_hard(kernel: Kernel, samples: list[str], parts) -> dict:
+    """``[region][sample]`` ``hist`` histograms of ``(set, {region: (x, W)})`` parts."""
+    hists = {r: {s: empty_histogram(reg.binning.edges, label=reg.observable) for s in samples}
+             for r, reg in kernel.cfg.regions.items()}
+    for g, events in parts:
+        for sample, regions in samples_of(kernel, g, events):
+            for r, (x, w) in regions.items():
+                hists[r][sample].fill(x=np.asarray(x), weight=np.asarray(w))
+    return hists

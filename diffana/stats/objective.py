@@ -1,0 +1,100 @@
+"""The figure of merit from the yields: the objective, the loss and the sensitivity.
+
+An :class:`Objective` holds the configured objective and the HistFactory model built once
+for the spec's structure; :func:`value`, :func:`loss` and their compiled forms are pure
+functions of ``(objective, yields)`` with the objective a static argument:
+
+    >>> jit_value(objective, yields)                                  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from diffana.config import AnalysisConfig
+from diffana.infer import (
+    asimov_significance_closed_form,
+    discovery_significance,
+    expected_cls,
+    poi_uncertainty,
+)
+from diffana.model import Model
+from diffana.spec import build, to_json
+
+#: Objectives that are maximised (significances); the others (CLs, uncertainties) are minimised.
+MAXIMISED = frozenset({"discovery_significance", "asimov_significance"})
+
+
+@dataclass(frozen=True, eq=False)
+class Objective:
+    """The configured figure of merit and its model: hashable by identity (static under jit)."""
+
+    cfg: AnalysisConfig
+    model: Model
+
+    @classmethod
+    def of(cls, cfg: AnalysisConfig, samples: list[str]) -> Objective:
+        """The objective of ``cfg``; ``samples``: every template (nominal and variations).
+
+        The model's structure does not depend on the yields: it is built once, from
+        placeholder yields.
+        """
+        placeholder = {r: {s: {"nominal": np.ones(len(reg.binning.edges) - 1),
+                               "sumw2": np.ones(len(reg.binning.edges) - 1)} for s in samples}
+                       for r, reg in cfg.regions.items()}
+        return cls(cfg, Model(to_json(build(cfg, placeholder)), poi_name=cfg.model.poi))
+
+    @property
+    def maximise(self) -> bool:
+        """Whether a larger objective is better (significances) or worse (CLs, uncertainties)."""
+        return self.cfg.objective.kind in MAXIMISED
+
+
+def value(objective: Objective, yields: dict):
+    """The configured figure of merit of ``yields[region][sample] = {"nominal", "sumw2"}``."""
+    cfg, model = objective.cfg, objective.model
+    obj = cfg.objective
+    if obj.kind == "asimov_significance":
+        sig = cfg.model.signal
+        bkg = [s for s in cfg.nominal_samples if s not in sig]
+        s = jnp.concatenate([sum(yields[r][x]["nominal"] for x in sig) for r in cfg.regions])
+        b = jnp.concatenate([sum(yields[r][x]["nominal"] for x in bkg) for r in cfg.regions])
+        return asimov_significance_closed_form(s, b, obj.relative_background_uncertainty)
+    templates = model.templates(build(cfg, yields))
+    if obj.kind == "discovery_significance":
+        return discovery_significance(model, templates)
+    if obj.kind == "expected_cls":
+        return expected_cls(model, templates, obj.poi_value)
+    return poi_uncertainty(model, templates)
+
+
+def loss(objective: Objective, yields: dict):
+    """What the optimiser minimises: the objective, negated when it is maximised."""
+    v = value(objective, yields)
+    return -v if objective.maximise else v
+
+
+jit_value = jax.jit(value, static_argnums=0)
+jit_gradient = jax.jit(jax.grad(value, argnums=1), static_argnums=0)
+jit_loss_and_gradient = jax.jit(jax.value_and_grad(loss, argnums=1), static_argnums=0)
+
+
+def sensitivity(dobjective_dyields: dict, dyields_dtheta: dict, trainable: list[str],
+                samples: list[str]) -> dict:
+    """``∂objective/∂θ`` split into the contribution of each region × sample's yields.
+
+    ``{param: {"region/sample": d}}`` with ``Σ d = ∂objective/∂param``: the chain rule
+    ``∂objective/∂yields · ∂yields/∂θ`` summed over bins, nominal and Σw² together.
+    """
+    out: dict = {n: {} for n in trainable}
+    for r, per_sample in dyields_dtheta.items():
+        for s in samples:
+            for n in trainable:
+                d = sum(float(jnp.sum(dobjective_dyields[r][s][k] * per_sample[s][k][n]))
+                        for k in ("nominal", "sumw2"))
+                out[n][f"{r}/{s}"] = d
+    return out

@@ -1,0 +1,42 @@
+"""The shipped configurations give bitwise the numbers recorded in tests/data/golden.json.
+
+Recorded before the code was restructured (``python tests/golden.py --write``); a change
+that alters a number must say so and why, and record the values again. The AGC cases other
+than the in-memory fused one are slow (compilation): ``pytest -m slow``.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from golden import CASES, GOLDEN, values
+
+RECORDED = json.loads(GOLDEN.read_text())
+FAST = {"agc-compiled-fused"} | {c for c in CASES if c.startswith("ttbar-")} - {"ttbar-dask-forward"}
+
+
+def _cases():
+    for case in CASES:
+        marks = () if case in FAST else (pytest.mark.slow,)
+        yield pytest.param(case, marks=marks, id=case)
+
+
+def _differences(a, b, path=""):
+    """Where two JSON trees differ (floats compared with ==, so bitwise)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        if a.keys() != b.keys():
+            return [f"{path}: keys {sorted(a)} != {sorted(b)}"]
+        return [d for k in a for d in _differences(a[k], b[k], f"{path}.{k}")]
+    if isinstance(a, list) and isinstance(b, list):
+        if len(a) != len(b):
+            return [f"{path}: length {len(a)} != {len(b)}"]
+        return [d for i, (x, y) in enumerate(zip(a, b, strict=True))
+                for d in _differences(x, y, f"{path}[{i}]")]
+    return [] if a == b else [f"{path}: {a!r} != {b!r}"]
+
+
+@pytest.mark.parametrize("case", list(_cases()))
+def test_golden_values_unchanged(case):
+    differences = _differences(values(case), RECORDED[case])
+    assert not differences, f"{len(differences)} values differ, e.g. {differences[:5]}"
