@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
 def _main(args) -> int:
     try:
         if args.command == "validate":
-            from diffana.run import validate
+            from diffana.validate import validate
 
             print(validate(args.config))
         elif args.command == "run":

@@ -129,8 +129,12 @@ def empty_histogram(edges, label: str = "x") -> hist.Hist:
                      storage=hist.storage.Weight())
 
 
-def hard_histogram(x, weights, edges, label: str = "x") -> hist.Hist:
-    """The ordinary weighted histogram (values and variances ``Σw²``) as a ``hist.Hist``."""
-    h = empty_histogram(edges, label)
+def hard_histogram(x, weights, edges, label: str = "x", into: hist.Hist | None = None) -> hist.Hist:
+    """The ordinary weighted histogram (values and variances ``Σw²``) as a ``hist.Hist``.
+
+    ``into``: a histogram on these edges to fill further (events that come in parts fill
+    one histogram in order, the same sums as one fill of them all).
+    """
+    h = empty_histogram(edges, label) if into is None else into
     h.fill(x=np.asarray(x), weight=np.asarray(weights))
     return h

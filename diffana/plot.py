@@ -4,27 +4,28 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import mplhep
+import numpy as np
+from matplotlib import style
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import mplhep  # noqa: E402
-import numpy as np  # noqa: E402
+# Figures are made with matplotlib's object API (Figure, not pyplot): they render to files
+# with the Agg canvas whatever backend the user's session has, and diffana sets no global
+# matplotlib state.
 
 
 def _save(fig, path: Path) -> None:
     tmp = path.with_name(path.stem + ".part" + path.suffix)
     fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    plt.close(fig)
     tmp.replace(path)
 
 
 def history(hist: dict[str, np.ndarray], objective: str, path: Path) -> None:
     """The objective and each trainable parameter against the optimiser step."""
     params = [k for k in hist if k not in ("step", "objective")]
-    with plt.style.context(mplhep.style.CMS):
-        fig, axes = plt.subplots(1 + len(params), 1, figsize=(8, 2.6 * (1 + len(params))),
-                                 sharex=True, squeeze=False)
+    with style.context(mplhep.style.CMS):
+        fig = Figure(figsize=(8, 2.6 * (1 + len(params))))
+        axes = fig.subplots(1 + len(params), 1, sharex=True, squeeze=False)
         axes = axes[:, 0]
         axes[0].plot(hist["step"], hist["objective"], color="black")
         axes[0].set_ylabel(objective.replace("_", " "), fontsize=14)
@@ -41,9 +42,9 @@ def templates(stages: dict[str, dict], path: Path, signal: list[str],
     with ``data[stage][region]`` (e.g. pseudodata) as points."""
     stage_names = list(stages)
     regions = list(next(iter(stages.values())))
-    with plt.style.context(mplhep.style.CMS):
-        fig, axes = plt.subplots(len(regions), len(stage_names),
-                                 figsize=(8 * len(stage_names), 6 * len(regions)), squeeze=False)
+    with style.context(mplhep.style.CMS):
+        fig = Figure(figsize=(8 * len(stage_names), 6 * len(regions)))
+        axes = fig.subplots(len(regions), len(stage_names), squeeze=False)
         for j, stage in enumerate(stage_names):
             for i, region in enumerate(regions):
                 ax = axes[i, j]
@@ -68,9 +69,9 @@ def sensitivity(sens: dict[str, dict[str, float]], path: Path) -> None:
     """∂objective/∂θ per parameter, split into the contributions of each region/sample."""
     params = list(sens)
     keys = list(next(iter(sens.values()))) if params else []
-    with plt.style.context(mplhep.style.CMS):
-        fig, axes = plt.subplots(1, max(1, len(params)), figsize=(5 * max(1, len(params)), 5),
-                                 squeeze=False)
+    with style.context(mplhep.style.CMS):
+        fig = Figure(figsize=(5 * max(1, len(params)), 5))
+        axes = fig.subplots(1, max(1, len(params)), squeeze=False)
         for ax, p in zip(axes[0], params, strict=False):
             vals = [sens[p][k] for k in keys]
             ax.barh(keys, vals, color=["tab:red" if v < 0 else "tab:blue" for v in vals])

@@ -23,13 +23,12 @@ from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from diffana import observe, ragged, select
 from diffana.chunks import ChunkLayout
 from diffana.config import AnalysisConfig
-from diffana.histogram import empty_histogram, kde_histogram
-from diffana.plan import Plan, ParameterSpace, Reweight, Scaled, Variant
+from diffana.histogram import empty_histogram, hard_histogram, kde_histogram
+from diffana.plan import ParameterSpace, Plan, Reweight, Scaled, Variant
 
 
 @dataclass(frozen=True, eq=False)
@@ -189,5 +188,5 @@ def fill_hard(kernel: Kernel, samples: list[str], parts) -> dict:
     for g, events in parts:
         for sample, regions in samples_of(kernel, g, events):
             for r, (x, w) in regions.items():
-                hists[r][sample].fill(x=np.asarray(x), weight=np.asarray(w))
+                hard_histogram(x, w, kernel.cfg.regions[r].binning.edges, into=hists[r][sample])
     return hists
