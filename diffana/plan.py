@@ -29,14 +29,15 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from diffana import observe
-from diffana.config import AnalysisConfig, ObjectCut
-from diffana.config.naming import field_branch
+from diffana.config import AnalysisConfig, ObjectCut, Observable
+from diffana.naming import field_branch
 from diffana.exceptions import ConfigError
 
 
@@ -51,6 +52,13 @@ class CollectionPlan:
     hard_cuts: tuple[ObjectCut, ...]
 
 
+class Prepared(NamedTuple):
+    """An observable whose kind prepares structure when the events are lowered."""
+
+    name: str
+    spec: Observable
+
+
 @dataclass(frozen=True, eq=False)
 class Plan:
     """What to read and how to lower it, derived once from the configuration.
@@ -62,8 +70,8 @@ class Plan:
     collections: dict[str, CollectionPlan]
     root_branches: dict[str, dict[str, str]]  # root -> field -> branch
     event_branches: tuple[str, ...]
-    # observables whose structure is computed once when lowering: (name, spec)
-    prepared: tuple = ()
+    # observables whose structure is computed once when lowering
+    prepared: tuple[Prepared, ...] = ()
 
     @property
     def branches(self) -> list[str]:
@@ -102,7 +110,7 @@ def build(cfg: AnalysisConfig) -> Plan:
     prepared = []
     for oname, obs in cfg.observables.items():
         if observe.KINDS[obs.kind].prepare is not None:
-            prepared.append((oname, obs))
+            prepared.append(Prepared(oname, obs))
         if obs.collection is not None:
             root = colls[obs.collection].root
             if obs.field is not None:

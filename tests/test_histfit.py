@@ -16,7 +16,6 @@ import pytest
 import yaml
 from conftest import DATA, ROOT, write_config
 
-from diffana import spec as specmod
 from diffana.cli import main
 from diffana.config import load, load_dict
 from diffana.exceptions import ConfigError, DataError
@@ -29,7 +28,8 @@ from diffana.histfit import (
     rebin,
     summary,
 )
-from diffana.model import Model
+from diffana.stats import Model
+from diffana.stats import spec as specmod
 
 AGC = DATA / "agc"
 CONFIG = ROOT / "configs" / "agc_ttbar.yaml"

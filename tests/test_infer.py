@@ -1,4 +1,5 @@
-"""diffana.infer against pyhf.infer (NumPy backend, scipy optimiser) and finite differences."""
+"""diffana.stats.infer against pyhf.infer (NumPy backend, scipy optimiser) and finite
+differences."""
 
 import jax
 
@@ -9,8 +10,7 @@ import numpy as np  # noqa: E402
 import pyhf  # noqa: E402
 from jax.test_util import check_grads  # noqa: E402
 
-from diffana import infer  # noqa: E402
-from diffana.model import Model  # noqa: E402
+from diffana.stats import Model, infer  # noqa: E402
 
 
 def make_spec():
@@ -19,7 +19,8 @@ def make_spec():
     def histo(yields, up, down):
         return {"hi_data": [v * up for v in yields], "lo_data": [v * down for v in yields]}
 
-    sr = {"signal": [4.0, 9.5, 6.0, 0.0], "ttbar": [40.0, 30.5, 12.25, 5.0], "wjets": [20.5, 6.7, 0.0, 1.5]}
+    sr = {"signal": [4.0, 9.5, 6.0, 0.0], "ttbar": [40.0, 30.5, 12.25, 5.0],
+          "wjets": [20.5, 6.7, 0.0, 1.5]}
     cr = {"ttbar": [100.0, 80.5, 20.0], "wjets": [30.0, 10.25, 0.0]}
     return {
         "channels": [
@@ -29,19 +30,22 @@ def make_spec():
                     {"name": "signal", "data": sr["signal"], "modifiers": [
                         {"name": "mu", "type": "normfactor", "data": None},
                         {"name": "lumi", "type": "lumi", "data": None},
-                        {"name": "signal_theory", "type": "normsys", "data": {"hi": 1.1, "lo": 0.92}},
+                        {"name": "signal_theory", "type": "normsys",
+                         "data": {"hi": 1.1, "lo": 0.92}},
                         {"name": "staterror_SR", "type": "staterror", "data": [0.4, 0.6, 0.5, 0.0]},
                     ]},
                     {"name": "ttbar", "data": sr["ttbar"], "modifiers": [
                         {"name": "lumi", "type": "lumi", "data": None},
                         {"name": "ttbar_norm", "type": "normfactor", "data": None},
-                        {"name": "jet_energy_scale", "type": "normsys", "data": {"hi": 1.04, "lo": 0.95}},
+                        {"name": "jet_energy_scale", "type": "normsys",
+                         "data": {"hi": 1.04, "lo": 0.95}},
                         {"name": "jet_energy_scale", "type": "histosys",
                          "data": histo(sr["ttbar"], 1.03, 0.96)},
                         {"name": "staterror_SR", "type": "staterror", "data": [2.0, 1.5, 1.1, 0.9]},
                     ]},
                     {"name": "wjets", "data": sr["wjets"], "modifiers": [
-                        {"name": "wjets_shape_SR", "type": "shapesys", "data": [3.0, 1.0, 0.0, 0.5]},
+                        {"name": "wjets_shape_SR", "type": "shapesys",
+                         "data": [3.0, 1.0, 0.0, 0.5]},
                         {"name": "wjets_xsec", "type": "normsys", "data": {"hi": 1.25, "lo": 0.7}},
                     ]},
                 ],
@@ -52,7 +56,8 @@ def make_spec():
                     {"name": "ttbar", "data": cr["ttbar"], "modifiers": [
                         {"name": "lumi", "type": "lumi", "data": None},
                         {"name": "ttbar_norm", "type": "normfactor", "data": None},
-                        {"name": "jet_energy_scale", "type": "normsys", "data": {"hi": 1.02, "lo": 0.97}},
+                        {"name": "jet_energy_scale", "type": "normsys",
+                         "data": {"hi": 1.02, "lo": 0.97}},
                         {"name": "jet_energy_scale", "type": "histosys",
                          "data": histo(cr["ttbar"], 1.01, 0.985)},
                         {"name": "staterror_CR", "type": "staterror", "data": [3.0, 2.5, 1.2]},
@@ -65,7 +70,8 @@ def make_spec():
             },
         ],
         "parameters": [
-            {"name": "lumi", "auxdata": [1.0], "sigmas": [0.017], "bounds": [[0.9, 1.1]], "inits": [1.0]}
+            {"name": "lumi", "auxdata": [1.0], "sigmas": [0.017], "bounds": [[0.9, 1.1]],
+             "inits": [1.0]}
         ],
     }
 
@@ -173,12 +179,14 @@ def test_fit_with_poi_on_its_bound_matches_pyhf_and_differentiates():
     # implicit derivative of the best fit along a direction in data space, against
     # finite differences; the POI stays pinned to its bound
     direction = jnp.asarray(np.random.default_rng(3).uniform(-1.0, 1.0, data.size))
-    best_fit_jvp = jax.jit(lambda d, v: jax.jvp(lambda e: free_fit(e, TEMPLATES).bestfit, (d,), (v,)))
+    best_fit_jvp = jax.jit(
+        lambda d, v: jax.jvp(lambda e: free_fit(e, TEMPLATES).bestfit, (d,), (v,)))
     _, tangent = best_fit_jvp(data, direction)
     assert float(tangent[MODEL.poi_index]) == 0.0
     h = 1e-4
     difference = (
-        free_fit(data + h * direction, TEMPLATES).bestfit - free_fit(data - h * direction, TEMPLATES).bestfit
+        free_fit(data + h * direction, TEMPLATES).bestfit
+        - free_fit(data - h * direction, TEMPLATES).bestfit
     ) / (2 * h)
     np.testing.assert_allclose(tangent, difference, rtol=1e-5, atol=1e-8)
 
@@ -195,7 +203,8 @@ def test_discovery_significance_matches_pyhf_q0():
 def test_expected_cls_matches_pyhf_hypotest():
     data = np.asarray(asimov(MODEL, TEMPLATES, 0.0))
     for poi_value in (0.4, 1.5):  # pyhf's scipy fits dominate the time of this test
-        _, expected = pyhf.infer.hypotest(poi_value, data, PYHF, test_stat="qtilde", return_expected=True)
+        _, expected = pyhf.infer.hypotest(poi_value, data, PYHF, test_stat="qtilde",
+                                          return_expected=True)
         np.testing.assert_allclose(cls(MODEL, TEMPLATES, poi_value), expected, rtol=1e-4)
     assert float(cls(MODEL, TEMPLATES, 0.0)) == 1.0
 
@@ -224,7 +233,8 @@ def test_poi_uncertainty_matches_inverse_hessian_of_pyhf():
         return -PYHF.logpdf(full, data)[0]
 
     hessian = numerical_hessian(nll, pars[free], 1e-4 * np.maximum(np.abs(pars[free]), 0.1))
-    expected = np.sqrt(np.linalg.inv(hessian)[np.flatnonzero(free == MODEL.poi_index)[0]] [np.flatnonzero(free == MODEL.poi_index)[0]])
+    poi = np.flatnonzero(free == MODEL.poi_index)[0]
+    expected = np.sqrt(np.linalg.inv(hessian)[poi][poi])
     np.testing.assert_allclose(poi_unc(MODEL, TEMPLATES), expected, rtol=1e-4)
 
 
@@ -240,7 +250,8 @@ def test_closed_form_significance():
     rng = np.random.default_rng(0)
     s, b = rng.uniform(0.0, 20.0, 15), rng.uniform(1.0, 100.0, 15)
     np.testing.assert_allclose(
-        infer.asimov_significance_closed_form(s, b, 0.1), reference_closed_form(s, b, 0.1), rtol=1e-12
+        infer.asimov_significance_closed_form(s, b, 0.1), reference_closed_form(s, b, 0.1),
+        rtol=1e-12,
     )
     # floor: added to s and b, as the benchmark's "+ 1e-3"
     s[3], b[3] = 0.0, 0.0
@@ -261,15 +272,18 @@ def test_closed_form_significance():
         rtol=1e-6,
     )
     closed_form = jax.jit(lambda s, b: infer.asimov_significance_closed_form(s, b, 0.1, floor=1e-3))
-    check_grads(closed_form, (jnp.asarray(s + 0.5), jnp.asarray(b + 1.0)), order=1, modes=("fwd", "rev"))
+    check_grads(closed_form, (jnp.asarray(s + 0.5), jnp.asarray(b + 1.0)), order=1,
+                modes=("fwd", "rev"))
     assert np.all(np.isfinite(jax.grad(closed_form, argnums=(0, 1))(jnp.zeros(3), jnp.zeros(3))))
 
 
 def test_discovery_significance_gradients():
     """Forward mode with check_grads; reverse mode (the jitted gradient) along a direction."""
-    check_grads(lambda t: discovery(MODEL, t), (SMOOTH_TEMPLATES,), order=1, modes=("fwd",), eps=1e-5)
+    check_grads(lambda t: discovery(MODEL, t), (SMOOTH_TEMPLATES,), order=1, modes=("fwd",),
+                eps=1e-5)
     assert_reverse_mode_matches_finite_differences(
-        lambda t: discovery(MODEL, t), discovery_grad(MODEL, SMOOTH_TEMPLATES), SMOOTH_TEMPLATES, seed=0
+        lambda t: discovery(MODEL, t), discovery_grad(MODEL, SMOOTH_TEMPLATES), SMOOTH_TEMPLATES,
+        seed=0,
     )
 
 
@@ -300,7 +314,8 @@ def test_discovery_significance_gradient_matches_finite_differences_through_the_
 
 def test_expected_cls_and_poi_uncertainty_gradients():
     assert_reverse_mode_matches_finite_differences(
-        lambda t: cls(MODEL, t, 1.0), cls_grad(MODEL, SMOOTH_TEMPLATES, 1.0), SMOOTH_TEMPLATES, seed=1
+        lambda t: cls(MODEL, t, 1.0), cls_grad(MODEL, SMOOTH_TEMPLATES, 1.0), SMOOTH_TEMPLATES,
+        seed=1,
     )
     assert_reverse_mode_matches_finite_differences(
         lambda t: poi_unc(MODEL, t), poi_unc_grad(MODEL, SMOOTH_TEMPLATES), SMOOTH_TEMPLATES, seed=2

@@ -1,4 +1,4 @@
-"""diffana.model.Model against pyhf.Model (NumPy backend), modifier by modifier."""
+"""diffana.stats.Model against pyhf.Model (NumPy backend), modifier by modifier."""
 
 import copy
 
@@ -12,7 +12,7 @@ import pyhf  # noqa: E402
 import pytest  # noqa: E402
 from jax.test_util import check_grads  # noqa: E402
 
-from diffana.model import Model  # noqa: E402
+from diffana.stats import Model  # noqa: E402
 
 RTOL = 1e-10
 
@@ -31,7 +31,9 @@ STAT_UNC = {
     "CR": {"ttbar": [3.0, 2.5, 1.2], "wjets": [1.0, 1.5, 0.0]},
 }
 EMPTY_BIN = 7  # SR bin 4 (pyhf orders channels by name: CR's 3 bins come first)
-MODIFIER_TYPES = ["normfactor", "normsys", "histosys", "staterror", "shapesys", "lumi", "shapefactor"]
+MODIFIER_TYPES = [
+    "normfactor", "normsys", "histosys", "staterror", "shapesys", "lumi", "shapefactor"
+]
 
 
 def make_spec(modifier_types):
@@ -49,7 +51,8 @@ def make_spec(modifier_types):
             if "lumi" in use and sample != "wjets":
                 modifiers.append({"name": "lumi", "type": "lumi", "data": None})
             if "normsys" in use:
-                hi, lo = {"signal": (1.08, 0.95), "ttbar": (1.05, 0.93), "wjets": (1.3, 0.6)}[sample]
+                factors = {"signal": (1.08, 0.95), "ttbar": (1.05, 0.93), "wjets": (1.3, 0.6)}
+                hi, lo = factors[sample]
                 if channel == "CR":
                     hi, lo = hi - 0.02, lo + 0.01
                 name = "wjets_xsec" if sample == "wjets" else "jet_energy_scale"
@@ -66,11 +69,13 @@ def make_spec(modifier_types):
                 )
             if "staterror" in use and sample in STAT_UNC[channel]:
                 modifiers.append(
-                    {"name": f"staterror_{channel}", "type": "staterror", "data": STAT_UNC[channel][sample]}
+                    {"name": f"staterror_{channel}", "type": "staterror",
+                     "data": STAT_UNC[channel][sample]}
                 )
             if "shapesys" in use and sample == "wjets":
                 unc = [0.15 * v if i != 1 else 0.0 for i, v in enumerate(yields)]
-                modifiers.append({"name": f"wjets_shape_{channel}", "type": "shapesys", "data": unc})
+                modifiers.append(
+                    {"name": f"wjets_shape_{channel}", "type": "shapesys", "data": unc})
             if "shapefactor" in use and channel == "CR" and sample == "ttbar":
                 modifiers.append({"name": "cr_shape", "type": "shapefactor", "data": None})
             sample_specs.append({"name": sample, "data": list(yields), "modifiers": modifiers})
@@ -78,7 +83,8 @@ def make_spec(modifier_types):
     spec = {"channels": channels}
     if "lumi" in use:
         spec["parameters"] = [
-            {"name": "lumi", "auxdata": [1.0], "sigmas": [0.017], "bounds": [[0.9, 1.1]], "inits": [1.0]}
+            {"name": "lumi", "auxdata": [1.0], "sigmas": [0.017], "bounds": [[0.9, 1.1]],
+             "inits": [1.0]}
         ]
     return spec
 
@@ -144,7 +150,8 @@ def test_expected_data_matches_pyhf(model):
     rng = np.random.default_rng(2)
     for pars in [model.suggested_init] + [random_pars(model, rng) for _ in range(3)]:
         np.testing.assert_allclose(
-            model.expected_data(pars, templates), model.pyhf_model.expected_data(pars), rtol=RTOL, atol=1e-12
+            model.expected_data(pars, templates), model.pyhf_model.expected_data(pars),
+            rtol=RTOL, atol=1e-12,
         )
         np.testing.assert_allclose(
             model.expected_data(pars, templates, include_auxdata=False),
@@ -204,7 +211,8 @@ def test_gradients_wrt_templates(full_model):
     the zero-yield point itself is covered by test_gradients_finite_at_zero_yields."""
     data = jnp.asarray(observed_data(full_model))
     pars = jnp.asarray(random_pars(full_model, np.random.default_rng(6)))
-    templates = jax.tree_util.tree_map(lambda x: jnp.where(x == 0.0, 0.05, x), full_model.templates())
+    templates = jax.tree_util.tree_map(lambda x: jnp.where(x == 0.0, 0.05, x),
+                                       full_model.templates())
     logpdf = jax.jit(lambda t: full_model.logpdf(pars, data, t))
     check_grads(logpdf, (templates,), order=1, modes=("fwd", "rev"), eps=1e-6)
 
@@ -227,7 +235,8 @@ def test_gradients_finite_at_zero_yields(full_model):
 
 def test_zero_rate_with_data_is_floored_not_nan(full_model):
     templates = full_model.templates()
-    data = jnp.asarray(observed_data(full_model)).at[EMPTY_BIN].set(2.0)  # data where nothing is expected
+    # data where nothing is expected
+    data = jnp.asarray(observed_data(full_model)).at[EMPTY_BIN].set(2.0)
     pars = jnp.asarray(full_model.suggested_init)
     value, grad = jax.jit(jax.value_and_grad(full_model.logpdf))(pars, data, templates)
     assert np.isfinite(value) and value < -1000.0
@@ -239,7 +248,8 @@ def test_workspace_spec_uses_measurement():
     workspace = {
         "channels": spec["channels"],
         "observations": [
-            {"name": c["name"], "data": [float(v) for v in np.sum([s["data"] for s in c["samples"]], axis=0)]}
+            {"name": c["name"],
+             "data": [float(v) for v in np.sum([s["data"] for s in c["samples"]], axis=0)]}
             for c in spec["channels"]
         ],
         "measurements": [
@@ -253,7 +263,8 @@ def test_workspace_spec_uses_measurement():
     data = pyhf.Workspace(workspace).data(reference)
     pars = random_pars(model, np.random.default_rng(8))
     np.testing.assert_allclose(
-        model.logpdf(pars, jnp.asarray(data), model.templates()), reference.logpdf(pars, data)[0], rtol=RTOL
+        model.logpdf(pars, jnp.asarray(data), model.templates()), reference.logpdf(pars, data)[0],
+        rtol=RTOL,
     )
     written = model.spec_with(model.templates(), observations={"SR": np.ones(5)})
     assert written["observations"][0]["data"] == [1.0] * 5
@@ -262,6 +273,7 @@ def test_workspace_spec_uses_measurement():
 
 def test_unsupported_modifier_is_rejected():
     spec = copy.deepcopy(SPECS["normfactor"])
-    spec["channels"][0]["samples"][0]["modifiers"].append({"name": "x", "type": "magic", "data": None})
+    spec["channels"][0]["samples"][0]["modifiers"].append(
+        {"name": "x", "type": "magic", "data": None})
     with pytest.raises(ValueError, match="magic"):
         Model(spec)

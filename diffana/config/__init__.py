@@ -12,7 +12,8 @@ The parts, in the order a configuration goes through them:
   :mod:`~diffana.config.values`): the pydantic models, one per block of the YAML,
 - :mod:`~diffana.config.errors`: a schema error as one line (file, key path, value, allowed),
 - :mod:`~diffana.config.references`: every name used is defined (after the ``imports:``),
-- :mod:`~diffana.config.naming`: how diffana spells the names it makes.
+- names diffana makes (variation templates, histogram keys, branches) are spelled in
+  :mod:`diffana.naming`, below the configuration.
 
 Example:
     >>> from diffana.config import load_dict

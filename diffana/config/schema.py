@@ -19,7 +19,7 @@ import numpy as np
 from pydantic import Field, StrictBool, StrictInt, model_validator
 
 from diffana.config.errors import KeyCheckError
-from diffana.config.naming import variation_key
+from diffana.naming import variation_key
 from diffana.config.statistics import ModelConfig, Objective, Optimiser
 from diffana.config.values import Number, StrictModel, Threshold
 

@@ -16,6 +16,7 @@ import optax
 from pydantic import Field, StrictBool, StrictInt, field_validator, model_validator
 
 from diffana.config.values import Number, StrictModel
+from diffana.systematics import SYSTEMATICS, check_systematic
 
 
 def optax_optimiser(name: str) -> Callable | None:
@@ -41,7 +42,7 @@ class Systematic(StrictModel):
     """
 
     name: str
-    type: Literal["normsys", "histosys", "lumi", "normplusshape"]
+    type: Literal[tuple(SYSTEMATICS)]  # normsys, histosys, lumi, normplusshape
     samples: list[str] = Field(default_factory=list)
     up: Number | str | None = None
     down: Number | str | None = None
@@ -50,32 +51,7 @@ class Systematic(StrictModel):
 
     @model_validator(mode="after")
     def _complete(self) -> Systematic:
-        numbers = all(v is None or isinstance(v, float) for v in (self.up, self.down))
-        if self.type in ("normsys", "lumi") and not numbers:
-            raise ValueError(f"a {self.type} needs numbers for up and down, got "
-                             f"up={self.up!r}, down={self.down!r}")
-        if self.type == "normsys" and (self.up is None or self.down is None or not self.samples):
-            raise ValueError("a normsys needs samples, up and down")
-        if self.type == "histosys":
-            if not self.variations:
-                raise ValueError("a histosys needs variations: {sample: {up: ..., down: ...}}")
-            for s, v in self.variations.items():
-                extra = set(v) - {"up", "down"}
-                if "up" not in v or extra:
-                    raise ValueError(
-                        f"variations.{s} needs up (and optionally down), got {sorted(v)}")
-        if self.type == "lumi" and (self.up is None or not self.samples):
-            raise ValueError("a lumi systematic needs samples and up (the relative uncertainty)")
-        if self.type == "normplusshape":
-            if not isinstance(self.up, str) or isinstance(self.down, float):
-                raise ValueError("a normplusshape needs up (and down) naming variations, e.g. "
-                                 f"up: pt_scale_up; got up={self.up!r}, down={self.down!r}")
-            if (self.down is None) != self.symmetrise:
-                raise ValueError("a normplusshape needs exactly one of down (a variation) and "
-                                 f"symmetrise: true; got down={self.down!r}, "
-                                 f"symmetrise={self.symmetrise}")
-        elif self.symmetrise:
-            raise ValueError(f"symmetrise applies to normplusshape only, not {self.type}")
+        check_systematic(self)
         return self
 
 
@@ -98,7 +74,7 @@ class ModelConfig(StrictModel):
         lo, hi = bounds
         if not lo < hi:
             raise ValueError(f"bounds must be increasing, got [{lo}, {hi}]")
-        if not lo <= 1.0 <= hi:  # the fits start from POI = 1 (diffana.spec)
+        if not lo <= 1.0 <= hi:  # the fits start from POI = 1 (diffana.stats.spec)
             raise ValueError(f"bounds [{lo}, {hi}] must contain 1.0, the POI's initial value")
         return bounds
 

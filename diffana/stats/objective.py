@@ -16,14 +16,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffana.config import AnalysisConfig
-from diffana.infer import (
+from diffana.stats.infer import (
     asimov_significance_closed_form,
     discovery_significance,
     expected_cls,
     poi_uncertainty,
 )
-from diffana.model import Model
-from diffana.spec import build, to_json
+from diffana.stats.model import Model
+from diffana.stats.spec import build, to_json
 
 #: Objectives that are maximised (significances); the others (CLs, uncertainties) are minimised.
 MAXIMISED = frozenset({"discovery_significance", "asimov_significance"})

@@ -1,4 +1,4 @@
-"""Fits, test statistics and figures of merit on a :class:`diffana.model.Model`.
+"""Fits, test statistics and figures of merit on a :class:`diffana.stats.Model`.
 
 Everything here is a pure JAX function of the templates (and data): jit-able with the model
 as a static argument (or closed over), and differentiable with respect to the templates.
@@ -16,8 +16,7 @@ as a static argument (or closed over), and differentiable with respect to the te
 
 Example:
     >>> import jax
-    >>> jax.config.update("jax_enable_x64", True)
-    >>> from diffana.model import Model
+    >>> from diffana.stats import Model
     >>> spec = {"channels": [{"name": "SR", "samples": [
     ...     {"name": "signal", "data": [5.0, 10.0],
     ...      "modifiers": [{"name": "mu", "type": "normfactor", "data": None}]},
@@ -38,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffana.model import Model, Templates
+from diffana.stats.model import Model, Templates
 
 __all__ = [
     "FitResult",
@@ -50,6 +49,7 @@ __all__ = [
     "fit",
     "poi_uncertainty",
     "profile_likelihood_ratio",
+    "safe_sqrt",
 ]
 
 #: Newton iterations allowed in :func:`fit` (each one a Hessian of the free parameters).

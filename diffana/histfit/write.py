@@ -1,0 +1,105 @@
+"""The outputs of ``diffana fit``: the workspace, the fit result, the pulls plot and a summary.
+
+:func:`fit_histograms` is the whole chain: read the configuration, build the workspace from
+the histogram file (:mod:`~diffana.histfit.build`), fit it (:mod:`~diffana.histfit.fit`) and
+write ``workspace.json``, ``pulls.png`` and ``fit.json`` (last).
+
+Example:
+    >>> from diffana.histfit import agc_n_total, fit_histograms        # doctest: +SKIP
+    >>> n_total = agc_n_total("nanoaod_inputs.json", files_per_process=5)  # doctest: +SKIP
+    >>> fit_histograms("configs/agc_ttbar.yaml", "histos_5_file_per_process.json",
+    ...                "runs/agc-fit", n_total=n_total)                 # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+
+from diffana import config as configmod
+from diffana import report
+from diffana.exceptions import DiffanaError
+from diffana.histfit.build import build_workspace
+from diffana.histfit.fit import FitSummary, fit_workspace
+
+__all__ = ["fit_histograms", "pulls_plot", "summary"]
+
+
+def pulls_plot(result: FitSummary, path: Path) -> None:
+    """Pulls of the nuisance parameters (staterror left out), with ±1σ and ±2σ bands."""
+    import mplhep
+    from matplotlib import style
+    from matplotlib.figure import Figure
+
+    from diffana.plot import _save
+
+    pulls = []
+    for name, (centre, width) in result.constraints.items():
+        value, uncertainty = result.value(name)
+        pulls.append((name, (value - centre) / width, uncertainty / width))
+    with style.context(mplhep.style.CMS):
+        fig = Figure(figsize=(8, 1.5 + 0.45 * max(1, len(pulls))))
+        ax = fig.subplots()
+        y = np.arange(len(pulls))[::-1]
+        ax.fill_betweenx([-0.5, len(pulls) - 0.5], -2, 2, color="yellow")
+        ax.fill_betweenx([-0.5, len(pulls) - 0.5], -1, 1, color="limegreen")
+        ax.axvline(0, color="black", ls="dotted", lw=1)
+        if pulls:
+            ax.errorbar([p[1] for p in pulls], y, xerr=[p[2] for p in pulls], fmt="o",
+                        color="black")
+        ax.set_yticks(y, [p[0] for p in pulls], fontsize=13)
+        ax.set_ylim(-0.5, len(pulls) - 0.5)
+        ax.set_xlim(-3, 3)
+        ax.set_xlabel(r"$(\hat{\theta} - \theta_0)/\Delta\theta$")
+        value, uncertainty = result.value(result.poi)
+        ax.set_title(f"{result.poi} = {value:.4f} ± {uncertainty:.4f}", fontsize=14)
+        _save(fig, path)
+
+
+def summary(result: FitSummary) -> str:
+    """One table: the POI ± its uncertainty first, then every nuisance parameter."""
+    poi = result.names.index(result.poi)
+    order = [poi, *[i for i in range(len(result.names)) if i != poi]]
+    rows = [[result.names[i], f"{result.bestfit[i]:.4f}", f"{result.uncertainty[i]:.4f}"]
+            for i in order]
+    head = (f"fit: -2 ln L = {result.twice_nll:.5f}, "
+            f"{'converged' if result.converged else 'NOT converged'}; "
+            f"{result.poi} = {result.bestfit[poi]:.4f} ± {result.uncertainty[poi]:.4f}")
+    return head + "\n" + report.table(rows, ["parameter", "best fit", "uncertainty"])
+
+
+def fit_histograms(
+    config_path: str | Path,
+    histograms: str | Path,
+    out: str | Path | None = None,
+    *,
+    data: str = "pseudodata",
+    n_total: dict[str, int] | None = None,
+    echo=print,
+) -> dict:
+    """Build the model from histograms, fit it and write ``workspace.json``, ``pulls.png`` and
+    ``fit.json`` (last) into ``out`` (default ``runs/<name>-fit-<timestamp>``).
+
+    Returns:
+        The content of ``fit.json``.
+    """
+    cfg = configmod.load(config_path)
+    workspace = build_workspace(cfg, histograms, data=data, n_total=n_total)
+    result = fit_workspace(workspace)
+    out_dir = Path(out) if out else Path("runs") / (
+        f"{cfg.name}-fit-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DiffanaError(f"{out_dir}: cannot create the output directory ({err})") from None
+    if (out_dir / "fit.json").exists():
+        (out_dir / "fit.json").unlink()  # a rerun into the same directory starts over
+    report.write_json(out_dir / "workspace.json", workspace)
+    pulls_plot(result, out_dir / "pulls.png")
+    fit_json = result.to_json()
+    report.write_json(out_dir / "fit.json", fit_json)
+    echo(summary(result))
+    echo(f"wrote {out_dir}/fit.json, workspace.json, pulls.png")
+    return fit_json

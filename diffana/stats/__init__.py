@@ -1,0 +1,56 @@
+"""Statistics: the pyhf spec, a differentiable HistFactory likelihood, fits and figures of merit.
+
+The modules, in the order the statistical part of an analysis goes through them:
+
+- :mod:`~diffana.stats.spec`: the pyhf workspace spec from the configuration and the yields
+  (``build``, ``to_json``),
+- :mod:`~diffana.stats.model`: :class:`Model`, pyhf's likelihood as a pure JAX function of
+  ``(pars, data, templates)``, assembled from :mod:`~diffana.stats.structure` (what the
+  spec fixes), :mod:`~diffana.stats.main` (the Poisson term), :mod:`~diffana.stats.constraint`
+  (the auxiliary measurements) and :mod:`~diffana.stats.modifiers` (one record per pyhf
+  modifier type, with the interpolation codes),
+- :mod:`~diffana.stats.infer`: the bounded maximum-likelihood fit (implicitly
+  differentiated), discovery significance, expected CLs, the POI uncertainty and the
+  closed-form Asimov significance.
+
+Importing this package switches JAX to float64 (``diffana/__init__.py`` does it).
+
+Example:
+    >>> from diffana.stats import Model, discovery_significance
+    >>> spec = {"channels": [{"name": "SR", "samples": [
+    ...     {"name": "signal", "data": [5.0, 10.0],
+    ...      "modifiers": [{"name": "mu", "type": "normfactor", "data": None}]},
+    ...     {"name": "ttbar", "data": [50.0, 20.0],
+    ...      "modifiers": [{"name": "bkg_unc", "type": "shapesys", "data": [5.0, 4.0]}]},
+    ... ]}]}
+    >>> model = Model(spec)
+    >>> print(f"{float(discovery_significance(model, model.templates())):.4f}")
+    1.6042
+"""
+
+from diffana.stats.infer import (
+    FitResult,
+    asimov_data,
+    asimov_pars,
+    asimov_significance_closed_form,
+    discovery_significance,
+    expected_cls,
+    fit,
+    poi_uncertainty,
+    profile_likelihood_ratio,
+)
+from diffana.stats.model import Model, Templates
+
+__all__ = [
+    "FitResult",
+    "Model",
+    "Templates",
+    "asimov_data",
+    "asimov_pars",
+    "asimov_significance_closed_form",
+    "discovery_significance",
+    "expected_cls",
+    "fit",
+    "poi_uncertainty",
+    "profile_likelihood_ratio",
+]

@@ -1,0 +1,151 @@
+"""The main term of the likelihood: the expected rates and their Poisson probability.
+
+The rate of sample ``s`` in bin ``b`` is its nominal yield plus the ``"shift"`` modifiers'
+interpolated shifts, times every ``"scale"`` parameter and ``"factor"`` (interpolated factor)
+acting on it (pyhf's order: additions first, then multiplications). :class:`MainModel` lays
+this out once, as index arrays, from a :class:`~diffana.stats.structure.Structure` and the
+modifier table (:data:`~diffana.stats.modifiers.MODIFIERS`); evaluating it is a gather, a
+scatter and a product over a few static factor slots.
+
+Example:
+    >>> from diffana.stats.structure import Structure
+    >>> spec = {"channels": [{"name": "SR", "samples": [
+    ...     {"name": "signal", "data": [5.0, 2.0],
+    ...      "modifiers": [{"name": "mu", "type": "normfactor", "data": None}]},
+    ...     {"name": "ttbar", "data": [50.0, 20.0], "modifiers": []},
+    ... ]}]}
+    >>> main = MainModel(Structure(spec))
+    >>> templates = {"SR": {"signal": {"data": jnp.array([5.0, 2.0])},
+    ...                     "ttbar": {"data": jnp.array([50.0, 20.0])}}}
+    >>> main.expected(jnp.array([2.0]), templates).tolist()
+    [60.0, 24.0]
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from diffana.stats.densities import poisson_logpdf
+from diffana.stats.modifiers import MODIFIERS, ModifierType
+from diffana.stats.structure import Structure
+
+__all__ = ["MainModel"]
+
+
+class _Applied(NamedTuple):
+    """The sites of one ``"factor"`` or ``"shift"`` modifier type, in spec order."""
+
+    kind: ModifierType
+    sites: list[tuple[str, str, str]]  # (channel, sample, modifier name)
+    alpha: np.ndarray  # parameter per site ("factor") or per bin ("shift")
+    positions: np.ndarray  # "shift": its bins in the flattened (sample, bin) rates
+
+
+class MainModel:
+    """Expected rates and the main Poisson term of a spec's structure.
+
+    Args:
+        structure: The spec's structure.
+    """
+
+    def __init__(self, structure: Structure):
+        n_pars, n_bins = structure.n_pars, structure.n_bins
+        self.n_samples, self.n_bins = len(structure.samples), n_bins
+        sample_index = {name: i for i, name in enumerate(structure.samples)}
+
+        # Where each (channel, sample) sits in the flattened (sample, bin) rate array.
+        self.nominal_sites: list[tuple[str, str]] = []
+        positions = []
+        for channel, sample, bins in structure.sample_bins():
+            self.nominal_sites.append((channel, sample))
+            positions.append(sample_index[sample] * n_bins + bins)
+        self.nominal_positions = np.concatenate(positions).astype(np.int64)
+
+        # Multiplicative slots per (sample, bin): a parameter index, or (type, k) for the
+        # k-th interpolated factor of a "factor" type (resolved below).
+        slot_lists: list[list[list]] = [[[] for _ in range(n_bins)] for _ in structure.samples]
+        by_type: dict[str, list] = {}
+        for m_type, site in structure.sites():
+            kind = MODIFIERS[m_type]
+            pars = kind.pars(site)
+            s = sample_index[site.sample]
+            sites = by_type.setdefault(m_type, [])
+            if kind.effect == "scale":
+                for b, index in zip(site.bins, pars, strict=True):
+                    slot_lists[s][b].append(index)
+            elif kind.effect == "factor":
+                for b in site.bins:
+                    slot_lists[s][b].append((m_type, len(sites)))
+            sites.append((site, pars, s * n_bins + site.bins))
+
+        # Interpolated factors follow the parameters in the factor values, type by type.
+        self.factors: list[_Applied] = []
+        self.shifts: list[_Applied] = []
+        first_factor: dict[str, int] = {}
+        n_values = n_pars
+        for m_type, kind in MODIFIERS.items():
+            sites = by_type.get(m_type)
+            if not sites or kind.effect == "scale":
+                continue
+            names = [(site.channel, site.sample, site.name) for site, _, _ in sites]
+            if kind.effect == "factor":
+                first_factor[m_type] = n_values
+                n_values += len(sites)
+                alpha = np.array([pars[0] for _, pars, _ in sites], dtype=np.int64)
+                self.factors.append(_Applied(kind, names, alpha, np.zeros(0, dtype=np.int64)))
+            else:
+                alpha = np.concatenate([np.asarray(pars) for _, pars, _ in sites])
+                where = np.concatenate([p for _, _, p in sites])
+                self.shifts.append(_Applied(kind, names, alpha.astype(np.int64),
+                                            where.astype(np.int64)))
+
+        one_index = n_values  # the trailing 1.0 of the factor values fills unused slots
+        depth = max([1] + [len(f) for per_sample in slot_lists for f in per_sample])
+        factor_index = np.full((depth, self.n_samples, n_bins), one_index, dtype=np.int64)
+        for s, per_sample in enumerate(slot_lists):
+            for b, slots in enumerate(per_sample):
+                factor_index[: len(slots), s, b] = [
+                    first_factor[slot[0]] + slot[1] if isinstance(slot, tuple) else slot
+                    for slot in slots
+                ]
+        self.factor_index = factor_index
+
+    @staticmethod
+    def _apply(applied: _Applied, pars: jax.Array, templates: dict) -> jax.Array:
+        sites = [(templates[c][s], m) for c, s, m in applied.sites]
+        return applied.kind.apply(pars[applied.alpha], sites)
+
+    def rates_by_sample(self, pars: jax.Array, templates: dict) -> jax.Array:
+        """Expected rates, shape ``(n_samples, n_bins)``, samples in pyhf order.
+
+        Args:
+            pars: float64 parameter values, pyhf order.
+            templates: The numbers of the spec (see :meth:`diffana.stats.Model.templates`).
+        """
+        n_samples, n_bins = self.n_samples, self.n_bins
+        nominal_values = [templates[c][s]["data"] for c, s in self.nominal_sites]
+        flat = jnp.zeros(n_samples * n_bins, dtype=jnp.float64)
+        flat = flat.at[self.nominal_positions].set(jnp.concatenate(nominal_values))
+        for applied in self.shifts:
+            flat = flat.at[applied.positions].add(self._apply(applied, pars, templates))
+        interpolated = [self._apply(applied, pars, templates) for applied in self.factors]
+        factor_values = jnp.concatenate([pars, *interpolated, jnp.ones(1, dtype=jnp.float64)])
+        gathered = factor_values[self.factor_index]
+        # An explicit product over the (few, static) factor slots: jnp.prod's derivative rule
+        # guards against zeros and makes second derivatives (Newton's Hessian) costly to compile.
+        factors = gathered[0]
+        for k in range(1, gathered.shape[0]):
+            factors = factors * gathered[k]
+        return factors * flat.reshape(n_samples, n_bins)
+
+    def expected(self, pars: jax.Array, templates: dict) -> jax.Array:
+        """Expected yields of all bins (summed over samples), shape ``(n_bins,)``."""
+        return jnp.sum(self.rates_by_sample(pars, templates), axis=0)
+
+    def logpdf(self, data: jax.Array, rates: jax.Array) -> jax.Array:
+        """The summed Poisson log density of the main ``data`` at the expected ``rates``."""
+        return jnp.sum(poisson_logpdf(data, rates))

@@ -1,0 +1,286 @@
+"""The pyhf modifier types, one record each in :data:`MODIFIERS`: the one table to extend.
+
+A record (:class:`ModifierType`) says everything the likelihood needs to know about a type:
+
+- its ``effect`` on the expected rates: ``"scale"`` (its parameters multiply the bins),
+  ``"factor"`` (one interpolated factor per sample multiplies its bins) or ``"shift"`` (an
+  interpolated per-bin shift is added to the nominal yields, before any factor),
+- ``pars``: which parameter acts on each bin of a sample,
+- ``read``/``write``: its numbers in the spec <-> its leaf of the templates pytree,
+- ``apply``: the interpolation of a ``"factor"`` or ``"shift"``,
+- ``constrain``: how its templates set the numbers of its constraint (staterror widths,
+  shapesys ``tau``), and ``templated``, which of them,
+- ``settings``: its pyhf modifier settings (the interpolation code).
+
+The main term (:mod:`~diffana.stats.main`), the constraint term
+(:mod:`~diffana.stats.constraint`) and the templates of :class:`~diffana.stats.Model` read
+only this table, so a new modifier type is one record here. The interpolations are pyhf's
+defaults: ``code4`` for normsys (:func:`normsys_code4`), ``code4p`` for histosys
+(:func:`histosys_code4p`).
+
+Example:
+    >>> import jax.numpy as jnp
+    >>> print(f"{float(normsys_code4(jnp.asarray(0.5), 1.1, 0.9)):.6f}")
+    1.049315
+    >>> MODIFIERS["normsys"].effect, MODIFIERS["staterror"].templated
+    ('factor', 'sigma')
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from diffana.stats.densities import f64
+
+__all__ = [
+    "DEFAULT_MODIFIER_SETTINGS",
+    "MODIFIERS",
+    "ConstraintScales",
+    "ModifierType",
+    "Site",
+    "histosys_code4p",
+    "normsys_code4",
+]
+
+# Inverse of the 6x6 system fixing the code4 polynomial at alpha0 = 1 (value, first and
+# second derivative matched to the exponential pieces at +-alpha0); pyhf interpolators/code4.py.
+_CODE4_A_INVERSE = np.array(
+    [
+        [15.0 / 16, -15.0 / 16, -7.0 / 16, -7.0 / 16, 1.0 / 16, -1.0 / 16],
+        [3.0 / 2, 3.0 / 2, -9.0 / 16, 9.0 / 16, 1.0 / 16, 1.0 / 16],
+        [-5.0 / 8, 5.0 / 8, 5.0 / 8, 5.0 / 8, -1.0 / 8, 1.0 / 8],
+        [3.0 / -2, 3.0 / -2, -7.0 / -8, 7.0 / -8, -1.0 / 8, -1.0 / 8],
+        [3.0 / 16, -3.0 / 16, -3.0 / 16, -3.0 / 16, 1.0 / 16, -1.0 / 16],
+        [1.0 / 2, 1.0 / 2, -5.0 / 16, 5.0 / 16, 1.0 / 16, 1.0 / 16],
+    ]
+)
+
+
+def normsys_code4(alpha: jax.Array, hi: jax.Array, lo: jax.Array) -> jax.Array:
+    """Multiplicative normsys factor with pyhf's ``code4`` interpolation (alpha0 = 1).
+
+    Exponential ``hi**alpha`` for ``alpha >= 1``, ``lo**(-alpha)`` for ``alpha <= -1``, and in
+    between the 6th-order polynomial that matches value, slope and curvature at +-1.
+
+    Args:
+        alpha: Nuisance-parameter values (broadcast against ``hi`` and ``lo``).
+        hi: Factor at ``alpha = +1`` (must be > 0).
+        lo: Factor at ``alpha = -1`` (must be > 0).
+
+    Returns:
+        The factor, with the broadcast shape of the inputs.
+    """
+    log_hi, log_lo = jnp.log(hi), jnp.log(lo)
+    rhs = jnp.stack(
+        [hi - 1.0, lo - 1.0, log_hi * hi, -log_lo * lo, log_hi**2 * hi, log_lo**2 * lo]
+    )
+    a1, a2, a3, a4, a5, a6 = jnp.tensordot(f64(_CODE4_A_INVERSE), rhs, axes=1)
+    # Horner form: cheaper to differentiate twice (and to compile) than a sum of powers.
+    polynomial = 1.0 + alpha * (
+        a1 + alpha * (a2 + alpha * (a3 + alpha * (a4 + alpha * (a5 + alpha * a6))))
+    )
+    abs_alpha = jnp.abs(alpha)
+    # Each branch is finite for hi, lo > 0, so the unselected ones cannot leak NaN gradients.
+    return jnp.where(
+        alpha >= 1.0,
+        jnp.exp(abs_alpha * log_hi),
+        jnp.where(alpha > -1.0, polynomial, jnp.exp(abs_alpha * log_lo)),
+    )
+
+
+def histosys_code4p(
+    alpha: jax.Array, lo: jax.Array, nominal: jax.Array, hi: jax.Array
+) -> jax.Array:
+    """Additive histosys shift with pyhf's ``code4p`` interpolation.
+
+    Linear outside ``|alpha| <= 1``, a 6th-order polynomial inside.
+
+    Args:
+        alpha: Nuisance-parameter values, one per bin.
+        lo: Template at ``alpha = -1``.
+        nominal: Nominal template.
+        hi: Template at ``alpha = +1``.
+
+    Returns:
+        The shift to add to the nominal yields.
+    """
+    delta_up = hi - nominal
+    delta_down = nominal - lo
+    symmetric = 0.5 * (delta_up + delta_down)
+    antisymmetric = 0.0625 * (delta_up - delta_down)
+    alpha2 = alpha**2
+    inside = alpha2 * (alpha2 * (alpha2 * 3.0 - 10.0) + 15.0) * antisymmetric
+    inside = inside + alpha * symmetric
+    return jnp.where(
+        alpha < -1.0,
+        alpha * delta_down,
+        jnp.where(alpha > 1.0, alpha * delta_up, inside),
+    )
+
+
+class Site(NamedTuple):
+    """One modifier on one sample: the bins it acts on and where its parameters are.
+
+    Attributes:
+        channel: The sample's channel.
+        sample: The sample.
+        name: The modifier's name.
+        bins: The channel's bins, as indices into all bins of all channels (pyhf order).
+        first_par: Index of the modifier's first parameter (pyhf's ``par_slice`` start).
+        covered: Sorted bins of every channel holding a modifier of this type and name.
+    """
+
+    channel: str
+    sample: str
+    name: str
+    bins: np.ndarray
+    first_par: int
+    covered: list[int]
+
+
+class ConstraintScales(NamedTuple):
+    """Per parameter: the Gaussian constraint width and the Poisson constraint ``tau``."""
+
+    sigma: jax.Array
+    tau: jax.Array
+
+
+class ModifierType(NamedTuple):
+    """How one pyhf modifier type enters the likelihood (see the module docs).
+
+    Attributes:
+        effect: ``"scale"``, ``"factor"`` or ``"shift"``.
+        pars: ``pars(site)``: the parameter index acting on each bin of ``site``.
+        read: ``read(data)``: the spec's ``data`` as the templates' leaf (float64 arrays);
+            ``None`` for a type without numbers.
+        write: ``write(leaf, floats)``: the leaf back as the spec's ``data``, each array
+            through ``floats``.
+        apply: For ``"factor"``: ``apply(alpha, sites)`` with one ``alpha`` per site gives one
+            factor per site; for ``"shift"``: ``alpha`` per bin gives the shift per bin.
+            ``sites`` lists ``(templates of the sample, modifier name)``.
+        templated: ``"sigma"`` or ``"tau"``: the constraint number its templates set.
+        constrain: ``constrain(scales, pars, nominal, uncertainty)``: the
+            :class:`ConstraintScales` with those numbers set, from the nominal yields and
+            the uncertainties of all its sites' bins (``pars``: their parameters).
+        settings: pyhf's ``modifier_settings`` entry for the type.
+    """
+
+    effect: str
+    pars: Callable[[Site], list[int]]
+    read: Callable[[Any], Any] | None = None
+    write: Callable[[Any, Callable[[Any], Any]], Any] | None = None
+    apply: Callable[[jax.Array, list[tuple[dict, str]]], jax.Array] | None = None
+    templated: str | None = None
+    constrain: Callable[..., ConstraintScales] | None = None
+    settings: dict | None = None
+
+
+# --- parameters per bin -----------------------------------------------------------------------
+
+
+def _one_par(site: Site) -> list[int]:
+    return [site.first_par] * len(site.bins)
+
+
+def _par_per_bin(site: Site) -> list[int]:
+    return list(range(site.first_par, site.first_par + len(site.bins)))
+
+
+def _par_per_covered_bin(site: Site) -> list[int]:
+    return [site.first_par + site.covered.index(b) for b in site.bins]
+
+
+# --- numbers ----------------------------------------------------------------------------------
+
+
+def _read_normsys(data: dict) -> dict:
+    return {"hi": f64(data["hi"]), "lo": f64(data["lo"])}
+
+
+def _write_normsys(leaf: dict, floats: Callable) -> dict:
+    return {"hi": floats(leaf["hi"]), "lo": floats(leaf["lo"])}
+
+
+def _read_histosys(data: dict) -> dict:
+    return {"hi_data": f64(data["hi_data"]), "lo_data": f64(data["lo_data"])}
+
+
+def _write_histosys(leaf: dict, floats: Callable) -> dict:
+    return {"hi_data": floats(leaf["hi_data"]), "lo_data": floats(leaf["lo_data"])}
+
+
+def _write_array(leaf: Any, floats: Callable) -> Any:
+    return floats(leaf)
+
+
+# --- interpolations ---------------------------------------------------------------------------
+
+
+def _normsys_factors(alpha: jax.Array, sites: list[tuple[dict, str]]) -> jax.Array:
+    hi = jnp.stack([f64(leaves["normsys"][name]["hi"]) for leaves, name in sites])
+    lo = jnp.stack([f64(leaves["normsys"][name]["lo"]) for leaves, name in sites])
+    return normsys_code4(alpha, hi, lo)
+
+
+def _histosys_shift(alpha: jax.Array, sites: list[tuple[dict, str]]) -> jax.Array:
+    his, los, noms = [], [], []
+    for leaves, name in sites:
+        his.append(leaves["histosys"][name]["hi_data"])
+        los.append(leaves["histosys"][name]["lo_data"])
+        noms.append(leaves["data"])
+    return histosys_code4p(alpha, jnp.concatenate(los), jnp.concatenate(noms),
+                           jnp.concatenate(his))
+
+
+# --- constraints from the templates ------------------------------------------------------------
+
+
+def _staterror_widths(scales: ConstraintScales, index: np.ndarray, nominal: jax.Array,
+                      uncertainty: jax.Array) -> ConstraintScales:
+    """``sqrt(sum_s unc_s**2) / sum_s nominal_s`` per parameter; 1 for every other parameter."""
+    n_pars = scales.sigma.shape[0]
+    total_nominal = jnp.zeros(n_pars, dtype=jnp.float64).at[index].add(nominal)[index]
+    positive = total_nominal > 0.0
+    ratio = uncertainty / jnp.where(positive, total_nominal, 1.0)
+    relative2 = jnp.zeros(n_pars, dtype=jnp.float64).at[index].add(
+        jnp.where(positive, ratio**2, 0.0)
+    )
+    has_width = relative2 > 0.0
+    # pyhf fixes zero-width staterror parameters and gives them width 1.
+    sigma = jnp.where(has_width, jnp.sqrt(jnp.where(has_width, relative2, 1.0)), 1.0)
+    return scales._replace(sigma=sigma)
+
+
+def _shapesys_tau(scales: ConstraintScales, index: np.ndarray, nominal: jax.Array,
+                  uncertainty: jax.Array) -> ConstraintScales:
+    """``tau = (nominal / unc)**2``; 1 where either is zero (pyhf's rule)."""
+    valid = (nominal > 0.0) & (uncertainty > 0.0)
+    tau = jnp.where(valid, nominal**2 / jnp.where(valid, uncertainty, 1.0) ** 2, 1.0)
+    return scales._replace(tau=scales.tau.at[index].set(tau))
+
+
+# --- the table --------------------------------------------------------------------------------
+
+#: Every supported pyhf modifier type by name (the order of the "not supported" message).
+MODIFIERS: dict[str, ModifierType] = {
+    "normfactor": ModifierType("scale", _one_par),
+    "normsys": ModifierType("factor", _one_par, _read_normsys, _write_normsys,
+                            apply=_normsys_factors, settings={"interpcode": "code4"}),
+    "histosys": ModifierType("shift", _one_par, _read_histosys, _write_histosys,
+                             apply=_histosys_shift, settings={"interpcode": "code4p"}),
+    "staterror": ModifierType("scale", _par_per_covered_bin, f64, _write_array,
+                              templated="sigma", constrain=_staterror_widths),
+    "shapesys": ModifierType("scale", _par_per_bin, f64, _write_array,
+                             templated="tau", constrain=_shapesys_tau),
+    "lumi": ModifierType("scale", _one_par),
+    "shapefactor": ModifierType("scale", _par_per_bin),
+}
+
+#: pyhf's ``modifier_settings`` for every type that has some (the interpolation codes).
+DEFAULT_MODIFIER_SETTINGS = {name: kind.settings for name, kind in MODIFIERS.items()
+                             if kind.settings is not None}
