@@ -34,10 +34,10 @@ from diffana.events import EventSet, SampleEvents, SampleReader, StreamedSet
 from diffana.executors.setup import Setup
 from diffana.generate import ensure_generated
 from diffana.plan import ParameterSpace, build, event_sets
-from diffana.stats.spec import build as build_spec
-from diffana.stats.spec import to_json
 from diffana.stages import Kernel, samples_of
 from diffana.stats import objective as objectives
+from diffana.stats.spec import build as build_spec
+from diffana.stats.spec import to_json
 
 
 class Analysis:

@@ -37,8 +37,8 @@ import numpy as np
 
 from diffana import observe
 from diffana.config import AnalysisConfig, ObjectCut, Observable
-from diffana.naming import field_branch
 from diffana.exceptions import ConfigError
+from diffana.naming import field_branch
 
 
 @dataclass(frozen=True)

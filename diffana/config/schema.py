@@ -19,9 +19,9 @@ import numpy as np
 from pydantic import Field, StrictBool, StrictInt, model_validator
 
 from diffana.config.errors import KeyCheckError
-from diffana.naming import variation_key
 from diffana.config.statistics import ModelConfig, Objective, Optimiser
-from diffana.config.values import Number, StrictModel, Threshold
+from diffana.config.values import Number, StrictModel, Threshold, exactly_one
+from diffana.naming import variation_key
 
 
 def chunked_evaluation_conflict(engine: str, gradient: str) -> str | None:
@@ -98,11 +98,7 @@ class Variation(StrictModel):
 
     @model_validator(mode="after")
     def _one_kind(self) -> Variation:
-        kinds = [k for k in ("scale", "smear", "weight", "reweight")
-                 if getattr(self, k) is not None]
-        if len(kinds) != 1:
-            raise ValueError(
-                f"give exactly one of scale, smear, weight, reweight (given: {kinds or 'none'})")
+        exactly_one(self, ("scale", "smear", "weight", "reweight"))
         if self.reweight is not None and (
                 set(self.reweight) != {"observable", "slope"}
                 or not isinstance(self.reweight["observable"], str)
@@ -165,12 +161,7 @@ class ObjectCut(StrictModel):
 
     @model_validator(mode="after")
     def _one_kind(self) -> ObjectCut:
-        given = [k for k in ("above", "below", "equals", "bits_set")
-                 if getattr(self, k) is not None]
-        if len(given) != 1:
-            raise ValueError(
-                f"give exactly one of above, below, equals, bits_set (given: {given or 'none'})"
-            )
+        exactly_one(self, ("above", "below", "equals", "bits_set"))
         return self
 
 
@@ -202,10 +193,7 @@ class Requirement(StrictModel):
 
     @model_validator(mode="after")
     def _one_form(self) -> Requirement:
-        forms = [k for k in ("count", "observable", "all", "any") if getattr(self, k) is not None]
-        if len(forms) != 1:
-            raise ValueError(
-                f"give exactly one of count, observable, all, any (given: {forms or 'none'})")
+        exactly_one(self, ("count", "observable", "all", "any"))
         if self.count is not None and (self.at_least is None) == (self.exactly is None):
             raise ValueError("a count requirement needs exactly one of at_least, exactly")
         if self.observable is not None and (self.above is None) == (self.below is None):

@@ -32,3 +32,10 @@ class StrictModel(BaseModel):
     """A configuration block: unknown keys are errors, and a loaded block never changes."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def exactly_one(block: BaseModel, keys: tuple[str, ...]) -> None:
+    """Raise unless exactly one of ``keys`` is given in ``block`` (a block of one form)."""
+    given = [k for k in keys if getattr(block, k) is not None]
+    if len(given) != 1:
+        raise ValueError(f"give exactly one of {', '.join(keys)} (given: {given or 'none'})")

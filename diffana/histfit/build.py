@@ -26,10 +26,10 @@ import json
 from pathlib import Path
 
 from diffana.config import AnalysisConfig
-from diffana.naming import histogram_key
 from diffana.events import sample_norm
 from diffana.exceptions import DataError
 from diffana.histfit.read import read_histograms, rebin
+from diffana.naming import histogram_key
 from diffana.stats import spec
 from diffana.systematics import SYSTEMATICS
 

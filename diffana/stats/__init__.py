@@ -17,40 +17,15 @@ Importing this package switches JAX to float64 (``diffana/__init__.py`` does it)
 
 Example:
     >>> from diffana.stats import Model, discovery_significance
-    >>> spec = {"channels": [{"name": "SR", "samples": [
-    ...     {"name": "signal", "data": [5.0, 10.0],
-    ...      "modifiers": [{"name": "mu", "type": "normfactor", "data": None}]},
-    ...     {"name": "ttbar", "data": [50.0, 20.0],
-    ...      "modifiers": [{"name": "bkg_unc", "type": "shapesys", "data": [5.0, 4.0]}]},
-    ... ]}]}
+    >>> import pyhf  # a signal and a background with uncorrelated bin uncertainties
+    >>> spec = pyhf.simplemodels.uncorrelated_background([5.0, 10.0], [50.0, 20.0], [5.0, 4.0]).spec
     >>> model = Model(spec)
     >>> print(f"{float(discovery_significance(model, model.templates())):.4f}")
     1.6042
 """
 
-from diffana.stats.infer import (
-    FitResult,
-    asimov_data,
-    asimov_pars,
-    asimov_significance_closed_form,
-    discovery_significance,
-    expected_cls,
-    fit,
-    poi_uncertainty,
-    profile_likelihood_ratio,
-)
+from diffana.stats import infer
+from diffana.stats.infer import *  # noqa: F403 (the fits and figures of merit: infer.__all__)
 from diffana.stats.model import Model, Templates
 
-__all__ = [
-    "FitResult",
-    "Model",
-    "Templates",
-    "asimov_data",
-    "asimov_pars",
-    "asimov_significance_closed_form",
-    "discovery_significance",
-    "expected_cls",
-    "fit",
-    "poi_uncertainty",
-    "profile_likelihood_ratio",
-]
+__all__ = ["Model", "Templates", *infer.__all__]

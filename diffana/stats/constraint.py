@@ -8,16 +8,12 @@ shapesys ``tau`` (also its auxdata), unless the user's measurement configuration
 
 Example:
     >>> from diffana.stats.structure import Structure
-    >>> spec = {"channels": [{"name": "SR", "samples": [
-    ...     {"name": "signal", "data": [5.0, 2.0],
-    ...      "modifiers": [{"name": "mu", "type": "normfactor", "data": None}]},
-    ...     {"name": "ttbar", "data": [50.0, 20.0],
-    ...      "modifiers": [{"name": "bkg_unc", "type": "shapesys", "data": [5.0, 4.0]}]},
-    ... ]}]}
+    >>> import pyhf  # a signal and a background with uncorrelated bin uncertainties
+    >>> spec = pyhf.simplemodels.uncorrelated_background([5.0, 2.0], [50.0, 20.0], [5.0, 4.0]).spec
     >>> constraint = ConstraintModel(Structure(spec))
-    >>> templates = {"SR": {"signal": {"data": jnp.array([5.0, 2.0])},
-    ...     "ttbar": {"data": jnp.array([50.0, 20.0]),
-    ...               "shapesys": {"bkg_unc": jnp.array([5.0, 4.0])}}}}
+    >>> templates = {"singlechannel": {"signal": {"data": jnp.array([5.0, 2.0])},
+    ...     "background": {"data": jnp.array([50.0, 20.0]),
+    ...                    "shapesys": {"uncorr_bkguncrt": jnp.array([5.0, 4.0])}}}}
     >>> constraint.numbers(templates)[0].tolist()  # auxdata: tau = (50 / 5)**2, (20 / 4)**2
     [100.0, 25.0]
 """

@@ -17,12 +17,8 @@ as a static argument (or closed over), and differentiable with respect to the te
 Example:
     >>> import jax
     >>> from diffana.stats import Model
-    >>> spec = {"channels": [{"name": "SR", "samples": [
-    ...     {"name": "signal", "data": [5.0, 10.0],
-    ...      "modifiers": [{"name": "mu", "type": "normfactor", "data": None}]},
-    ...     {"name": "ttbar", "data": [50.0, 20.0],
-    ...      "modifiers": [{"name": "bkg_unc", "type": "shapesys", "data": [5.0, 4.0]}]},
-    ... ]}]}
+    >>> import pyhf  # a signal and a background with uncorrelated bin uncertainties
+    >>> spec = pyhf.simplemodels.uncorrelated_background([5.0, 10.0], [50.0, 20.0], [5.0, 4.0]).spec
     >>> model = Model(spec)
     >>> z0 = jax.jit(discovery_significance, static_argnums=0)
     >>> print(f"{float(z0(model, model.templates())):.4f}")

@@ -22,15 +22,11 @@ It is assembled from parts, as pyhf's ``pdf.py`` is: the structure
 types (:data:`~diffana.stats.modifiers.MODIFIERS`).
 
 Example:
-    >>> spec = {"channels": [{"name": "SR", "samples": [
-    ...     {"name": "signal", "data": [5.0, 2.0],
-    ...      "modifiers": [{"name": "mu", "type": "normfactor", "data": None}]},
-    ...     {"name": "ttbar", "data": [50.0, 20.0],
-    ...      "modifiers": [{"name": "bkg_unc", "type": "shapesys", "data": [5.0, 4.0]}]},
-    ... ]}]}
+    >>> import pyhf  # a signal and a background with uncorrelated bin uncertainties
+    >>> spec = pyhf.simplemodels.uncorrelated_background([5.0, 2.0], [50.0, 20.0], [5.0, 4.0]).spec
     >>> model = Model(spec)
     >>> model.par_names
-    ['mu', 'bkg_unc[0]', 'bkg_unc[1]']
+    ['mu', 'uncorr_bkguncrt[0]', 'uncorr_bkguncrt[1]']
     >>> templates = model.templates()
     >>> pars = model.suggested_init
     >>> data = model.expected_data(pars, templates)
@@ -57,6 +53,11 @@ __all__ = ["Model", "RATE_FLOOR", "Templates"]
 
 #: A nested dict ``{channel: {sample: {...}}}`` of float64 JAX arrays; see :meth:`Model.templates`.
 Templates = dict[str, dict[str, dict[str, Any]]]
+
+
+_FROM_STRUCTURE = ("pyhf_model", "spec", "par_names", "poi_index", "suggested_init",
+                   "suggested_bounds", "suggested_fixed", "channels", "samples", "channel_nbins",
+                   "n_bins", "n_pars", "n_aux")
 
 
 class Model:
@@ -99,19 +100,8 @@ class Model:
 
     def __init__(self, spec: dict, poi_name: str | None = None):
         structure = Structure(spec, poi_name)
-        self.pyhf_model = structure.pyhf_model
-        self.spec = structure.spec
-        self.par_names = structure.par_names
-        self.poi_index = structure.poi_index
-        self.suggested_init = structure.suggested_init
-        self.suggested_bounds = structure.suggested_bounds
-        self.suggested_fixed = structure.suggested_fixed
-        self.channels = structure.channels
-        self.samples = structure.samples
-        self.channel_nbins = structure.channel_nbins
-        self.n_bins = structure.n_bins
-        self.n_pars = structure.n_pars
-        self.n_aux = structure.n_aux
+        for name in _FROM_STRUCTURE:  # the attributes documented above
+            setattr(self, name, getattr(structure, name))
         self._main = MainModel(structure)
         self._constraint = ConstraintModel(structure)
 

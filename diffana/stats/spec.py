@@ -19,14 +19,14 @@ NumPy arrays; :func:`to_json` turns it into plain JSON for ``pyhf.Workspace``.
 Example:
     >>> import numpy as np
     >>> from diffana.config import load_dict
-    >>> cfg = load_dict({"samples": {"sig": {"files": ["s.root"], "cross_section": 1.0},
-    ...                              "bkg": {"files": ["b.root"], "cross_section": 10.0}},
-    ...                  "regions": {"SR": {"observable": "ht",
-    ...                              "binning": {"bins": 2, "low": 0, "high": 200}}},
-    ...                  "observables": {"ht": {"kind": "sum", "collection": "jets",
-    ...                                         "field": "pt"}},
-    ...                  "objects": {"jets": {"source": "Jet"}},
-    ...                  "model": {"signal": ["sig"]}})
+    >>> import yaml
+    >>> cfg = load_dict(yaml.safe_load('''
+    ... samples: {sig: {files: [s.root], cross_section: 1}, bkg: {files: [b.root], cross_section: 10}}
+    ... objects: {jets: {source: Jet}}
+    ... observables: {ht: {kind: sum, collection: jets, field: pt}}
+    ... regions: {SR: {observable: ht, binning: {bins: 2, low: 0, high: 200}}}
+    ... model: {signal: [sig]}
+    ... '''))
     >>> yields = {"SR": {"sig": {"nominal": np.array([1.0, 2.0])},
     ...                  "bkg": {"nominal": np.array([10.0, 5.0])}}}
     >>> workspace = to_json(build(cfg, yields))

@@ -7,17 +7,13 @@ their bins, and the auxiliary-data layout. The main and constraint terms build t
 layouts from it.
 
 Example:
-    >>> spec = {"channels": [{"name": "SR", "samples": [
-    ...     {"name": "signal", "data": [5.0, 2.0],
-    ...      "modifiers": [{"name": "mu", "type": "normfactor", "data": None}]},
-    ...     {"name": "ttbar", "data": [50.0, 20.0],
-    ...      "modifiers": [{"name": "bkg_unc", "type": "shapesys", "data": [5.0, 4.0]}]},
-    ... ]}]}
+    >>> import pyhf  # a signal and a background with uncorrelated bin uncertainties
+    >>> spec = pyhf.simplemodels.uncorrelated_background([5.0, 2.0], [50.0, 20.0], [5.0, 4.0]).spec
     >>> structure = Structure(spec)
     >>> structure.par_names, structure.n_bins, structure.n_aux
-    (['mu', 'bkg_unc[0]', 'bkg_unc[1]'], 2, 2)
+    (['mu', 'uncorr_bkguncrt[0]', 'uncorr_bkguncrt[1]'], 2, 2)
     >>> [(kind, site.sample, site.first_par) for kind, site in structure.sites()]
-    [('normfactor', 'signal', 0), ('shapesys', 'ttbar', 1)]
+    [('normfactor', 'signal', 0), ('shapesys', 'background', 1)]
 """
 
 from __future__ import annotations
