@@ -70,15 +70,19 @@ def reference_step(n_events: int, repeat: int) -> dict:
             "grad": {NAMES[k]: float(v) for k, v in grad.items()}}
 
 
-def generated_analysis(path: Path, n_events: int, engine: str = "compiled") -> Analysis:
-    """The configuration at ``path`` on ``n_events`` events of its own generator."""
+def generated_analysis(path: Path, n_events: int, engine: str = "compiled",
+                       gradient: str | None = None) -> Analysis:
+    """The configuration at ``path`` on ``n_events`` events of its own generator (and
+    ``gradient`` mode, if given)."""
     cfg = load(path)
-    cfg = cfg.model_copy(update={"generate": cfg.generate.model_copy(update={"events": n_events})})
+    update = {"generate": cfg.generate.model_copy(update={"events": n_events})}
+    cfg = cfg.model_copy(update={**update, **({"gradient": gradient} if gradient else {})})
     return Analysis(cfg, path.parent, engine=engine, progress=False)
 
 
-def reference_analysis(n_events: int, engine: str = "compiled") -> Analysis:
-    return generated_analysis(HERE / "reference.yaml", n_events, engine)
+def reference_analysis(n_events: int, engine: str = "compiled",
+                       gradient: str | None = None) -> Analysis:
+    return generated_analysis(HERE / "reference.yaml", n_events, engine, gradient)
 
 
 def diffana_step(ana: Analysis, repeat: int) -> dict:

@@ -23,8 +23,7 @@ import importlib.util, json, resource, sys
 spec = importlib.util.spec_from_file_location("bench", {run!r})
 bench = importlib.util.module_from_spec(spec); spec.loader.exec_module(bench)
 n, repeat, mode = {n}, {repeat}, {mode!r}
-ana = bench.reference_analysis(n)
-ana.cfg = ana.cfg.model_copy(update={{"gradient": mode}})
+ana = bench.reference_analysis(n, gradient=mode)
 ours = bench.diffana_step(ana, repeat)
 rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 del ana

@@ -30,9 +30,9 @@ def test_soft_ops_gradients():
 @pytest.mark.parametrize("t", [1e-3, 1e-6])
 def test_soft_tends_to_hard(t):
     x = jnp.array([29.0, 29.9, 30.1, 35.0])
-    soft = soft.soft_above(x, 30.0, t)
+    smooth = soft.soft_above(x, 30.0, t)
     hard = soft.soft_above(x, 30.0, t, hard=True)
-    np.testing.assert_allclose(soft, hard, atol=1e-12)
+    np.testing.assert_allclose(smooth, hard, atol=1e-12)
     np.testing.assert_array_equal(hard, [0.0, 0.0, 1.0, 1.0])
     counts = jnp.array([0.0, 1.0, 2.0, 3.0])
     np.testing.assert_allclose(soft.exactly(counts, 1, t), [0, 1, 0, 0], atol=1e-12)

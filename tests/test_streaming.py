@@ -38,7 +38,7 @@ def test_streamed_gradient_equals_in_memory(pair, gradient):
     p0 = memory.initial_params()
     u = memory.to_unit(p0) * 0.9 + 0.03
     held = memory.loss_and_grad(u, p0)  # fused
-    streamed.cfg = streamed.cfg.model_copy(update={"gradient": gradient})
+    streamed.executor.gradient = gradient
     loss, grad = streamed.loss_and_grad(u, p0)
     np.testing.assert_allclose(float(loss), float(held[0]), rtol=1e-9)
     np.testing.assert_allclose(np.asarray(grad), np.asarray(held[1]), rtol=1e-9)

@@ -48,6 +48,9 @@ class ChunkedExecutor:
         self.setup = setup
         self.kernel = setup.kernel
         self.objective_spec = setup.objective
+        #: the configured gradient mode (``auto`` resolved by :attr:`gradient_mode`); set it
+        #: to differentiate the same chunks another way
+        self.gradient = setup.kernel.cfg.gradient
 
     def map_reduce(self, name: str, args: tuple):
         """``Σ_chunks CHUNK_FUNCTIONS[name](kernel, *args, chunk)``."""
@@ -58,9 +61,8 @@ class ChunkedExecutor:
 
     @property
     def gradient_mode(self) -> str:
-        mode = self.kernel.cfg.gradient
-        if mode != "auto":
-            return mode
+        if self.gradient != "auto":
+            return self.gradient
         # forward for few parameters, two passes (yields, VJP) for many
         return "forward" if len(self.kernel.space.trainable) <= STREAM_FORWARD_MAX else "reverse"
 

@@ -97,8 +97,7 @@ class HeldExecutor(ChunkedExecutor):
 
     @property
     def gradient_mode(self) -> str:
-        mode = self.kernel.cfg.gradient
-        return "fused" if mode == "auto" else mode
+        return "fused" if self.gradient == "auto" else self.gradient
 
     def map_reduce(self, name: str, args: tuple):
         return sum_over(name, self.kernel, args, self.chunks)
