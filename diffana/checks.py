@@ -119,6 +119,25 @@ def _type(array) -> str:
     return str(ak.type(array).content)
 
 
+def _leaf(array) -> str:
+    """What a branch holds in the end: a NumPy type (``float32``, ``bool``), ``string``, or
+    the type where it is neither (records, unions)."""
+    t = ak.type(array).content
+    while t.parameters.get("__array__") not in ("string", "bytestring"):
+        if isinstance(t, ak.types.NumpyType):
+            return t.primitive
+        if not hasattr(t, "content"):
+            return str(t)
+        t = t.content
+    return "string"
+
+
+def _flags(the_plan) -> set[str]:
+    """Branches an ``equals`` cut compares (flags such as ``Muon_tightId`` may be booleans)."""
+    return {the_plan.root_branches[c.root][cut.field] for c in the_plan.collections.values()
+            for cut in c.hard_cuts if cut.equals is not None}
+
+
 def _first(mask: np.ndarray) -> int:
     return int(np.flatnonzero(mask)[0])
 
@@ -157,8 +176,10 @@ def _check_union(events: ak.Array, origin: Origin, check) -> None:
 def check_structure(events: ak.Array, the_plan, branches: Sequence[str], origin: Origin) -> None:
     """Raise a :class:`DataError` where a branch does not have the structure the plan reads:
     one list per event for a collection's branches, with one count per event across them,
-    and one number per event for event branches."""
+    and one number per event for event branches; and where a branch does not hold numbers
+    (true/false only for the flags an ``equals`` cut compares)."""
     colls, flat = groups(the_plan, branches)
+    flags = _flags(the_plan)
 
     def check(ev: ak.Array, where: Origin) -> None:
         for g in colls:
@@ -189,6 +210,13 @@ def check_structure(events: ak.Array, the_plan, branches: Sequence[str], origin:
             if arr.ndim != 1:
                 raise DataError(f"{where.where(b, 0)} has a list per event ({_type(arr)})"
                                 f"{_and_others(where, 0)}; expected one number per event")
+        for b in dict.fromkeys(branches):
+            arr, leaf = ev[b], _leaf(ev[b])
+            if arr.ndim > 2 or not (leaf.startswith(("int", "uint", "float"))
+                                    or leaf == "bool" and b in flags):
+                also = " or of true/false" if b in flags else ""
+                raise DataError(f"{where.where(b, 0)} is {_type(arr)}{_and_others(where, 0)}; "
+                                f"expected numbers (a flat or jagged array of numbers{also})")
 
     if isinstance(ak.to_layout(events), ak.contents.UnionArray):
         _check_union(events, origin, check)

@@ -2,17 +2,19 @@
 
 ::
 
-    diffana run configs/ttbar_vs_wjets.yaml [--steps N] [--out DIR] [--engine compiled|awkward] [--seed S]
+    diffana run configs/ttbar_vs_wjets.yaml [--steps N] [--out DIR [--force]]
+        [--engine compiled|awkward] [--seed S]
         [--executor local|dask [--address tcp://host:8786 | --workers N]]
     diffana run --resume DIR
-    diffana validate configs/ttbar_vs_wjets.yaml
+    diffana validate configs/ttbar_vs_wjets.yaml [--no-imports]
     diffana generate ttbar_vs_wjets --events N --seed S --out DIR
     diffana fit configs/agc_ttbar.yaml --histograms FILE [--out DIR] [--data pseudodata]
         [--n-total SAMPLE=N ...] [--nanoaod-inputs FILE --files-per-process N]
 
 Errors a user can fix print one line (file, key path or branch, value, what is expected)
 and exit with code 2; there is no traceback. So does a run that stopped at a NaN or inf
-(its ``results.json`` holds the last good parameters).
+(its ``results.json`` holds the last good parameters), and an error of the operating system
+(a full or read-only disk, a directory that cannot be created): the path and the reason.
 
 Ctrl-C (SIGINT) or SIGTERM during ``diffana run`` writes ``checkpoint.npz`` into the run
 directory, prints how to continue (``diffana run --resume DIR``) and exits with 130 or 143
@@ -41,6 +43,9 @@ def _parser() -> argparse.ArgumentParser:
                           "checkpoint.npz)")
     run.add_argument("--steps", type=int, help="optimiser steps (overrides optimiser.steps)")
     run.add_argument("--out", type=Path, help="run directory (default runs/<name>-<timestamp>)")
+    run.add_argument("--force", action="store_true",
+                     help="write into --out even if it holds files diffana did not write "
+                          "(none of them is touched)")
     run.add_argument("--engine", choices=["compiled", "awkward"], help="overrides engine")
     run.add_argument("--seed", type=int, help="overrides seed")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -52,6 +57,9 @@ def _parser() -> argparse.ArgumentParser:
 
     val = sub.add_parser("validate", help="check a configuration without running it")
     val.add_argument("config", type=Path)
+    val.add_argument("--no-imports", action="store_true",
+                     help="run none of the config's imports: (plugin code); what they register "
+                          "is reported unchecked")
 
     gen = sub.add_parser("generate", help="write synthetic NanoAOD-like ROOT files")
     gen.add_argument("kind", help="generator name (ttbar_vs_wjets), or a config whose "
@@ -123,7 +131,7 @@ def _main(args) -> int:
         if args.command == "validate":
             from diffana.validate import validate
 
-            print(validate(args.config))
+            print(validate(args.config, imports=not args.no_imports))
         elif args.command == "run":
             if (args.config is None) == (args.resume is None):
                 raise DiffanaError("run: give a configuration file, or --resume DIR")
@@ -136,7 +144,8 @@ def _main(args) -> int:
                 executor = {"kind": args.executor or "dask", "address": args.address,
                             "workers": args.workers}
             run(args.config, steps=args.steps, out=args.out, engine=args.engine, seed=args.seed,
-                progress=not args.quiet, resume=args.resume, executor=executor)
+                progress=not args.quiet, resume=args.resume, executor=executor,
+                force=args.force)
         elif args.command == "generate":
             from diffana.generate import GENERATORS
 
@@ -163,6 +172,12 @@ def _main(args) -> int:
                            n_total=_n_total(args))
     except DiffanaError as err:
         print(f"diffana: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a file or directory the operating system refused
+        from diffana.files import reason
+
+        where = f"{err.filename}: " if err.filename is not None else ""
+        print(f"diffana: error: {where}{reason(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as err:
         signum = getattr(err, "signum", signal.SIGINT)

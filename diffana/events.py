@@ -21,7 +21,7 @@ from scipy.special import ndtri
 
 from diffana import checks, io, ragged
 from diffana.config import AnalysisConfig, resolve_path
-from diffana.exceptions import DataError
+from diffana.exceptions import DataError, InputChanged
 from diffana.plan import Plan, Variant, members
 
 WEIGHTED = ("genweight", "weight")  # normalisations that read the genWeight branch
@@ -104,6 +104,8 @@ class SampleReader:
         self.normalisation = s.normalisation
         self.branches = branches_for(cfg, plan, name)
         self.entries = [io.num_entries([f], self.tree) for f in self.files]
+        #: each input file's identity when the run started (:func:`diffana.io.identity`)
+        self.inputs = [io.identity(f, self.tree) for f in self.files]
         if s.normalisation == "events":
             if not (s.n_total or sum(self.entries)):
                 raise DataError(f"sample {name!r}: no events in {self.tree!r} of "
@@ -121,6 +123,21 @@ class SampleReader:
         # set of a scale or smear variation: the variation
         self.computed = {m.event_set: cfg.variation_samples()[m.sample][1]
                          for m in self.members if m.event_set is not None}
+
+    def check_unchanged(self) -> None:
+        """Raise :class:`~diffana.exceptions.InputChanged` if an input file's size or
+        modification time is not what it was when the reader was made."""
+        for recorded in self.inputs:
+            path = Path(recorded["path"])
+            try:
+                stat = path.stat()
+            except OSError as err:
+                raise InputChanged(f"{path}: input file gone since the run started "
+                                   f"({err.strerror})") from None
+            if (stat.st_size, stat.st_mtime_ns) != (recorded["size"], recorded["mtime_ns"]):
+                raise InputChanged(f"{path}: input file changed since the run started (size "
+                                   f"{recorded['size']} → {stat.st_size} bytes); restore it, or "
+                                   "start a new run")
 
     def sets(self, events: ak.Array, file_index: np.ndarray, entry: np.ndarray) -> dict:
         """``{set: (events, weight)}`` of these events (``file_index``/``entry``: where each
@@ -173,6 +190,20 @@ class StreamedSet:
 
     def __len__(self) -> int:
         return self.n_events
+
+
+def changed_input(recorded: list[dict], current: list[dict]) -> str | None:
+    """The first input whose identity differs between two records, as a one-line reason."""
+    now = {c["path"]: c for c in current}
+    for before in recorded:
+        after = now.get(before["path"])
+        if after is None:
+            return f"{before['path']}: no longer an input of the configuration"
+        diff = [f"{k} {before[k]} → {after[k]}" for k in ("size", "mtime_ns", "uuid", "entries")
+                if before[k] != after[k]]
+        if diff:
+            return f"{before['path']}: input file changed since the run started ({', '.join(diff)})"
+    return None
 
 
 def _varied_branch(var) -> list[str]:

@@ -21,3 +21,27 @@ class DataError(DiffanaError):
 
 class NumericalError(DiffanaError):
     """A NaN or inf appeared where a number was needed."""
+
+
+class OutputError(DiffanaError, OSError):
+    """A file or directory could not be written or created: the path and the operating
+    system's reason (``runs/x/results.json: cannot write ([Errno 28] No space left on
+    device)``). Also an ``OSError``, for code that catches those."""
+
+
+class ResumableError(DiffanaError):
+    """The run stopped for a cause outside it, and can continue once the cause is gone.
+
+    ``diffana run`` writes the checkpoint of the last finished step (``resume``, set where
+    the optimiser stopped) and says how to continue with ``--resume``.
+    """
+
+    resume = None
+
+
+class InputChanged(ResumableError):
+    """An input file changed (size, modification time, UUID or entries) under a run."""
+
+
+class ExecutorLost(ResumableError):
+    """The connection to the Dask scheduler was lost."""

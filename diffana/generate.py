@@ -10,12 +10,15 @@ b-tagged jets and a harder lepton than W+jets-like events.
 from __future__ import annotations
 
 import os
+import re
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 import awkward as ak
 import numpy as np
 
+from diffana import files, locks
 from diffana.exceptions import ConfigError
 from diffana.io import write_events
 
@@ -100,17 +103,61 @@ def register_generator(name: str):
 def generated_dir(kind: str, events: int, seed: int) -> Path:
     """The cache directory of one generated sample set (it may not exist yet)."""
     if kind not in GENERATORS:
-        raise ConfigError(f"generate.kind: unknown generator {kind!r} (known: {sorted(GENERATORS)})")
+        raise ConfigError(f"generate.kind: unknown generator {kind!r} "
+                          f"(known: {sorted(GENERATORS)})")
     return cache_dir() / f"{kind}-{events}-seed{seed}"
 
 
+def _complete(out: Path) -> bool:
+    return (out / ".complete").exists()
+
+
+def _leftovers(out: Path) -> list[Path]:
+    """Temporary directories of writers of ``out`` (:func:`diffana.files.temporary_name`)."""
+    prefix = files.TEMPORARY_PREFIX
+    name = re.compile(rf"{re.escape(prefix)}\d+-[0-9a-f]{{8}}-{re.escape(out.name)}")
+    return [p for p in out.parent.glob(f"{prefix}*") if name.fullmatch(p.name)]
+
+
 def ensure_generated(kind: str, events: int, seed: int, progress=print) -> Path:
-    """Generate the events once into the cache and return their directory."""
+    """Generate the events once into the cache and return their directory.
+
+    Safe with any number of processes on one cache: one generates, under the lock
+    ``.<dir name>.lock`` (:func:`diffana.locks.exclusive`), into a directory of its own that is
+    renamed into place when complete (``.complete`` inside), so the directory is either
+    absent or whole; the others say that they wait, then read the finished files. A writer
+    that was killed leaves only its temporary directory, which the next writer removes: it
+    holds the lock, so every other writer of that directory is dead.
+    """
     out = generated_dir(kind, events, seed)
-    done = out / ".complete"
-    if not done.exists():
+    if _complete(out):
+        return out
+
+    def waiting(pid: int | None) -> None:
+        if progress:
+            progress(f"waiting for {f'process {pid}' if pid else 'another process'} "
+                     f"generating {out}")
+
+    with locks.exclusive(out.with_name(f".{out.name}.lock"), waiting) as locked:
+        if _complete(out):  # generated while this process waited
+            return out
+        if locked:
+            for stale in _leftovers(out):
+                shutil.rmtree(stale, ignore_errors=True)
         if progress:
             progress(f"generating {events} {kind} events into {out} (first use only)")
-        GENERATORS[kind](out, events, seed)
-        done.write_text("ok\n")
+        tmp = files.temporary_name(out)
+        try:
+            tmp.mkdir()
+            GENERATORS[kind](tmp, events, seed)
+            files.write_atomic(tmp / ".complete", "ok\n")
+            if locked and out.exists():  # incomplete: written in place by an earlier diffana
+                shutil.rmtree(out)
+            try:
+                os.rename(tmp, out)
+            except OSError:  # without locks, another writer may have renamed first
+                if not _complete(out):
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)  # nothing left once renamed
     return out

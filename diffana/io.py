@@ -18,6 +18,7 @@ import numpy as np
 import uproot
 
 from diffana.exceptions import DataError
+from diffana.files import replacing
 
 
 def _one_line(err: Exception) -> str:
@@ -98,6 +99,17 @@ def check_branches(path: str | Path, tree: str, branches: Sequence[str]) -> None
 def num_entries(files: Sequence[str | Path], tree: str) -> int:
     """Total number of events in ``files``."""
     return sum(int(_open_events(Path(f), tree).num_entries) for f in files)
+
+
+def identity(path: str | Path, tree: str) -> dict:
+    """What identifies an input file as read: path, size, modification time, the ROOT file's
+    UUID and the entries of ``tree`` (provenance, and how a file changed under a run is found).
+    """
+    path = Path(path)
+    stat = path.stat()
+    obj = _open_events(path, tree)
+    return {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+            "uuid": str(obj.file.uuid), "tree": tree, "entries": int(obj.num_entries)}
 
 
 def iterate_branches(
@@ -232,8 +244,8 @@ def write_events(path: str | Path, events: dict[str, ak.Array | np.ndarray], *, 
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    with uproot.recreate(tmp) as out:
+    # a temporary name of this writer's own, synced and renamed when written
+    with replacing(path) as tmp, uproot.recreate(tmp) as out:
         if rntuple:
             flat = {}
             for name, arr in events.items():
@@ -254,5 +266,4 @@ def write_events(path: str | Path, events: dict[str, ak.Array | np.ndarray], *, 
                     out[tree].extend(part)
         if runs is not None:
             out.mktree("Runs", runs)
-    tmp.replace(path)
     return path

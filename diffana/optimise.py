@@ -29,7 +29,7 @@ import optax
 from tqdm.auto import tqdm
 
 from diffana.config import optax_optimiser
-from diffana.exceptions import ConfigError
+from diffana.exceptions import ConfigError, ResumableError
 
 
 class Resume(NamedTuple):
@@ -180,6 +180,9 @@ def optimise(
     except KeyboardInterrupt as err:
         signum = getattr(err, "signum", signal.SIGINT)
         raise Interrupted(_resume_at(mark, history), signum) from None
+    except ResumableError as err:  # a cause outside the run: where to continue from
+        err.resume = _resume_at(mark, history)
+        raise
     return OptimisationResult(best_u, best_loss, history, stopped, first_call_seconds,
                               _resume_at(mark, history), non_finite_u, non_finite_param)
 

@@ -9,15 +9,16 @@ import numpy as np
 from matplotlib import style
 from matplotlib.figure import Figure
 
+from diffana import files
+
 # Figures are made with matplotlib's object API (Figure, not pyplot): they render to files
 # with the Agg canvas whatever backend the user's session has, and diffana sets no global
 # matplotlib state.
 
 
 def _save(fig, path: Path) -> None:
-    tmp = path.with_name(path.stem + ".part" + path.suffix)
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    tmp.replace(path)
+    with files.replacing(path) as tmp:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight")
 
 
 def history(hist: dict[str, np.ndarray], objective: str, path: Path) -> None:

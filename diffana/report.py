@@ -1,4 +1,4 @@
-"""The run directory: files written atomically, and the summary tables printed at the end.
+"""The run directory: its files, written atomically, and the summary tables printed at the end.
 
 Layout (stable: other tools read it)::
 
@@ -10,10 +10,13 @@ Layout (stable: other tools read it)::
     histograms.root        hard histograms before/after, ``{initial,final}/{region}/{sample}``
     objective_history.png, histograms.png, sensitivity.png
     checkpoint.npz         only in an interrupted run: where ``diffana run --resume`` continues
+    .diffana-run.json      the manifest: the files diffana writes there (``RUN_FILES``)
+    .diffana-run.lock      locked (``flock``) by the run writing there, with its PID
 
 Every file but ``history.csv`` (appended and flushed row by row) is written to a temporary
-name and renamed, and ``results.json`` is written last: a directory without it is a run
-that has not finished.
+name, synced and renamed (:mod:`diffana.files`), and ``results.json`` is written last: a
+directory without it is a run that has not finished. diffana removes or replaces only the files
+the manifest names; a user's files in the directory are never touched.
 """
 
 from __future__ import annotations
@@ -23,29 +26,130 @@ import io
 import json
 import os
 from collections.abc import Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import numpy as np
 
+from diffana import files, locks
+from diffana.exceptions import DiffanaError
+from diffana.files import write_atomic
 
-def write_atomic(path: Path, text: str | bytes) -> None:
-    """Write to ``path.part`` and rename: a reader never sees a half-written file."""
-    with _replacing(path) as tmp, open(tmp, "wb") as f:
-        f.write(text.encode() if isinstance(text, str) else text)
-        f.flush()
-        os.fsync(f.fileno())
+CHECKPOINT = "checkpoint.npz"
+MANIFEST = ".diffana-run.json"
+LOCK = ".diffana-run.lock"
+# every file diffana run writes into a run directory (a new one is added here)
+RUN_FILES = ("config.resolved.yaml", "history.csv", "results.json", "workspace.json",
+             "histograms.root", "objective_history.png", "histograms.png", "sensitivity.png",
+             CHECKPOINT)
+STARTS_OVER = ("results.json", CHECKPOINT)  # removed when a run starts in the directory again
 
 
-@contextmanager
-def _replacing(path: Path):
-    """Yields ``path.part`` to write; renames it to ``path`` on success, removes it otherwise."""
-    tmp = path.with_name(path.name + ".part")
+class RunDirectory:
+    """The directory a run writes into, locked against a second run for as long as it is open.
+
+    ``open(path)`` creates ``path``, or takes a diffana run directory (one with the manifest) or
+    an empty directory as it is; a directory holding anything else only with ``force``, and even
+    then diffana touches none of its files, and refuses if one of them has a name in
+    ``RUN_FILES``. ``resume(path)`` locks an interrupted run's directory.
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as folder, RunDirectory() as held:
+        ...     out = held.open(Path(folder) / "run")
+        ...     sorted(p.name for p in out.iterdir())
+        ['.diffana-run.json', '.diffana-run.lock']
+    """
+
+    def __init__(self):
+        self._held = ExitStack()
+
+    def __enter__(self) -> RunDirectory:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def open(self, path: Path, *, force: bool = False) -> Path:
+        """Create or take ``path`` for a new run: lock it, write the manifest, and remove the
+        previous run's ``results.json`` and checkpoint (a rerun starts over).
+
+        Raises:
+            DiffanaError: ``path`` holds files diffana did not write (without ``force``), or a
+                file named like one diffana writes, or another run is writing there.
+            OutputError: ``path`` cannot be created or written.
+        """
+        if path.is_dir():  # refused before anything is written there
+            _owned(path, force)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise files.cannot("create", path, err) from None
+        self._lock(path)
+        owned = _owned(path, force)  # again: it is ours now, no other run writes there
+        manifest = {"format": 1, "files": sorted(owned | set(RUN_FILES))}
+        write_atomic(path / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+        for name in STARTS_OVER:
+            if name in owned:
+                _remove(path / name)
+        return path
+
+    def resume(self, path: Path) -> Path:
+        """Lock the directory of an interrupted run (what it holds is checked by the caller)."""
+        if not path.is_dir():
+            raise DiffanaError(f"{path}: no such run directory; nothing to resume")
+        self._lock(path)
+        return path
+
+    def close(self) -> None:
+        """Release the lock."""
+        self._held.close()
+
+    def _lock(self, path: Path) -> None:
+        def refuse(pid: int | None):
+            raise DiffanaError(f"{path}: in use by process {pid or '(starting)'} (a diffana run "
+                               f"writes there; wait for it, or choose another directory)")
+
+        try:
+            self._held.enter_context(locks.exclusive(path / LOCK, on_wait=refuse))
+        except OSError as err:
+            raise files.cannot("write", path, err) from None
+
+
+def _owned(path: Path, force: bool) -> set[str]:
+    """The names in ``path`` that diffana wrote (the manifest's), after checking that a run may
+    write there."""
     try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+        entries = set(os.listdir(path)) - {MANIFEST, LOCK}
+    except OSError as err:
+        raise files.cannot("read", path, err) from None
+    owned = _manifest(path / MANIFEST)
+    if owned is None and "config.resolved.yaml" in entries and entries <= set(RUN_FILES):
+        owned = entries  # a run directory written before there were manifests
+    if owned is None and entries and not force:
+        raise DiffanaError(f"{path}: not empty and not a diffana run directory (no {MANIFEST}); "
+                           f"choose another --out, or --force to write beside its files")
+    owned = owned or set()
+    clash = sorted(entries & set(RUN_FILES) - owned)
+    if clash:
+        raise DiffanaError(f"{path / clash[0]}: not written by diffana, and diffana run writes "
+                           f"a file of that name; move it, or choose another --out")
+    return owned
+
+
+def _manifest(path: Path) -> set[str] | None:
+    """The files a run directory's manifest names (None: no readable manifest)."""
+    try:
+        return set(json.loads(path.read_text())["files"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _remove(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as err:
+        raise files.cannot("remove", path, err) from None
 
 
 def write_json(path: Path, obj) -> None:
@@ -65,7 +169,9 @@ class HistoryWriter:
         for row in earlier:
             csv.writer(text).writerow(self._cells(*row))
         write_atomic(path, text.getvalue())
-        self._file = open(path, "a", newline="")  # noqa: SIM115 - kept open for the run
+        self._path = path
+        with self._writing():
+            self._file = open(path, "a", newline="")  # noqa: SIM115 - kept open for the run
         self._writer = csv.writer(self._file)
 
     @staticmethod
@@ -73,11 +179,20 @@ class HistoryWriter:
         return [step, repr(float(objective)), *[repr(float(p)) for p in params]]
 
     def row(self, step: int, objective: float, params: list[float]) -> None:
-        self._writer.writerow(self._cells(step, objective, params))
-        self._file.flush()
+        with self._writing():
+            self._writer.writerow(self._cells(step, objective, params))
+            self._file.flush()
 
     def close(self) -> None:
-        self._file.close()
+        with self._writing():
+            self._file.close()
+
+    @contextmanager
+    def _writing(self):
+        try:
+            yield
+        except OSError as err:
+            raise files.cannot("write", self._path, err) from None
 
 
 def read_history(path: Path) -> dict[str, np.ndarray]:
@@ -92,15 +207,11 @@ def write_root_histograms(path: Path, hists: dict[str, dict]) -> None:
     """``hists[stage][region][sample]`` (``hist.Hist``) into a ROOT file with uproot."""
     import uproot
 
-    with _replacing(path) as tmp:
-        with uproot.recreate(tmp) as f:
-            for stage, regions in hists.items():
-                for region, samples in regions.items():
-                    for sample, h in samples.items():
-                        f[f"{stage}/{region}/{sample}"] = h
-
-
-CHECKPOINT = "checkpoint.npz"
+    with files.replacing(path) as tmp, uproot.recreate(tmp) as f:
+        for stage, regions in hists.items():
+            for region, samples in regions.items():
+                for sample, h in samples.items():
+                    f[f"{stage}/{region}/{sample}"] = h
 
 
 def write_checkpoint(path: Path, resume, meta: dict) -> None:

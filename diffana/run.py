@@ -26,7 +26,8 @@ from tqdm.auto import tqdm
 from diffana import checks, plot, report
 from diffana import config as configmod
 from diffana.analysis import Analysis
-from diffana.exceptions import DiffanaError, NumericalError
+from diffana.events import changed_input
+from diffana.exceptions import DiffanaError, InputChanged, NumericalError, ResumableError
 from diffana.optimise import Interrupted, Resume, optimise
 from diffana.plan import ParameterSpace
 
@@ -46,6 +47,7 @@ def run(
     echo=print,
     resume: str | Path | None = None,
     executor: dict | None = None,
+    force: bool = False,
 ) -> dict:
     """Load, optimise, evaluate with hard cuts, and write the run directory.
 
@@ -65,21 +67,35 @@ def run(
         resume: the directory of an interrupted run to continue.
         executor: overrides ``executor`` (``{"kind": "dask", "address": ..., "workers": N}``);
             with ``resume`` too (where the steps run does not change the numbers).
+        force: write into ``out`` even if it holds files diffana did not write (it touches
+            none of them).
 
     Raises:
         Interrupted: SIGINT or SIGTERM arrived (the checkpoint is written).
         NumericalError: the optimisation stopped at a NaN or inf (``results.json`` is written,
             with the last good parameters).
+        DiffanaError: ``out`` holds files diffana did not write (without ``force``), or another
+            run writes into it.
+        OutputError: a file or directory cannot be written or created (the path, the reason).
     """
+    with report.RunDirectory() as run_directory:  # locked until the run ends, however it ends
+        return _run(config_path, steps=steps, out=out, engine=engine, seed=seed,
+                    progress=progress, echo=echo, resume=resume, executor=executor, force=force,
+                    run_directory=run_directory)
+
+
+def _run(config_path, *, steps, out, engine, seed, progress, echo, resume, executor, force,
+         run_directory: report.RunDirectory) -> dict:
     start = time.perf_counter()
     if resume is not None:
         given = {"a configuration": config_path, "steps": steps, "out": out, "engine": engine,
-                 "seed": seed}
+                 "seed": seed, "force": force or None}
         clash = [k for k, v in given.items() if v is not None]
         if clash:
             raise DiffanaError(f"--resume {resume}: continues the run as it was configured; "
                                f"drop {', '.join(clash)}")
-        out_dir, config_file, base_dir, cfg, checkpoint, meta = _load_resume(Path(resume))
+        out_dir, config_file, base_dir, cfg, checkpoint, meta = _load_resume(
+            run_directory.resume(Path(resume)))
     else:
         config_file = Path(config_path)
         base_dir = config_file.parent
@@ -96,15 +112,11 @@ def run(
             cfg = _with_executor(cfg, executor, config_file)
         out_dir = Path(out) if out else Path("runs") / (
             f"{cfg.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
-        for stale in ("results.json", report.CHECKPOINT):  # a rerun into a directory starts over
-            (out_dir / stale).unlink(missing_ok=True)
-        out_dir.mkdir(parents=True, exist_ok=True)
+        run_directory.open(out_dir, force=force)  # a rerun starts over: no results.json yet
         report.write_atomic(out_dir / "config.resolved.yaml", configmod.dump(cfg))
         checkpoint, meta = None, {"config_file": str(config_file),
                                   "base_dir": str(base_dir.resolve()),
                                   "resumed_from_steps": [], "wall_seconds": 0.0}
-    for part in [*out_dir.glob("*.part"), *out_dir.glob("*.part.*")]:
-        part.unlink(missing_ok=True)  # left by a writer that was interrupted
     meta.update(config_sha256=_sha256(out_dir / "config.resolved.yaml"), seed=cfg.seed,
                 generate_seed=cfg.generate.seed if cfg.generate is not None else None,
                 engine=cfg.engine, optimiser=cfg.optimiser.name,
@@ -117,6 +129,7 @@ def run(
     with signals.installed():
         try:
             ana = Analysis(cfg, base_dir=base_dir, progress=progress)
+            _check_inputs(ana, meta)
             res, results = _optimise_and_write(ana, cfg, out_dir, config_file, checkpoint,
                                                meta, start, progress)
         except KeyboardInterrupt as err:
@@ -135,6 +148,14 @@ def run(
             raise Interrupted(where, signum, f"interrupted by {name} {at}; checkpoint written "
                               f"to {out_dir / report.CHECKPOINT}; continue with: diffana run "
                               f"--resume {out_dir}") from None
+        except ResumableError as err:  # an input changed, the Dask scheduler was lost
+            where = err.resume if err.resume is not None else checkpoint
+            meta["wall_seconds"] = meta["wall_seconds"] + time.perf_counter() - start
+            report.write_checkpoint(out_dir / report.CHECKPOINT, where, meta)
+            at = f"at step {where.step} of {cfg.optimiser.steps}" if where else "before step 0"
+            raise type(err)(f"{err}; stopped {at}, checkpoint written to "
+                            f"{out_dir / report.CHECKPOINT}; continue with: diffana run "
+                            f"--resume {out_dir}") from None
         finally:
             if ana is not None:
                 ana.close()  # the Dask cluster or client, if any
@@ -180,7 +201,20 @@ def _optimise_and_write(ana: Analysis, cfg, out_dir: Path, config_file: Path | s
                                       sign)
     except KeyboardInterrupt as err:
         raise Interrupted(res.resume, getattr(err, "signum", signal.SIGINT)) from None
+    except ResumableError as err:
+        err.resume = res.resume
+        raise
     return res, results
+
+
+def _check_inputs(ana: Analysis, meta: dict) -> None:
+    """Record the inputs' identities in ``meta``; on ``--resume``, they must be those the
+    interrupted run recorded."""
+    current = [i for r in ana.readers for i in r.inputs]
+    recorded = meta.get("inputs")
+    if recorded is not None and (why := changed_input(recorded, current)) is not None:
+        raise InputChanged(why)
+    meta["inputs"] = current
 
 
 def _evaluate_and_write(ana: Analysis, cfg, res, out_dir: Path, config_file: Path | str,
@@ -216,6 +250,9 @@ def _evaluate_and_write(ana: Analysis, cfg, res, out_dir: Path, config_file: Pat
         "n_events": {n: s.n_events for n, s in ana.samples.items()},
         # NaN/inf values read, and what nonfinite: drop removed (empty: none)
         "nonfinite": checks.summary(ana.readers),
+        # every input file as read (path, size, modification time, UUID, entries)
+        "inputs": meta["inputs"],
+        "imports": configmod.imported_files(cfg, Path(meta["base_dir"])),
         "seed": cfg.seed,
         "compile_seconds": res.first_call_seconds,
         "sensitivity": sensitivity,

@@ -7,35 +7,53 @@ from pathlib import Path
 from diffana import config as configmod
 from diffana import io
 from diffana.events import branches_for
-from diffana.generate import generated_dir
+from diffana.generate import GENERATORS, generated_dir
 from diffana.plan import ParameterSpace, build
 
 
-def validate(config_path: str | Path) -> str:
+def validate(config_path: str | Path, imports: bool = True) -> str:
     """Check a configuration and its inputs without running it; a one-line summary.
 
     Checks the schema and cross-references, then opens every input file that exists or
     should exist (not events still to be generated) and checks its tree and branches.
+
+    ``imports=False`` (``diffana validate --no-imports``) runs none of the configuration's
+    ``imports:`` and checks everything but what only they can register: the observable
+    kinds they define (and the branches those kinds read) and their generator, named in the
+    summary as unchecked.
     """
     config_path = Path(config_path)
-    cfg = configmod.load(config_path)
+    cfg = configmod.load(config_path, imports=imports)
+    notes = []
+    kinds = [] if imports else configmod.plugin_kinds(cfg)
+    if kinds:  # the plan reads the branches of the other observables
+        notes.append(f"{len(kinds)} observable kind{'s' if len(kinds) > 1 else ''} unchecked "
+                     f"(from imports: {', '.join(kinds)})")
+        cfg = cfg.model_copy(update={"observables": {
+            n: o for n, o in cfg.observables.items() if o.kind not in kinds}})
     plan = build(cfg)
-    generated, pending = None, False
+    generated, skip_generated = None, False
     if cfg.generate is not None:
         g = cfg.generate
-        generated = generated_dir(g.kind, g.events, g.seed)
-        pending = not (generated / ".complete").exists()
+        own = g.kind in GENERATORS and configmod.from_diffana(GENERATORS[g.kind])
+        if imports or own or not cfg.imports:
+            generated = generated_dir(g.kind, g.events, g.seed)
+            skip_generated = not (generated / ".complete").exists()
+            if skip_generated:
+                notes.insert(0, "events are generated on first run")
+        else:
+            skip_generated = True
+            notes.append(f"generator {g.kind!r} and its files unchecked (from imports)")
     checked = 0
     for name, sample in cfg.samples.items():
         uses_generated = any("{generated}" in f for f in sample.files)
-        if uses_generated and pending:
+        if uses_generated and skip_generated:
             continue
         branches = branches_for(cfg, plan, name)
         for f in sample.files:
             path = configmod.resolve_path(f, config_path.parent, generated)
             io.check_branches(path, sample.tree or cfg.tree, branches)
             checked += 1
-    note = "; events are generated on first run" if pending else ""
     return (f"{config_path}: valid ({len(cfg.samples)} samples, {len(cfg.regions)} regions, "
             f"{len(ParameterSpace.of(cfg).trainable)} trainable parameters, "
-            f"{checked} input files checked{note})")
+            f"{checked} input files checked{''.join(f'; {n}' for n in notes)})")

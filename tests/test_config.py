@@ -77,11 +77,12 @@ def test_unreadable_file(tmp_path):
 def test_overrides_are_validated():
     data = copy.deepcopy(default_config_dict())
     data["optimiser"]["options"] = {"learning_rat": 0.1}
-    cfg = load_dict(data)
+    with pytest.raises(ConfigError, match="optimiser.options.learning_rat: not an argument"):
+        load_dict(data)
     from diffana.optimise import make_optimiser
 
     with pytest.raises(ConfigError, match="optimiser.options"):
-        make_optimiser(cfg.optimiser.name, cfg.optimiser.options)
+        make_optimiser(data["optimiser"]["name"], data["optimiser"]["options"])
 
 
 def test_imports_register_observables(tmp_path):

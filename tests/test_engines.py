@@ -12,8 +12,8 @@ from conftest import ROOT
 from jax.test_util import check_grads
 
 from diffana.analysis import Analysis
-from diffana.executors.held import jit_fused
 from diffana.exceptions import ConfigError
+from diffana.executors.held import jit_fused
 
 
 def test_engines_agree(compiled_small, awkward_small):

@@ -12,8 +12,8 @@ from conftest import ROOT
 from test_variations import with_variations
 
 from diffana.analysis import Analysis
-from diffana.events import StreamedSet, addressed_normal
 from diffana.config import load_dict
+from diffana.events import StreamedSet, addressed_normal
 from diffana.exceptions import ConfigError
 
 

@@ -29,8 +29,8 @@ Example:
     [0.0, 100.0, 200.0, 300.0]
 """
 
-from diffana.config.loading import dump, load, load_dict, resolve_path
-from diffana.config.references import check_references
+from diffana.config.loading import dump, imported_files, load, load_dict, resolve_path
+from diffana.config.references import check_references, from_diffana, plugin_kinds
 from diffana.config.schema import (
     AnalysisConfig,
     Binning,
@@ -77,8 +77,11 @@ __all__ = [
     "check_references",
     "chunked_evaluation_conflict",
     "dump",
+    "from_diffana",
+    "imported_files",
     "load",
     "load_dict",
     "optax_optimiser",
+    "plugin_kinds",
     "resolve_path",
 ]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import difflib
 import re
 import types
+from collections.abc import Iterator
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
@@ -74,8 +75,8 @@ def _walk(loc: tuple, root: type[BaseModel]) -> tuple[str, Any]:
             continue
         if isinstance(part, int) and (t is None or get_origin(t) in (list, tuple)):
             path += f"[{part}]"
-        elif not _PLAIN_KEY.fullmatch(str(part)):
-            path += f"[{part!r}]"
+        elif not _PLAIN_KEY.fullmatch(str(part)) or len(str(part)) > 80:
+            path += f"[{show(part)}]"
         else:
             path += f".{part}" if path else str(part)
         if _is_model(t):
@@ -112,9 +113,46 @@ def _describe(t: Any, plural: bool = False) -> str:
     return "any value"
 
 
-def _show(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
+def _pieces(value: Any, limit: int, depth: int = 0) -> Iterator[str]:
+    """``repr(value)`` in pieces of at most about ``limit`` characters: a reader that stops
+    early never builds the rest (a list of a million numbers, a structure nested 1000 deep)."""
+    if depth > 16:
+        yield "..."
+    elif isinstance(value, dict):
+        yield "{"
+        for i, (key, item) in enumerate(value.items()):
+            yield ", " if i else ""
+            yield from _pieces(key, limit, depth + 1)
+            yield ": "
+            yield from _pieces(item, limit, depth + 1)
+        yield "}"
+    elif isinstance(value, list | tuple):
+        yield "[" if isinstance(value, list) else "("
+        for i, item in enumerate(value):
+            yield ", " if i else ""
+            yield from _pieces(item, limit, depth + 1)
+        yield "]" if isinstance(value, list) else ("," if len(value) == 1 else "") + ")"
+    elif isinstance(value, str):
+        yield repr(value[:limit + 1])
+    elif isinstance(value, int) and value.bit_length() > 4 * limit:  # repr refuses > 4300 digits
+        yield f"<an integer of {value.bit_length()} bits>"
+    else:
+        yield repr(value)
+
+
+def show(value: Any, limit: int = 80) -> str:
+    """``repr(value)``, cut to ``limit`` characters (ending ``...``) however large the value:
+    how every configuration error shows a value.
+
+    >>> show(list(range(10**6)), limit=20)
+    '[0, 1, 2, 3, 4, 5...'
+    """
+    text = ""
+    for piece in _pieces(value, limit):
+        text += piece
+        if len(text) > limit:
+            return text[:limit - 3] + "..."
+    return text
 
 
 def format_validation_error(source: str, err: ValidationError, root: type[BaseModel]) -> str:
@@ -131,14 +169,14 @@ def format_validation_error(source: str, err: ValidationError, root: type[BaseMo
         allowed = list(model.model_fields) if _is_model(model) else []
         close = difflib.get_close_matches(str(e["loc"][-1]), allowed, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ";"
-        return one_line(f"{source}: {path}: unknown key (value {_show(value)}){hint} "
+        return one_line(f"{source}: {path}: unknown key (value {show(value)}){hint} "
                         f"allowed: {', '.join(allowed)}")
     if e["type"] == "missing":
         return one_line(f"{source}: {path}: required key is missing "
                         f"(expected {_describe(expected)})")
     if e["type"] == "invalid_key" or e["loc"][-1:] == ("[key]",):
         path = _walk(e["loc"][:-1], root)[0] if e["type"] != "invalid_key" else path
-        return one_line(f"{source}: {path}: key {value!r} is not a string; keys are names "
+        return one_line(f"{source}: {path}: key {show(value)} is not a string; keys are names "
                         "(quote it)")
     error = e.get("ctx", {}).get("error")
     msg = e["msg"].removeprefix("Value error, ")
@@ -155,5 +193,5 @@ def format_validation_error(source: str, err: ValidationError, root: type[BaseMo
         msg = "Input should be " + " or ".join(dict.fromkeys(alternatives))
     # the checks' own messages name the value, except checks of a whole mapping
     named = e["type"] == "value_error" and not isinstance(value, dict)
-    shown = "" if path == "<top level>" or named else f" (got {_show(value)})"
+    shown = "" if path == "<top level>" or named else f" (got {show(value)})"
     return one_line(f"{source}: {path}: {msg}{shown}")

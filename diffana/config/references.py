@@ -21,8 +21,10 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from diffana import observe
-from diffana.config.errors import one_line
+from diffana.config.errors import one_line, show
 from diffana.config.schema import AnalysisConfig, Requirement
 from diffana.config.values import Threshold
 from diffana.exceptions import ConfigError
@@ -36,26 +38,47 @@ class _RefError(ValueError):
         self.path = path
 
 
-def check_references(cfg: AnalysisConfig, source: str = "<config>") -> None:
+def from_diffana(function: Callable) -> bool:
+    """Whether ``function`` (a registered observable or generator) is diffana's own, not one
+    an ``imports:`` module registered."""
+    module = getattr(function, "__module__", None) or ""
+    return module == "diffana" or module.startswith("diffana.")
+
+
+def plugin_kinds(cfg: AnalysisConfig) -> list[str]:
+    """The observable kinds ``cfg`` names that only its ``imports:`` can register (none for a
+    configuration without imports): those :func:`check_references` leaves unchecked when the
+    imports are not run."""
+    if not cfg.imports:
+        return []
+    own = {name for name, kind in observe.KINDS.items() if from_diffana(kind.compute)}
+    return sorted({obs.kind for obs in cfg.observables.values()} - own)
+
+
+def check_references(cfg: AnalysisConfig, source: str = "<config>", imports: bool = True) -> None:
     """Check that every name ``cfg`` uses is defined.
+
+    ``imports``: whether the configuration's ``imports:`` were run. If not, the observable
+    kinds only they can register (:func:`plugin_kinds`) are not checked.
 
     Raises:
         ConfigError: one line naming ``source``, the key path of the first undefined name,
             and the names defined there.
     """
     try:
-        _check(cfg)
+        _check(cfg, set() if imports else set(plugin_kinds(cfg)))
     except _RefError as err:
         raise ConfigError(one_line(f"{source}: {err.path}: {err}")) from None
 
 
-def _check(cfg: AnalysisConfig) -> None:
-    """Raise a :class:`_RefError` at the first name used but not defined."""
+def _check(cfg: AnalysisConfig, unchecked: set[str]) -> None:
+    """Raise a :class:`_RefError` at the first name used but not defined (observable kinds in
+    ``unchecked`` aside)."""
     params = set(cfg.parameters)
 
     def threshold(path: str, value: Threshold | None) -> None:
         if isinstance(value, str) and value not in params:
-            raise _RefError(path, f"{value!r} is not a parameter (defined: {sorted(params)})")
+            raise _RefError(path, f"{show(value)} is not a parameter (defined: {sorted(params)})")
 
     for name, coll in cfg.objects.items():
         if coll.source in cfg.objects:
@@ -71,12 +94,13 @@ def _check(cfg: AnalysisConfig) -> None:
             threshold(f"objects.{name}.cuts[{i}].below", cut.below)
 
     for name, obs in cfg.observables.items():
-        if obs.kind not in observe.KINDS:
+        if obs.kind not in observe.KINDS and obs.kind not in unchecked:
             raise _RefError(
                 f"observables.{name}.kind",
-                f"unknown observable kind {obs.kind!r} (registered: {sorted(observe.KINDS)})",
+                f"unknown observable kind {show(obs.kind)} (registered: {sorted(observe.KINDS)})",
             )
-        for key in observe.KINDS[obs.kind].requires:
+        requires = () if obs.kind in unchecked else observe.KINDS[obs.kind].requires
+        for key in requires:
             given = (obs.options.get(key.split(".", 1)[1]) if key.startswith("options.")
                      else getattr(obs, key))
             if given is None:
@@ -85,17 +109,18 @@ def _check(cfg: AnalysisConfig) -> None:
         if obs.collection is not None and obs.collection not in cfg.objects:
             raise _RefError(
                 f"observables.{name}.collection",
-                f"{obs.collection!r} is not an object collection (defined: {sorted(cfg.objects)})",
+                f"{show(obs.collection)} is not an object collection "
+                f"(defined: {sorted(cfg.objects)})",
             )
 
     def requirement(path: str, req: Requirement) -> None:
         if req.count is not None and req.count not in cfg.objects:
-            raise _RefError(f"{path}.count", f"{req.count!r} is not an object collection "
+            raise _RefError(f"{path}.count", f"{show(req.count)} is not an object collection "
                                               f"({sorted(cfg.objects)})")
         if req.observable is not None and req.observable not in cfg.observables:
             raise _RefError(
                 f"{path}.observable",
-                f"{req.observable!r} is not an observable (defined: {sorted(cfg.observables)})",
+                f"{show(req.observable)} is not an observable (defined: {sorted(cfg.observables)})",
             )
         threshold(f"{path}.above", req.above)
         threshold(f"{path}.below", req.below)
@@ -111,25 +136,26 @@ def _check(cfg: AnalysisConfig) -> None:
         if region.observable not in cfg.observables:
             raise _RefError(
                 f"regions.{rname}.observable",
-                f"{region.observable!r} is not an observable (defined: {sorted(cfg.observables)})",
+                f"{show(region.observable)} is not an observable "
+                f"(defined: {sorted(cfg.observables)})",
             )
 
     for name, sample in cfg.samples.items():
         if sample.variation_of is not None and sample.variation_of not in cfg.nominal_samples:
             raise _RefError(
                 f"samples.{name}.variation_of",
-                f"{sample.variation_of!r} is not a nominal sample ({cfg.nominal_samples})",
+                f"{show(sample.variation_of)} is not a nominal sample ({cfg.nominal_samples})",
             )
     nominal = cfg.nominal_samples
     for vname, var in cfg.variations.items():
         if var.reweight is not None and var.reweight["observable"] not in cfg.observables:
             raise _RefError(f"variations.{vname}.reweight.observable",
-                            f"{var.reweight['observable']!r} is not an observable "
+                            f"{show(var.reweight['observable'])} is not an observable "
                             f"(defined: {sorted(cfg.observables)})")
         for j, s in enumerate(var.samples):
             if s not in nominal:
                 raise _RefError(f"variations.{vname}.samples[{j}]",
-                                f"{s!r} is not a nominal sample ({nominal})")
+                                f"{show(s)} is not a nominal sample ({nominal})")
     for name in cfg.variation_samples():
         if name in cfg.samples:
             raise _RefError("variations", f"variation sample {name!r} is also a sample name; "
@@ -139,7 +165,7 @@ def _check(cfg: AnalysisConfig) -> None:
             raise _RefError(f"model.pseudodata.{s}", f"{s!r} is not a sample ({list(cfg.samples)})")
     for i, s in enumerate(cfg.model.signal):
         if s not in nominal:
-            raise _RefError(f"model.signal[{i}]", f"{s!r} is not a nominal sample ({nominal})")
+            raise _RefError(f"model.signal[{i}]", f"{show(s)} is not a nominal sample ({nominal})")
     if len(nominal) < 2:
         raise _RefError("samples", f"the model needs at least one background sample, got {nominal}")
     lo, hi = cfg.model.poi_bounds
@@ -150,12 +176,12 @@ def _check(cfg: AnalysisConfig) -> None:
     for i, syst in enumerate(cfg.model.systematics):
         if syst.name in names:
             raise _RefError(f"model.systematics[{i}].name",
-                            f"duplicate name {syst.name!r} (taken: {sorted(names)})")
+                            f"duplicate name {show(syst.name)} (taken: {sorted(names)})")
         names.add(syst.name)
         for j, s in enumerate(syst.samples):
             if s not in nominal:
                 raise _RefError(f"model.systematics[{i}].samples[{j}]",
-                                f"{s!r} is not a nominal sample ({nominal})")
+                                f"{show(s)} is not a nominal sample ({nominal})")
         for s, var in syst.variations.items():
             if s not in nominal:
                 raise _RefError(f"model.systematics[{i}].variations.{s}",
@@ -165,6 +191,6 @@ def _check(cfg: AnalysisConfig) -> None:
                 if not computed and (v not in cfg.samples or cfg.samples[v].variation_of != s):
                     raise _RefError(
                         f"model.systematics[{i}].variations.{s}.{k}",
-                        f"{v!r} is neither a sample with variation_of: {s} nor a variation "
+                        f"{show(v)} is neither a sample with variation_of: {s} nor a variation "
                         f"of {s} (known: {sorted(cfg.variation_samples())})",
                     )

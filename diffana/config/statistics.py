@@ -9,13 +9,17 @@ Example:
 
 from __future__ import annotations
 
+import difflib
+import inspect
+import math
 from collections.abc import Callable
 from typing import Any, Literal
 
 import optax
 from pydantic import Field, StrictBool, StrictInt, field_validator, model_validator
 
-from diffana.config.values import Number, StrictModel
+from diffana.config.errors import KeyCheckError, show
+from diffana.config.values import Number, StrictModel, bounds_problem
 from diffana.systematics import SYSTEMATICS, check_systematic
 
 
@@ -72,8 +76,9 @@ class ModelConfig(StrictModel):
     @classmethod
     def _increasing(cls, bounds: tuple[float, float]) -> tuple[float, float]:
         lo, hi = bounds
-        if not lo < hi:
-            raise ValueError(f"bounds must be increasing, got [{lo}, {hi}]")
+        problem = bounds_problem(lo, hi)
+        if problem is not None:
+            raise ValueError(problem)
         if not lo <= 1.0 <= hi:  # the fits start from POI = 1 (diffana.stats.spec)
             raise ValueError(f"bounds [{lo}, {hi}] must contain 1.0, the POI's initial value")
         return bounds
@@ -89,8 +94,37 @@ class Objective(StrictModel):
     relative_background_uncertainty: Number = Field(0.1, gt=0)
 
 
+def _as_number(value: Any) -> Any:
+    """A string that reads as a number, as that number (PyYAML reads ``1e-3`` as a string)."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _first_non_finite(value: Any, path: str) -> tuple[str, float] | None:
+    """The key path and value of the first NaN or infinity in ``value`` (lists, mappings)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return path, value
+    if isinstance(value, dict):
+        items = ((f"{path}.{k}", v) for k, v in value.items())
+    elif isinstance(value, list):
+        items = ((f"{path}[{i}]", v) for i, v in enumerate(value))
+    else:
+        return None
+    return next(filter(None, (_first_non_finite(v, p) for p, v in items)), None)
+
+
 class Optimiser(StrictModel):
-    """Any optax optimiser by name, its keyword arguments, and when to stop."""
+    """Any optax optimiser by name, its keyword arguments, and when to stop.
+
+    ``options`` are checked against the signature of ``optax.<name>``: each an argument it
+    takes, the ones it needs given (unless ``options`` is empty: the optimisation loop then
+    uses ``learning_rate: 0.02``), every number finite. A string that reads as a number is
+    that number.
+    """
 
     name: str = "adam"
     options: dict[str, Any] = Field(default_factory=lambda: {"learning_rate": 0.02})
@@ -101,5 +135,38 @@ class Optimiser(StrictModel):
     @classmethod
     def _known(cls, name: str) -> str:
         if optax_optimiser(name) is None:
-            raise ValueError(f"{name!r} is not an optax optimiser (e.g. adam, sgd, adamw, lbfgs)")
+            raise ValueError(f"{show(name)} is not an optax optimiser (e.g. adam, sgd, adamw, "
+                             "lbfgs)")
         return name
+
+    @field_validator("options")
+    @classmethod
+    def _finite(cls, options: dict[str, Any]) -> dict[str, Any]:
+        options = {k: _as_number(v) for k, v in options.items()}
+        found = _first_non_finite(options, "")
+        if found is not None:
+            path, value = found
+            raise KeyCheckError(path[1:], f"{value} is not a finite number; expected finite "
+                                          "numbers in the options")
+        return options
+
+    @model_validator(mode="after")
+    def _arguments(self) -> Optimiser:
+        try:
+            parameters = inspect.signature(optax_optimiser(self.name)).parameters.values()
+        except (TypeError, ValueError):  # no signature to check against
+            return self
+        if any(p.kind is p.VAR_KEYWORD for p in parameters):
+            return self
+        named = [p for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        allowed = [p.name for p in named]
+        for key, value in self.options.items():
+            if key not in allowed:
+                close = difflib.get_close_matches(key, allowed, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ";"
+                raise KeyCheckError(f"options.{key}", f"not an argument of optax.{self.name} "
+                                    f"(value {show(value)}){hint} allowed: {', '.join(allowed)}")
+        missing = [p.name for p in named if p.default is p.empty and p.name not in self.options]
+        if self.options and missing:
+            raise KeyCheckError("options", f"optax.{self.name} needs {', '.join(missing)}")
+        return self

@@ -8,6 +8,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any
 
 from pydantic import AllowInfNan, BaseModel, BeforeValidator, ConfigDict
@@ -39,3 +40,20 @@ def exactly_one(block: BaseModel, keys: tuple[str, ...]) -> None:
     given = [k for k in keys if getattr(block, k) is not None]
     if len(given) != 1:
         raise ValueError(f"give exactly one of {', '.join(keys)} (given: {given or 'none'})")
+
+
+def bounds_problem(lo: float, hi: float) -> str | None:
+    """What is wrong with ``[lo, hi]`` as the bounds of a parameter (None: nothing).
+
+    They must increase, and their width ``hi - lo`` must be a finite number: a parameter is
+    optimised in the unit box ``(x - lo) / (hi - lo)``, and ``[-1e308, 1e308]`` (each bound
+    finite) has an infinite width.
+
+    >>> bounds_problem(-1e308, 1e308)
+    'bounds [-1e+308, 1e+308] have a width hi - lo of inf; expected a finite width'
+    """
+    if not lo < hi:
+        return f"bounds must be increasing, got [{lo}, {hi}]"
+    if not math.isfinite(hi - lo):
+        return f"bounds [{lo}, {hi}] have a width hi - lo of {hi - lo}; expected a finite width"
+    return None

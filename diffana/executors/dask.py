@@ -23,10 +23,13 @@ Example (``LocalCluster`` of two processes)::
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import pickle
 import weakref
+from concurrent.futures import CancelledError
+from contextlib import contextmanager
 from pathlib import Path
 
 import jax
@@ -45,7 +48,7 @@ from diffana.chunks import (
 )
 from diffana.config import load_dict
 from diffana.events import SampleReader
-from diffana.exceptions import DiffanaError
+from diffana.exceptions import DiffanaError, ExecutorLost
 from diffana.executors.chunked import ChunkedExecutor, sum_over
 from diffana.executors.setup import Setup
 from diffana.executors.streamed import region_parts
@@ -131,6 +134,17 @@ def _hard(key: str, params: dict, samples: list[str], chunks: list) -> dict:
     return fill_hard(kernel, samples, region_parts(kernel, chunks, params, True))
 
 
+class _ConnectionErrors(logging.Filter):
+    """Drops the Dask client's own reports of a lost scheduler (its reconnection attempts):
+    :meth:`DaskExecutor.connection` reports the loss in one line instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        # refused connections, and the attempt cancelled when the client closes
+        lost = isinstance(error, (OSError, asyncio.CancelledError, CancelledError))
+        return not (lost or "reconnect" in record.getMessage())
+
+
 def _add(a, b):
     """Sum of two results (NumPy pytrees, or ``hist`` histograms, which add)."""
     return jax.tree_util.tree_map(lambda x, y: x + y, a, b)  # a histogram is a leaf
@@ -154,7 +168,10 @@ class DaskExecutor(ChunkedExecutor):
             self._cluster = LocalCluster(n_workers=ex.workers, threads_per_worker=1,
                                          processes=True, dashboard_address=None)
             self.client = Client(self._cluster)
-        self._finalizer = weakref.finalize(self, _close, self.client, self._cluster)
+        quiet = _ConnectionErrors()
+        logging.getLogger("distributed.client").addFilter(quiet)
+        self._finalizer = weakref.finalize(self, _close, self.client, self._cluster, quiet)
+        self.address = self.client.scheduler.address
         # the workers read the same files: absolute paths, no generator, one set per chunk
         data = cfg.model_dump(mode="json", exclude_none=True)
         data.pop("generate", None)
@@ -198,6 +215,21 @@ class DaskExecutor(ChunkedExecutor):
         #: bytes that travelled in the last step: arguments out, results back
         self.bytes_per_step = 0
 
+    @contextmanager
+    def connection(self):
+        """Turns the loss of the scheduler (or of the connection to it) into
+        :class:`~diffana.exceptions.ExecutorLost`: ``diffana run`` checkpoints and stops."""
+        try:
+            yield
+        except (CancelledError, OSError, TimeoutError) as err:
+            lost = getattr(err, "reason", None) == "scheduler-connection-lost"
+            if not lost and self.client.status == "running":
+                raise  # the scheduler is there: an error of the task itself
+            self.close()  # the client stops trying to reconnect (and logging each try)
+            raise ExecutorLost(f"dask scheduler {self.address}: connection lost "
+                               f"({type(err).__name__}); continue on a running scheduler "
+                               "(--address) or here (--executor local)") from None
+
     def _watch_workers(self) -> None:
         """Log the workers that left or joined since the last step."""
         now = set(self.client.scheduler_info()["workers"])
@@ -219,11 +251,12 @@ class DaskExecutor(ChunkedExecutor):
 
     def map_reduce(self, name: str, args: tuple):
         """Only ``args`` travel to the workers; the chunks stay there."""
-        self._watch_workers()
         args = jax.device_get(args)
-        futures = self.client.map(_run, [self.key] * self.tasks, [name] * self.tasks,
-                                  [args] * self.tasks, self.chunks, pure=False)
-        total = self._reduce(futures)
+        with self.connection():
+            self._watch_workers()
+            futures = self.client.map(_run, [self.key] * self.tasks, [name] * self.tasks,
+                                      [args] * self.tasks, self.chunks, pure=False)
+            total = self._reduce(futures)
         self.bytes_per_step = self.tasks * (len(pickle.dumps(args)) + len(pickle.dumps(total)))
         return total
 
@@ -232,17 +265,19 @@ class DaskExecutor(ChunkedExecutor):
                            "values need executor: local")
 
     def hard_histograms(self, params: dict, samples: list[str]) -> dict:
-        self._watch_workers()
         params = jax.device_get(params)
-        futures = self.client.map(_hard, [self.key] * self.tasks, [params] * self.tasks,
-                                  [samples] * self.tasks, self.chunks, pure=False)
-        return self._reduce(futures)
+        with self.connection():
+            self._watch_workers()
+            futures = self.client.map(_hard, [self.key] * self.tasks, [params] * self.tasks,
+                                      [samples] * self.tasks, self.chunks, pure=False)
+            return self._reduce(futures)
 
     def close(self) -> None:
         self._finalizer()
 
 
-def _close(client: Client, cluster: LocalCluster | None) -> None:
-    client.close()
+def _close(client: Client, cluster: LocalCluster | None, quiet: logging.Filter) -> None:
+    client.close(timeout=10)  # bounded: a client that lost its scheduler waits for none
     if cluster is not None:
         cluster.close()
+    logging.getLogger("distributed.client").removeFilter(quiet)

@@ -43,6 +43,7 @@ class StreamedExecutor(ChunkedExecutor):
         """``(set, lowered buffers)`` of each chunk read from the files."""
         plan, index = self.kernel.plan, self.setup.set_index
         for reader in self.setup.readers:
+            reader.check_unchanged()  # read again every pass: the files must be the same
             for n_read, sets in reader.chunks(self.kernel.cfg.chunk_size):
                 yield from lower_sets(plan, index, reader.name, sets)
                 if progress is not None:

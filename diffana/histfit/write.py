@@ -19,8 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from diffana import config as configmod
-from diffana import report
-from diffana.exceptions import DiffanaError
+from diffana import files, report
 from diffana.histfit.build import build_workspace
 from diffana.histfit.fit import FitSummary, fit_workspace
 
@@ -93,7 +92,7 @@ def fit_histograms(
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise DiffanaError(f"{out_dir}: cannot create the output directory ({err})") from None
+        raise files.cannot("create", out_dir, err) from None
     if (out_dir / "fit.json").exists():
         (out_dir / "fit.json").unlink()  # a rerun into the same directory starts over
     report.write_json(out_dir / "workspace.json", workspace)
