@@ -33,11 +33,15 @@ from diffana.exceptions import DiffanaError
 
 
 def _parser() -> argparse.ArgumentParser:
+    from diffana import __version__
+
     ap = argparse.ArgumentParser(prog="diffana", description=__doc__.splitlines()[0])
+    ap.add_argument("--version", action="version", version=f"diffana {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="optimise a configuration and write a run directory")
-    run.add_argument("config", type=Path, nargs="?")
+    run.add_argument("config", type=Path, nargs="?",
+                     help="the analysis configuration (YAML); not with --resume")
     run.add_argument("--resume", type=Path, metavar="DIR",
                      help="continue the interrupted run in DIR (its config.resolved.yaml and "
                           "checkpoint.npz)")
@@ -56,7 +60,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="with --executor dask and no --address: a LocalCluster of N processes")
 
     val = sub.add_parser("validate", help="check a configuration without running it")
-    val.add_argument("config", type=Path)
+    val.add_argument("config", type=Path, help="the analysis configuration (YAML)")
     val.add_argument("--no-imports", action="store_true",
                      help="run none of the config's imports: (plugin code); what they register "
                           "is reported unchecked")
@@ -66,11 +70,13 @@ def _parser() -> argparse.ArgumentParser:
                      "generate: block (and imports) to use, e.g. configs/agc_ttbar.yaml")
     gen.add_argument("--events", type=int, help="events in total (default: the config's, or 200000)")
     gen.add_argument("--seed", type=int, help="seed (default: the config's, or 0)")
-    gen.add_argument("--out", type=Path, required=True)
+    gen.add_argument("--out", type=Path, required=True,
+                     help="directory the ROOT files are written into")
 
     fit = sub.add_parser("fit", help="fit the configuration's model to histograms "
                          "(JSON or ROOT, cabinetry's histogram mode)")
-    fit.add_argument("config", type=Path)
+    fit.add_argument("config", type=Path,
+                     help="the analysis configuration (YAML) whose model is fitted")
     fit.add_argument("--histograms", type=Path, required=True,
                      help="JSON ({region}_{sample}[_{variation}]: {edges, contents}) or ROOT file")
     fit.add_argument("--out", type=Path,

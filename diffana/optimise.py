@@ -55,6 +55,7 @@ class OptimisationResult(NamedTuple):
     resume: Resume | None = None  # where a stopped loop would continue (the last update's)
     non_finite_u: np.ndarray | None = None  # where the non-finite value appeared, if one did
     non_finite_param: int | None = None  # the first parameter whose derivative was non-finite
+    first_gradient: np.ndarray | None = None  # the gradient at step 0 (None when resumed later)
 
 
 class Interrupted(KeyboardInterrupt):
@@ -120,6 +121,7 @@ def optimise(
     mark = (first, u, resume.state if resume is not None else None, len(history))
     try:
         vg, (loss, grad), first_call_seconds = _first_call(loss_and_grad, u)
+        first_gradient = np.asarray(grad) if first == 0 else None
         opt = make_optimiser(name, dict(options or {"learning_rate": 0.02}))
         state = opt.init(u)
         if resume is not None and resume.state is not None:
@@ -184,7 +186,8 @@ def optimise(
         err.resume = _resume_at(mark, history)
         raise
     return OptimisationResult(best_u, best_loss, history, stopped, first_call_seconds,
-                              _resume_at(mark, history), non_finite_u, non_finite_param)
+                              _resume_at(mark, history), non_finite_u, non_finite_param,
+                              first_gradient)
 
 
 def _restore_state(template, leaves: list, what: str):

@@ -18,7 +18,7 @@ Example:
     ...                              "selection": [{"observable": "ht", "above": "ht_min"}]}},
     ...                  "observables": {"ht": {"kind": "sum", "collection": "jets", "field": "pt"}},
     ...                  "objects": {"jets": {"source": "Jet"}},
-    ...                  "model": {"signal": ["sig"]}})
+    ...                  "model": {"signal": ["sig"]}, "luminosity": 1.0})
     >>> build(cfg).branches
     ['Jet_pt']
     >>> space = ParameterSpace.of(cfg)

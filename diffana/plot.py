@@ -1,4 +1,9 @@
-"""Plots for a run directory (mplhep CMS style): history, templates, sensitivity."""
+"""Plots for a run directory (mplhep CMS style): history, templates, sensitivity.
+
+Each figure is written as PNG and PDF. The axis labels come from the configuration
+(:func:`axis_label`, :func:`parameter_units`), the experiment label from its luminosity and
+``com_energy``.
+"""
 
 from __future__ import annotations
 
@@ -9,21 +14,108 @@ import numpy as np
 from matplotlib import style
 from matplotlib.figure import Figure
 
-from diffana import files
+from diffana import breakdown, files
 
 # Figures are made with matplotlib's object API (Figure, not pyplot): they render to files
 # with the Agg canvas whatever backend the user's session has, and diffana sets no global
 # matplotlib state.
 
+#: units of the fields and observables diffana knows (GeV: momenta, energies, masses)
+UNITS = {"pt": "GeV", "mass": "GeV", "m": "GeV", "energy": "GeV", "e": "GeV", "ht": "GeV"}
+#: how a field is written on an axis
+SYMBOLS = {"pt": "$p_{T}$", "eta": r"$\eta$", "phi": r"$\phi$", "mass": "$m$", "m": "$m$"}
+
+
+def _with_unit(text: str, unit: str | None) -> str:
+    return f"{text} [{unit}]" if unit else text
+
+
+def axis_label(cfg, region: str) -> str:
+    """The x-axis label of a region's observable: its ``label``, else one from its kind and
+    field (``sum`` of ``pt``: ``$H_{T}$ [GeV]``), else its name.
+
+    Example:
+        >>> from types import SimpleNamespace as NS
+        >>> obs = {"ht": NS(kind="sum", field="pt", collection="jets", options={}, label=None)}
+        >>> axis_label(NS(observables=obs, regions={"SR": NS(observable="ht")}), "SR")
+        '$H_{T}$ [GeV]'
+    """
+    name = cfg.regions[region].observable
+    obs = cfg.observables.get(name)
+    if obs is None:
+        return name
+    if obs.label:
+        return obs.label
+    field, unit = obs.field, UNITS.get(obs.field or "")
+    symbol = SYMBOLS.get(field or "", field)
+    if obs.kind == "sum" and field == "pt":
+        return _with_unit("$H_{T}$", unit)
+    if obs.kind == "leading" and field is not None:
+        return _with_unit(f"leading {obs.collection} {symbol}", unit)
+    if obs.kind == "nth" and field is not None:
+        return _with_unit(f"{obs.collection} #{obs.options.get('index', 0) + 1} {symbol}", unit)
+    if obs.kind == "count":
+        return f"number of {obs.collection}"
+    return _with_unit(name, UNITS.get(name))
+
+
+def parameter_units(cfg) -> dict[str, str]:
+    """``{parameter: unit}`` for the parameters cut on a field or observable of known unit."""
+    units: dict[str, str] = {}
+
+    def note(threshold, unit: str | None) -> None:
+        if isinstance(threshold, str) and unit:
+            units.setdefault(threshold, unit)
+
+    for collection in cfg.objects.values():
+        for cut in collection.cuts:
+            for threshold in (cut.above, cut.below):
+                note(threshold, UNITS.get(cut.field))
+
+    def requirements(reqs) -> None:
+        for req in reqs:
+            if req.observable is not None:
+                obs = cfg.observables.get(req.observable)
+                unit = UNITS.get(obs.field or "") if obs is not None else None
+                for threshold in (req.above, req.below):
+                    note(threshold, unit)
+            requirements(req.all or [])
+            requirements(req.any or [])
+
+    requirements(cfg.selection)
+    for region in cfg.regions.values():
+        requirements(region.selection)
+    return units
+
+
+def experiment_label(ax, cfg, fontsize: float = 16) -> None:
+    """The CMS-style label: "Simulation" (the model and pseudodata are simulated; "Open Data"
+    when the events are read from files), the luminosity in fb⁻¹ and ``com_energy``."""
+    parts = []
+    if cfg.luminosity is not None:  # pb^-1
+        lumi, unit = ((cfg.luminosity / 1000, "fb") if cfg.luminosity >= 100
+                      else (cfg.luminosity, "pb"))
+        parts.append(f"{lumi:.3g} {unit}$^{{-1}}$")
+    if cfg.com_energy is not None:
+        parts.append(f"({cfg.com_energy:g} TeV)")
+    mplhep.cms.label(text="" if cfg.generate is not None else "Open Data", data=False,
+                     rlabel=" ".join(parts), ax=ax, fontsize=fontsize)
+
 
 def _save(fig, path: Path) -> None:
-    with files.replacing(path) as tmp:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    """``path`` (PNG) and the same figure as PDF beside it."""
+    for target in (path, path.with_suffix(".pdf")):
+        with files.replacing(target) as tmp:
+            fig.savefig(tmp, dpi=120, bbox_inches="tight", format=target.suffix[1:])
 
 
-def history(hist: dict[str, np.ndarray], objective: str, path: Path) -> None:
-    """The objective and each trainable parameter against the optimiser step."""
+def history(hist: dict[str, np.ndarray], objective: str, path: Path,
+            bounds: dict[str, tuple[float, float]] | None = None,
+            units: dict[str, str] | None = None) -> None:
+    """The objective and each trainable parameter against the optimiser step, each parameter
+    with its ``bounds`` (dashed) and its unit."""
     params = [k for k in hist if k not in ("step", "objective")]
+    bounds, units = bounds or {}, units or {}
     with style.context(mplhep.style.CMS):
         fig = Figure(figsize=(8, 2.6 * (1 + len(params))))
         axes = fig.subplots(1 + len(params), 1, sharex=True, squeeze=False)
@@ -32,51 +124,137 @@ def history(hist: dict[str, np.ndarray], objective: str, path: Path) -> None:
         axes[0].set_ylabel(objective.replace("_", " "), fontsize=14)
         for ax, name in zip(axes[1:], params, strict=True):
             ax.plot(hist["step"], hist[name], color="tab:blue")
-            ax.set_ylabel(name, fontsize=14)
+            for edge in bounds.get(name, ()):
+                ax.axhline(edge, color="grey", ls="--", lw=1)
+            if name in bounds:
+                low, high = bounds[name]
+                pad = 0.05 * (high - low)
+                ax.set_ylim(low - pad, high + pad)
+            ax.set_ylabel(_with_unit(name.replace("_", " "), units.get(name)), fontsize=14)
         axes[-1].set_xlabel("optimiser step")
         _save(fig, path)
 
 
-def templates(stages: dict[str, dict], path: Path, signal: list[str],
-              data: dict[str, dict] | None = None) -> None:
+def systematic_band(workspace: dict) -> dict[str, np.ndarray]:
+    """``{region: σ_syst}``: the systematic uncertainty of the total MC per bin from a pyhf
+    workspace's ``normsys``, ``histosys`` and ``lumi`` modifiers. The shifts of one
+    parameter add over samples (they are correlated), up and down are averaged in size,
+    and the parameters add in quadrature; the POI, ``staterror`` and other modifiers are left
+    out.
+
+    Example:
+        >>> ws = {"measurements": [{"config": {"parameters": []}}], "channels": [{"name": "SR",
+        ...       "samples": [{"data": [10.0, 20.0], "modifiers": [{"name": "n",
+        ...       "type": "normsys", "data": {"hi": 1.1, "lo": 0.9}}]}]}]}
+        >>> systematic_band(ws)["SR"].round(6).tolist()
+        [1.0, 2.0]
+    """
+    sigmas = {p["name"]: p["sigmas"][0] for m in workspace["measurements"]
+              for p in m["config"]["parameters"] if "sigmas" in p}
+    band = {}
+    for channel in workspace["channels"]:
+        shifts: dict[str, np.ndarray] = {}
+        for sample in channel["samples"]:
+            nominal = np.asarray(sample["data"], dtype=np.float64)
+            for mod in sample["modifiers"]:
+                data, kind = mod["data"], mod["type"]
+                if kind == "normsys":
+                    up, down = nominal * (data["hi"] - 1), nominal * (data["lo"] - 1)
+                elif kind == "histosys":
+                    up = np.asarray(data["hi_data"]) - nominal
+                    down = np.asarray(data["lo_data"]) - nominal
+                elif kind == "lumi" and mod["name"] in sigmas:
+                    up = down = nominal * sigmas[mod["name"]]
+                else:
+                    continue
+                size = (np.abs(up) + np.abs(down)) / 2
+                shifts[mod["name"]] = shifts.get(mod["name"], 0.0) + np.sign(up) * size
+        total = sum((s**2 for s in shifts.values()), start=np.zeros(len(nominal)))
+        band[channel["name"]] = np.sqrt(total)
+    return band
+
+
+def templates(stages: dict[str, dict], path: Path, cfg, data: dict[str, dict] | None = None,
+              systematics: dict[str, dict[str, np.ndarray]] | None = None) -> None:
     """Stacked hard-cut histograms per region (rows) before and after optimisation (columns),
-    with ``data[stage][region]`` (e.g. pseudodata) as points."""
+    with the MC uncertainty band (statistical from Σw², ⊕ ``systematics[stage][region]``,
+    :func:`systematic_band`), ``data[stage][region]`` (e.g. pseudodata) as points and a
+    data/MC ratio panel when there are data."""
     stage_names = list(stages)
     regions = list(next(iter(stages.values())))
+    signal = cfg.model.signal
     with style.context(mplhep.style.CMS):
-        fig = Figure(figsize=(8 * len(stage_names), 6 * len(regions)))
-        axes = fig.subplots(len(regions), len(stage_names), squeeze=False)
+        fig = Figure(figsize=(9 * len(stage_names), (8.5 if data else 6.5) * len(regions)),
+                     layout="constrained")
+        cells = fig.add_gridspec(len(regions), len(stage_names))
         for j, stage in enumerate(stage_names):
             for i, region in enumerate(regions):
-                ax = axes[i, j]
                 hs = stages[stage][region]
                 order = [s for s in hs if s not in signal] + [s for s in hs if s in signal]
-                mplhep.histplot([hs[s] for s in order], label=order, stack=True,
-                                histtype="fill", ax=ax)
+                names = [getattr(cfg.samples[s], "label", None) or s for s in order]
                 if data is not None:
-                    d = data[stage][region]
-                    mplhep.histplot(d.values(), d.axes[0].edges, yerr=np.sqrt(d.values()),
-                                    histtype="errorbar", color="black", label="pseudodata",
-                                    ax=ax)
-                ax.set_title(f"{region}, {stage} cuts", fontsize=16)
+                    ax, rax = cells[i, j].subgridspec(2, 1, height_ratios=[3, 1]).subplots(
+                        sharex=True)
+                else:
+                    ax, rax = fig.add_subplot(cells[i, j]), None
+                edges = hs[order[0]].axes[0].edges
+                mplhep.histplot([hs[s] for s in order], label=names, stack=True,
+                                histtype="fill", ax=ax)
+                total = sum(hs[s].values() for s in order)
+                stat2 = sum(hs[s].variances() for s in order)
+                syst = (systematics or {}).get(stage, {}).get(region)
+                unc = np.sqrt(stat2 + (syst**2 if syst is not None else 0.0))
+                what = r"stat. $\oplus$ syst." if syst is not None else "stat."
+                ax.stairs(total + unc, edges, baseline=total - unc, fill=True, hatch="////",
+                          facecolor="none", edgecolor="grey", lw=0, label=f"MC {what} unc.")
+                if data is not None:
+                    d = data[stage][region].values()
+                    centres = (edges[1:] + edges[:-1]) / 2
+                    ax.errorbar(centres, d, yerr=np.sqrt(d), fmt="o", color="black",
+                                label="pseudodata" if cfg.model.pseudodata else "data")
+                    safe = np.where(total > 0, total, np.nan)
+                    rax.stairs(1 + unc / safe, edges, baseline=1 - unc / safe, fill=True,
+                               hatch="////", facecolor="none", edgecolor="grey", lw=0)
+                    rax.errorbar(centres, d / safe, yerr=np.sqrt(d) / safe, fmt="o",
+                                 color="black")
+                    rax.axhline(1, color="black", lw=0.8)
+                    rax.set_ylim(0.5, 1.5)
+                    rax.set_ylabel("data / MC", fontsize=14)
+                    ax.set_xlabel("")
+                (rax or ax).set_xlabel(axis_label(cfg, region))
                 ax.set_ylabel("events / bin")
-                ax.set_xlabel(hs[order[0]].axes[0].label or "observable")
-                ax.legend(fontsize=12)
-        fig.subplots_adjust(wspace=0.35, hspace=0.35)
+                ax.set_ylim(0, 1.45 * max(np.max(total + unc), 1e-9))
+                ax.legend(fontsize=12, ncols=2, title=f"{region}, {stage} cuts",
+                          title_fontsize=13, loc="upper right")
+                experiment_label(ax, cfg)
         _save(fig, path)
 
 
-def sensitivity(sens: dict[str, dict[str, float]], path: Path) -> None:
-    """∂objective/∂θ per parameter, split into the contributions of each region/sample."""
+def sensitivity(sens: dict[str, dict[str, float]], path: Path, cfg=None, top: int = 8) -> None:
+    """∂objective/∂θ per parameter (columns), summed by sample, region and systematic (rows:
+    the ``top`` largest and the others as one bar); the y axis is shared along a row and the
+    figure grows with its bars."""
     params = list(sens)
-    keys = list(next(iter(sens.values()))) if params else []
+    rows = breakdown.contributions(sens, breakdown.origins(cfg) if cfg is not None else None)
+    groups = {by: breakdown.leading(breakdown.aggregate(rows, by), top) for by in breakdown.BY}
+    heights = [max(1, len(g)) for g in groups.values()]
     with style.context(mplhep.style.CMS):
-        fig = Figure(figsize=(5 * max(1, len(params)), 5))
-        axes = fig.subplots(1, max(1, len(params)), squeeze=False)
-        for ax, p in zip(axes[0], params, strict=False):
-            vals = [sens[p][k] for k in keys]
-            ax.barh(keys, vals, color=["tab:red" if v < 0 else "tab:blue" for v in vals])
-            ax.axvline(0, color="black", lw=0.8)
-            ax.set_title(f"∂objective/∂{p}", fontsize=13)
-            ax.tick_params(labelsize=11)
+        fig = Figure(figsize=(4.5 * max(1, len(params)) + 3, 0.45 * sum(heights) + 2.5),
+                     layout="constrained")
+        axes = fig.subplots(len(groups), max(1, len(params)), sharey="row", squeeze=False,
+                            gridspec_kw={"height_ratios": heights})
+        for i, (by, ranked) in enumerate(groups.items()):
+            names = [name for name, _ in ranked][::-1]  # the largest on top
+            for j, p in enumerate(params):
+                ax = axes[i, j]
+                vals = [values[p] for _, values in ranked][::-1]
+                ax.barh(names, vals, color=["tab:red" if v < 0 else "tab:blue" for v in vals])
+                ax.axvline(0, color="black", lw=0.8)
+                ax.tick_params(labelsize=11)
+                ax.ticklabel_format(axis="x", style="sci", scilimits=(-2, 3))
+                ax.xaxis.get_offset_text().set_fontsize(11)
+                if i == 0:
+                    ax.set_title(f"∂objective/∂{p}", fontsize=13)
+                if j == 0:
+                    ax.set_ylabel(f"by {by}", fontsize=13)
         _save(fig, path)

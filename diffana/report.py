@@ -7,8 +7,13 @@ Layout (stable: other tools read it)::
     results.json           objective and parameters before/after, hard-cut evaluation,
                            sensitivity, engine, events per sample, wall time
     workspace.json         the pyhf workspace at the optimum (Asimov observations)
-    histograms.root        hard histograms before/after, ``{initial,final}/{region}/{sample}``
-    objective_history.png, histograms.png, sensitivity.png
+    histograms.root        hard histograms before/after, ``{initial,final}/{region}/{sample}``,
+                           and the pseudodata ``{initial,final}/{region}/pseudodata``
+    sensitivity.csv        ∂objective/∂θ per parameter × region × sample × variation, with the
+                           sample, variation and systematic of each template
+    objective_history.png, histograms.png, sensitivity.png, and each as .pdf
+    yields.csv             hard-cut yield ± MC stat. uncertainty per region × sample, before/after
+    cutflow.csv            events (weighted, raw) after each selection step per sample, before/after
     checkpoint.npz         only in an interrupted run: where ``diffana run --resume`` continues
     .diffana-run.json      the manifest: the files diffana writes there (``RUN_FILES``)
     .diffana-run.lock      locked (``flock``) by the run writing there, with its PID
@@ -31,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from diffana import files, locks
+from diffana import breakdown, files, locks
 from diffana.exceptions import DiffanaError
 from diffana.files import write_atomic
 
@@ -39,9 +44,12 @@ CHECKPOINT = "checkpoint.npz"
 MANIFEST = ".diffana-run.json"
 LOCK = ".diffana-run.lock"
 # every file diffana run writes into a run directory (a new one is added here)
+SENSITIVITY_CSV = "sensitivity.csv"
+#: the figures, each written as PNG and PDF
+FIGURES = ("objective_history", "histograms", "sensitivity")
 RUN_FILES = ("config.resolved.yaml", "history.csv", "results.json", "workspace.json",
-             "histograms.root", "objective_history.png", "histograms.png", "sensitivity.png",
-             CHECKPOINT)
+             "histograms.root", *[f"{f}.{ext}" for f in FIGURES for ext in ("png", "pdf")],
+             SENSITIVITY_CSV, "yields.csv", "cutflow.csv", CHECKPOINT)
 STARTS_OVER = ("results.json", CHECKPOINT)  # removed when a run starts in the directory again
 
 
@@ -75,8 +83,9 @@ class RunDirectory:
         previous run's ``results.json`` and checkpoint (a rerun starts over).
 
         Raises:
-            DiffanaError: ``path`` holds files diffana did not write (without ``force``), or a
-                file named like one diffana writes, or another run is writing there.
+            DiffanaError: ``path`` holds a finished run or files diffana did not write (both
+                without ``force``), or a file named like one diffana writes, or another run is
+                writing there.
             OutputError: ``path`` cannot be created or written.
         """
         if path.is_dir():  # refused before anything is written there
@@ -87,6 +96,9 @@ class RunDirectory:
             raise files.cannot("create", path, err) from None
         self._lock(path)
         owned = _owned(path, force)  # again: it is ours now, no other run writes there
+        if "results.json" in owned and (path / "results.json").exists() and not force:
+            raise DiffanaError(f"{path}: holds a finished run (results.json); choose another "
+                               f"--out, or --force to run again into it")
         manifest = {"format": 1, "files": sorted(owned | set(RUN_FILES))}
         write_atomic(path / MANIFEST, json.dumps(manifest, indent=2) + "\n")
         for name in STARTS_OVER:
@@ -203,15 +215,29 @@ def read_history(path: Path) -> dict[str, np.ndarray]:
     return {name: body[:, i] for i, name in enumerate(header)}
 
 
-def write_root_histograms(path: Path, hists: dict[str, dict]) -> None:
-    """``hists[stage][region][sample]`` (``hist.Hist``) into a ROOT file with uproot."""
+def write_root_histograms(path: Path, hists: dict[str, dict],
+                          data: dict[str, dict | None] | None = None,
+                          axis_labels: dict[str, str] | None = None,
+                          data_name: str = "pseudodata") -> None:
+    """``hists[stage][region][sample]`` and ``data[stage][region]`` (``hist.Hist``; as
+    ``{stage}/{region}/{data_name}``) into a ROOT file with uproot, each TH1 titled
+    ``"<sample>, <region>, <stage> cuts"``, its x axis titled ``axis_labels[region]``."""
     import uproot
+
+    def titled(h, title: str, region: str):
+        h = h.copy()
+        h.name = title  # uproot's TH1 fTitle
+        h.axes[0].label = (axis_labels or {}).get(region, h.axes[0].label)
+        return h
 
     with files.replacing(path) as tmp, uproot.recreate(tmp) as f:
         for stage, regions in hists.items():
             for region, samples in regions.items():
-                for sample, h in samples.items():
-                    f[f"{stage}/{region}/{sample}"] = h
+                observed = (data or {}).get(stage)
+                extra = {data_name: observed[region]} if observed is not None else {}
+                for sample, h in {**samples, **extra}.items():
+                    f[f"{stage}/{region}/{sample}"] = titled(h, f"{sample}, {region}, {stage} "
+                                                               f"cuts", region)
 
 
 def write_checkpoint(path: Path, resume, meta: dict) -> None:
@@ -267,8 +293,11 @@ def table(rows: list[list[str]], header: list[str]) -> str:
     return out.getvalue()
 
 
-def summary(results: dict) -> str:
-    """The end-of-run summary: objective and parameters before/after, and the sensitivity."""
+def summary(results: dict, cfg=None, top: int = 3) -> str:
+    """The end-of-run summary: objective and parameters before/after, and the sensitivity
+    summed by sample (nominal and its variations), by region and by systematic, each group
+    its ``top`` largest and the rest as one row (``cfg`` says which template belongs to which
+    sample and systematic; without it every template is a sample of its own)."""
     kind = results["objective"]
     lines = [f"{results['config']}: {kind} ({results['engine']} engine, "
              f"{results['steps_done']} steps, stopped: {results['stopped']}, "
@@ -285,9 +314,30 @@ def summary(results: dict) -> str:
     sens = results["sensitivity"]
     if sens:
         params = list(sens)
-        keys = list(next(iter(sens.values())))
-        srows = [[k, *[f"{sens[p][k]:+.4g}" for p in params]] for k in keys]
+        contributions = breakdown.contributions(
+            sens, breakdown.origins(cfg) if cfg is not None else None)
+        srows = [[f"{by} {group}", *[f"{values[p]:+.4g}" for p in params]]
+                 for by in breakdown.BY
+                 for group, values in breakdown.leading(
+                     breakdown.aggregate(contributions, by), top)]
         srows.append(["total ∂objective/∂θ", *[f"{sum(sens[p].values()):+.4g}" for p in params]])
-        lines.append("sensitivity at the final cuts: ∂objective/∂θ from each region/sample's yields")
-        lines.append(table(srows, ["region/sample", *params]))
+        lines.append("sensitivity at the final cuts: ∂objective/∂θ from the yields of each "
+                     "sample, region, systematic")
+        lines.append(table(srows, ["from", *params])
+                     + f"(each parameter × region × sample × variation: {SENSITIVITY_CSV})")
+    lines += [f"warning [{w['code']}] {w['where']}: {w['message']}"
+              for w in results.get("warnings", [])]
     return "\n".join(lines)
+
+
+def write_sensitivity_csv(path: Path, sens: dict[str, dict[str, float]], cfg=None) -> None:
+    """The sensitivity, one row per parameter × region × sample × variation (the template's
+    nominal sample, its variation, empty for the nominal template, and the systematic)."""
+    text = io.StringIO()
+    writer = csv.writer(text)
+    writer.writerow(["parameter", "region", "template", "sample", "variation", "systematic",
+                     "d_objective"])
+    for row in breakdown.contributions(sens, breakdown.origins(cfg) if cfg is not None
+                                       else None):
+        writer.writerow([*row[:-1], repr(row.value)])
+    write_atomic(path, text.getvalue())

@@ -17,15 +17,15 @@ from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import yaml
 from tqdm.auto import tqdm
 
-from diffana import checks, plot, report
+from diffana import checks, guards, plot, report, tables
 from diffana import config as configmod
 from diffana.analysis import Analysis
+from diffana.diagnose import non_finite_stage
 from diffana.events import changed_input
 from diffana.exceptions import DiffanaError, InputChanged, NumericalError, ResumableError
 from diffana.optimise import Interrupted, Resume, optimise
@@ -131,12 +131,14 @@ def _run(config_path, *, steps, out, engine, seed, progress, echo, resume, execu
             ana = Analysis(cfg, base_dir=base_dir, progress=progress)
             _check_inputs(ana, meta)
             res, results = _optimise_and_write(ana, cfg, out_dir, config_file, checkpoint,
-                                               meta, start, progress)
+                                               meta, start, progress, signals)
         except KeyboardInterrupt as err:
             signals.hold = True  # a second signal does not cut the checkpoint short
             if (out_dir / "results.json").exists():  # finished: nothing to continue
                 (out_dir / report.CHECKPOINT).unlink(missing_ok=True)
-                raise
+                signum = getattr(err, "signum", signal.SIGINT)
+                raise Interrupted(None, signum, f"interrupted by {signal.Signals(signum).name} "
+                                  f"as the run finished; its results are in {out_dir}") from None
             # the optimiser's last completed update, or where this call started from
             where = (err.resume if isinstance(err, Interrupted) and err.resume is not None
                      else checkpoint)
@@ -160,7 +162,8 @@ def _run(config_path, *, steps, out, engine, seed, progress, echo, resume, execu
             if ana is not None:
                 ana.close()  # the Dask cluster or client, if any
     if echo is not None:
-        echo(report.summary(results))
+        echo(report.summary(results, cfg))
+        echo(tables.summary(out_dir, cfg.nominal_samples))
         echo(f"run directory: {out_dir}")
     if res.stopped.startswith("non-finite"):
         raise NumericalError(f"{config_file}: optimisation stopped: {results['stopped']}; the "
@@ -169,8 +172,12 @@ def _run(config_path, *, steps, out, engine, seed, progress, echo, resume, execu
 
 
 def _optimise_and_write(ana: Analysis, cfg, out_dir: Path, config_file: Path | str,
-                        checkpoint: Resume | None, meta: dict, start: float, progress: bool):
-    """The optimisation, the hard-cut evaluation and the run directory's files."""
+                        checkpoint: Resume | None, meta: dict, start: float, progress: bool,
+                        signals: _Signals):
+    """The optimisation, the hard-cut evaluation and the run directory's files.
+
+    A signal during the evaluation and the files stops the run at ``signals.check()`` (the
+    run is resumable from its last step) or, once ``results.json`` is written, after it."""
     p0 = ana.initial_params()
     sign = -1.0 if ana.maximise else 1.0
 
@@ -189,7 +196,7 @@ def _optimise_and_write(ana: Analysis, cfg, out_dir: Path, config_file: Path | s
             steps=cfg.optimiser.steps,
             tolerance=cfg.optimiser.tolerance,
             progress=progress,
-            on_step=lambda step, loss, u: history.row(*row(step, loss, u)),
+            on_step=lambda step, loss, u: (history.row(*row(step, loss, u)), signals.check()),
             describe=lambda v: f"{sign * v:.5g}",
             names=ana.trainable,
             resume=checkpoint,
@@ -197,8 +204,10 @@ def _optimise_and_write(ana: Analysis, cfg, out_dir: Path, config_file: Path | s
     finally:
         history.close()
     try:
-        results = _evaluate_and_write(ana, cfg, res, out_dir, config_file, meta, start, p0,
-                                      sign)
+        with signals.deferred():
+            results = _evaluate_and_write(ana, cfg, res, out_dir, config_file, meta, start, p0,
+                                          sign, signals.check)
+        signals.check()
     except KeyboardInterrupt as err:
         raise Interrupted(res.resume, getattr(err, "signum", signal.SIGINT)) from None
     except ResumableError as err:
@@ -218,7 +227,10 @@ def _check_inputs(ana: Analysis, meta: dict) -> None:
 
 
 def _evaluate_and_write(ana: Analysis, cfg, res, out_dir: Path, config_file: Path | str,
-                        meta: dict, start: float, p0: dict, sign: float) -> dict:
+                        meta: dict, start: float, p0: dict, sign: float,
+                        stop_here=lambda: None) -> dict:
+    """The hard-cut evaluation and the run directory's files, ``results.json`` last;
+    ``stop_here()`` raises ``KeyboardInterrupt`` where stopping for a signal is safe."""
     p_final = ana.from_unit(res.params, p0)
 
     # the optimiser evaluated both already: step 0 and its last good step
@@ -227,11 +239,13 @@ def _evaluate_and_write(ana: Analysis, cfg, res, out_dir: Path, config_file: Pat
     hists = {"initial": ana.hard_histograms(p0), "final": ana.hard_histograms(p_final)}
     hard_initial = ana.hard_objective(p0, hists["initial"])
     hard_final = ana.hard_objective(p_final, hists["final"])
+    flows = {stage: tables.cutflow(ana, p) for stage, p in (("initial", p0), ("final", p_final))}
     if ana.trainable:  # the final yields and their Jacobian: one evaluation for both uses
         final = ana.yields_and_jacobian(p_final)
         final_yields, sensitivity = final[0], ana.sensitivity(p_final, final)
     else:
         final_yields, sensitivity = ana.yields(p_final), {}
+    stop_here()
 
     results = {
         "config": cfg.name,
@@ -263,7 +277,7 @@ def _evaluate_and_write(ana: Analysis, cfg, res, out_dir: Path, config_file: Pat
     if res.non_finite_u is not None:
         bad = ana.from_unit(jnp.asarray(res.non_finite_u), p0)
         i = res.non_finite_param
-        where = _non_finite_stage(ana, bad, None if i is None else ana.trainable[i])
+        where = non_finite_stage(ana, bad, None if i is None else ana.trainable[i])
         results["stopped"] = f"{res.stopped} ({where})"
         results["params_non_finite"] = _floats(bad)
         results["warning"] = (
@@ -275,19 +289,35 @@ def _evaluate_and_write(ana: Analysis, cfg, res, out_dir: Path, config_file: Pat
                                              hard_final)):
         results["warning"] = "non-finite objective value; see stopped"
 
+    gradient0 = res.first_gradient if ana.trainable else None  # the optimiser's step 0
+    flags = guards.run_flags(cfg, hists, {"final": final_yields}, gradient0, p_final,
+                             {"initial": (objective_initial, hard_initial),
+                              "final": (objective_final, hard_final)})
+    if flows["final"] is None:
+        flags.append(guards.Flag("cutflow-skipped", "no cutflow with the Dask executor (the "
+                                 "events are on the workers)", tables.CUTFLOW))
+    results["warnings"] = [f._asdict() for f in flags]
+
     data = {stage: ana.pseudodata(h) for stage, h in hists.items()}
     observations = ({r: h.values() for r, h in data["final"].items()}
                     if data["final"] is not None else None)
     report.write_json(out_dir / "workspace.json", ana.workspace(final_yields, observations))
-    report.write_root_histograms(out_dir / "histograms.root", hists)
+    axis_labels = {r: plot.axis_label(cfg, r) for r in cfg.regions}
+    report.write_root_histograms(out_dir / "histograms.root", hists, data, axis_labels)
     plot.history(report.read_history(out_dir / "history.csv"), cfg.objective.kind,
-                 out_dir / "objective_history.png")
+                 out_dir / "objective_history.png",
+                 {n: cfg.parameters[n].bounds for n in ana.trainable}, plot.parameter_units(cfg))
     nominal = {stage: {r: {s: h for s, h in hs.items() if s in cfg.nominal_samples}
                        for r, hs in regions.items()} for stage, regions in hists.items()}
-    plot.templates(nominal, out_dir / "histograms.png", cfg.model.signal,
-                   data if data["final"] is not None else None)
+    band = {stage: plot.systematic_band(ana.workspace(ana.hard_yields(p, hists[stage])))
+            for stage, p in (("initial", p0), ("final", p_final))}  # the hard templates'
+    plot.templates(nominal, out_dir / "histograms.png", cfg,
+                   data if data["final"] is not None else None, band)
     if sensitivity:
-        plot.sensitivity(sensitivity, out_dir / "sensitivity.png")
+        plot.sensitivity(sensitivity, out_dir / "sensitivity.png", cfg)
+        report.write_sensitivity_csv(out_dir / report.SENSITIVITY_CSV, sensitivity, cfg)
+    tables.write(out_dir, hists, flows)
+    stop_here()
     results["wall_seconds"] = meta["wall_seconds"] + time.perf_counter() - start
     report.write_json(out_dir / "results.json", results)  # last: the run is finished
     (out_dir / report.CHECKPOINT).unlink(missing_ok=True)
@@ -331,14 +361,41 @@ def _load_resume(run_dir: Path):
 
 
 class _Signals:
-    """SIGINT and SIGTERM raise :class:`Interrupted` in the main thread (not while ``hold``)."""
+    """SIGINT and SIGTERM raise :class:`Interrupted` in the main thread (not while ``hold``).
+
+    While ``deferred`` (the hard-cut evaluation, the plots and the files after the last step),
+    and inside a finaliser (``__del__``, where Python ignores the exception), a signal is kept
+    as ``pending`` and raised by ``check()`` at the next point where stopping is safe: an
+    exception raised in the middle of a JAX compilation leaves XLA in a state that crashes the
+    interpreter as it exits (a segmentation fault instead of exit 130).
+    """
 
     def __init__(self):
         self.hold = False
+        self.pending: int | None = None
+        self._deferred = False
 
     def _handler(self, signum, frame):
-        if not self.hold:
-            raise Interrupted(signum=signum)
+        if self.hold:
+            return
+        if self._deferred or (frame is not None and frame.f_code.co_name == "__del__"):
+            self.pending = self.pending or signum
+            return
+        raise Interrupted(signum=signum)
+
+    def check(self) -> None:
+        """Raise :class:`Interrupted` for a signal that arrived while it could not be raised."""
+        if self.pending is not None and not self.hold:
+            raise Interrupted(signum=self.pending)
+
+    @contextmanager
+    def deferred(self):
+        """Signals within are ``pending`` until ``check()``."""
+        self._deferred = True
+        try:
+            yield
+        finally:
+            self._deferred = False
 
     @contextmanager
     def installed(self):
@@ -353,61 +410,6 @@ class _Signals:
         finally:
             for s, handler in previous.items():
                 signal.signal(s, signal.SIG_DFL if handler is None else handler)
-
-
-def _non_finite_stage(ana: Analysis, params: dict, parameter: str | None) -> str:
-    """Where a NaN or inf first appears at ``params``: ``stage: ...[, region R, sample S]``.
-
-    The values stage by stage (select, observe, histogram, model/infer), then, for a
-    non-finite gradient, the derivative of each stage in ``parameter``.
-    """
-    def first_bad(tree: dict):
-        for r, per_sample in tree.items():  # tree[region or sample][sample or region]
-            for s, leaf in per_sample.items():
-                if not all(np.all(np.isfinite(np.asarray(a))) for a in
-                           jax.tree_util.tree_leaves(leaf)):
-                    return r, s
-        return None
-
-    def events_stage(events: dict) -> str | None:
-        for sample, regions in events.items():
-            for region, (x, w) in regions.items():
-                if not np.all(np.isfinite(np.asarray(w))):
-                    return f"stage: select, region {region}, sample {sample}"
-                if not np.all(np.isfinite(np.asarray(x))):
-                    return f"stage: observe, region {region}, sample {sample}"
-        return None
-
-    try:
-        found = events_stage(ana.region_events(params))
-        if found:
-            return found
-        yields = ana.yields(params)
-        bad = first_bad(yields)
-        if bad:
-            return f"stage: histogram, region {bad[0]}, sample {bad[1]}"
-        if not math.isfinite(float(ana.objective_from_yields(yields))):
-            return "stage: model/infer"
-        if parameter is None:
-            return "stage: not reproduced at these parameters"
-        theta = jnp.asarray(params[parameter], dtype=jnp.float64)
-
-        def along(fn):  # ∂fn/∂parameter (forward mode, one tangent)
-            return jax.jvp(lambda t: fn({**params, parameter: t}), (theta,),
-                           (jnp.ones_like(theta),))[1]
-
-        found = events_stage(along(ana.region_events))
-        if found:
-            return found
-        bad = first_bad(along(ana.yields))
-        if bad:
-            return f"stage: histogram, region {bad[0]}, sample {bad[1]}"
-        bad = first_bad(jax.grad(ana.objective_from_yields)(yields))
-        if bad:
-            return f"stage: model/infer, from the yields of region {bad[0]}, sample {bad[1]}"
-        return "stage: none on its own (each stage and its derivative are finite)"
-    except Exception as err:  # the diagnosis must not hide the stop itself
-        return f"stage: not determined ({type(err).__name__}: {err})".splitlines()[0]
 
 
 def _with_executor(cfg, executor: dict, source) -> configmod.AnalysisConfig:

@@ -190,3 +190,45 @@ def fill_hard(kernel: Kernel, samples: list[str], parts) -> dict:
             for r, (x, w) in regions.items():
                 hard_histogram(x, w, kernel.cfg.regions[r].binning.edges, into=hists[r][sample])
     return hists
+
+
+# --- the cutflow: hard selection step by step --------------------------------------------------
+
+
+def requirement_label(req) -> str:
+    """A requirement in a few words: ``jets ≥ 4``, ``lepton_pt > lepton_pt_min``."""
+    if req.count is not None:
+        return (f"{req.count} ≥ {req.at_least}" if req.at_least is not None
+                else f"{req.count} = {req.exactly}")
+    if req.observable is not None:
+        return (f"{req.observable} > {req.above}" if req.above is not None
+                else f"{req.observable} < {req.below}")
+    subs = [requirement_label(r) for r in (req.all or req.any)]
+    return "(" + (" and " if req.all is not None else " or ").join(subs) + ")"
+
+
+def cutflow_weights(cfg: AnalysisConfig, plan: Plan, ops, params: dict, weight) -> list:
+    """``[(step, weight after it)]``: the event weights after each hard selection step.
+
+    The steps are the events as lowered (``all events``), then the top-level requirements
+    applied one after the other, then, from there, each region's own requirements (a region
+    without any is one step, the top-level selection).
+    """
+    weights = select.object_weights(cfg, plan, ops, params, True)
+    obs = observe.evaluate(cfg, plan, ops, weights)
+
+    def passing(req):
+        return select.requirement_weight(cfg, plan, ops, req, weights, obs, params, True)
+
+    steps = [("all events", weight)]
+    for req in cfg.selection:
+        steps.append((requirement_label(req), steps[-1][1] * passing(req)))
+    common = steps[-1][1]
+    for region, reg in cfg.regions.items():
+        w = common
+        for req in reg.selection:
+            w = w * passing(req)
+            steps.append((f"{region}: {requirement_label(req)}", w))
+        if not reg.selection:
+            steps.append((region, w))
+    return steps

@@ -54,6 +54,8 @@ def validate(config_path: str | Path, imports: bool = True) -> str:
             path = configmod.resolve_path(f, config_path.parent, generated)
             io.check_branches(path, sample.tree or cfg.tree, branches)
             checked += 1
-    return (f"{config_path}: valid ({len(cfg.samples)} samples, {len(cfg.regions)} regions, "
-            f"{len(ParameterSpace.of(cfg).trainable)} trainable parameters, "
-            f"{checked} input files checked{''.join(f'; {n}' for n in notes)})")
+    counts = [(len(cfg.samples), "sample"), (len(cfg.regions), "region"),
+              (len(ParameterSpace.of(cfg).trainable), "trainable parameter"),
+              (checked, "input file")]
+    said = ", ".join(f"{n} {what}{'' if n == 1 else 's'}" for n, what in counts)
+    return f"{config_path}: valid ({said} checked{''.join(f'; {n}' for n in notes)})"

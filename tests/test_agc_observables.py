@@ -21,6 +21,7 @@ OBSERVABLES = ROOT / "analyses" / "agc_ttbar" / "observables.py"
 def config(path: Path, btag: str) -> dict:
     return {
         "imports": [str(OBSERVABLES)],
+        "luminosity": 1.0,
         "samples": {"s": {"files": [str(path)], "cross_section": 1.0},
                     "b": {"files": [str(path)], "cross_section": 2.0}},
         "parameters": {

@@ -113,6 +113,7 @@ def test_validate_checks_inputs(tmp_path, capsys):
     from conftest import DATA
 
     data = {
+        "luminosity": 1.0,
         "samples": {"s": {"files": [str(DATA / "nano_tt_v12.root")], "cross_section": 1.0},
                     "b": {"files": [str(DATA / "nano_tt_v12.root")], "cross_section": 1.0}},
         "objects": {"jets": {"source": "Jet", "fields": {"btag": "Jet_btagCSVV2"}}},

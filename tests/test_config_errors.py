@@ -84,7 +84,7 @@ CASES = [
          "model.signal: required key is missing", "expected a list of strings"),
     # duplicate names
     case("duplicate-sample", DEFAULT_TEXT.replace("  wjets:\n", "  ttbar:\n"),
-         ":19: samples: duplicate key 'ttbar'", "first given on line 16",
+         ":20: samples: duplicate key 'ttbar'", "first given on line 17",
          "each key may appear once"),
     case("duplicate-region", DEFAULT_TEXT.replace(
         "\nmodel:", "  signal_region: {observable: ht, binning: {edges: [0, 1]}}\n\nmodel:"),

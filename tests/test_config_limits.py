@@ -202,6 +202,7 @@ def events(n: int, seed: int = 0) -> dict:
 def config(signal, background) -> dict:
     sample = {"cross_section": 1.0, "n_total": 1000}
     return {
+        "luminosity": 1.0,
         "samples": {"s": sample | {"files": [str(signal)]},
                     "b": sample | {"files": [str(background)]}},
         "parameters": {"pt_min": {"value": 30.0, "bounds": [0.0, 100.0]}},
@@ -303,7 +304,7 @@ def test_validate_no_imports_runs_no_plugin(tmp_path, good, capsys):
     path = write_config(tmp_path / "c.yaml", with_plugin(tmp_path, good))
     assert main(["validate", "--no-imports", str(path)]) == 0
     assert capsys.readouterr().out == (
-        f"{path}: valid (2 samples, 3 regions, 1 trainable parameters, 2 input files checked; "
+        f"{path}: valid (2 samples, 3 regions, 1 trainable parameter, 2 input files checked; "
         "1 observable kind unchecked (from imports: limits_test_kind))\n")
     assert not (tmp_path / "ran").exists()
     assert main(["validate", str(path)]) == 0

@@ -34,6 +34,7 @@ def config(signal: list, background: list, n_total: int | None = 1000, **top) ->
     """Jets with a soft pT cut (H_T) and MET, one region each."""
     sample = {"cross_section": 1.0} | ({"n_total": n_total} if n_total else {})
     return {
+        "luminosity": 1.0,
         "samples": {"s": sample | {"files": [str(f) for f in signal]},
                     "b": sample | {"files": [str(f) for f in background], "cross_section": 3.0}},
         "parameters": {"pt_min": {"value": 30.0, "bounds": [0.0, 100.0]}},

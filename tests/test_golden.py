@@ -1,7 +1,7 @@
 """The shipped configurations give bitwise the numbers recorded in tests/data/golden.json.
 
 Recorded before the code was restructured (``python tests/golden.py --write``); a change
-that alters a number must say so and why, and record the values again. Three cases of the
+that alters a number must say so and why, and record the values again. Two cases of the
 small configuration run by default; the others (Dask, the awkward engine, every AGC case:
 compilation) are ``slow``: ``pytest -m slow``.
 """
@@ -14,8 +14,8 @@ import pytest
 from golden import CASES, GOLDEN, values
 
 RECORDED = json.loads(GOLDEN.read_text())
-# in the default run: the in-memory fused, per-chunk reverse and streamed forward paths
-FAST = {"ttbar-compiled-fused", "ttbar-compiled-reverse", "ttbar-streamed-forward"}
+# in the default run: the in-memory fused and the streamed (per-chunk, forward) paths
+FAST = {"ttbar-compiled-fused", "ttbar-streamed-forward"}
 
 
 def _cases():

@@ -188,6 +188,7 @@ def test_model_follows_the_cabinetry_config(cfg, workspaces):
 
 def test_norm_plus_shape_single_bin_has_no_histosys():
     cfg = load_dict({
+        "luminosity": 1.0,
         "samples": {"sig": {"files": ["s.root"], "cross_section": 1.0},
                     "bkg": {"files": ["b.root"], "cross_section": 1.0}},
         "objects": {"jets": {"source": "Jet"}},

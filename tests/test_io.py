@@ -52,6 +52,7 @@ def test_rntuple_through_the_analysis(tmp_path):
     results = []
     for kind in ("ttree", "rntuple"):
         cfg = load_dict({
+            "luminosity": 1.0,
             "samples": {"s": {"files": [str(tmp_path / f"{kind}.root")], "cross_section": 1.0},
                         "b": {"files": [str(tmp_path / f"{kind}.root")], "cross_section": 2.0}},
             "parameters": {"pt_min": {"value": 30.0, "bounds": [0.0, 100.0]}},

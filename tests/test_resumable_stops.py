@@ -144,6 +144,7 @@ def scheduler(tmp_path):
         p.wait()
 
 
+@pytest.mark.slow  # ~40 s: a scheduler, a worker and three runs (.ci/run runs it)
 def test_lost_scheduler_checkpoints_and_resumes(tmp_path, scheduler):
     sched, address = scheduler
     cfg = write_config(tmp_path / "c.yaml", own_copy(tmp_path))

@@ -69,7 +69,13 @@ def test_users_files_survive_force_and_rerun(cfg, tmp_path, capsys):
     assert (out / "results.json").is_file() and not leftovers(out)
 
     (out / "results.json").write_text("{}")  # the previous run's result
-    assert diffana_run(cfg, out) == 0  # no --force: a diffana run directory
+    before = snapshot(out)
+    assert diffana_run(cfg, out) == 2  # a finished run: only with --force
+    assert one_line(capsys) == (f"diffana: error: {out}: holds a finished run (results.json); "
+                                f"choose another --out, or --force to run again into it")
+    assert {n: v for n, v in snapshot(out).items() if n != report.LOCK} == {
+        n: v for n, v in before.items() if n != report.LOCK}
+    assert diffana_run(cfg, out, "--force") == 0
     assert {n: v for n, v in snapshot(out).items() if n in users} == users
     assert json.loads((out / "results.json").read_text())["steps_done"] == 1
     assert not leftovers(out)
@@ -122,7 +128,7 @@ def test_a_locked_run_directory_refuses_until_its_process_is_gone(cfg, tmp_path,
         holder.wait()
         holder.stdout.close()
     with report.RunDirectory() as held:  # the dead process's lock file is still there
-        held.open(out)
+        held.open(out, force=True)  # the finished run's results.json: --force
         assert (out / report.LOCK).read_text() == f"{os.getpid()}\n"
     assert not (out / "results.json").exists()  # a rerun starts over
 

@@ -77,7 +77,7 @@ def _trijet_structure(jets: ak.Array, spec) -> dict[str, np.ndarray]:
         field = spec.options.get("btag_field", "btag")
         weakest = np.minimum(np.minimum(jets.pt[i], jets.pt[j]), jets.pt[k])[order]
         btag = np.maximum(np.maximum(jets[field][i], jets[field][j]), jets[field][k])[order]
-        most = max(int(ak.max(ak.num(jets), initial=0)), 1)
+        most = max(int(ak.to_numpy(ak.num(jets)).max(initial=0)), 1)  # also with no event
         levels = ak.to_numpy(ak.fill_none(ak.pad_none(
             ak.values_astype(jets[field], np.float64), most, clip=True), np.nan))
         order = order[~_dominated(weakest, btag, levels)]

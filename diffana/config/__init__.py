@@ -24,7 +24,7 @@ Example:
     ...                  "observables": {"ht": {"kind": "sum", "collection": "jets",
     ...                                         "field": "pt"}},
     ...                  "objects": {"jets": {"source": "Jet"}},
-    ...                  "model": {"signal": ["sig"]}})
+    ...                  "model": {"signal": ["sig"]}, "luminosity": 1.0})
     >>> cfg.regions["SR"].binning.edges
     [0.0, 100.0, 200.0, 300.0]
 """

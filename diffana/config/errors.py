@@ -92,20 +92,20 @@ def _walk(loc: tuple, root: type[BaseModel]) -> tuple[str, Any]:
     return path or "<top level>", t
 
 
-def _describe(t: Any, plural: bool = False) -> str:
+def describe(t: Any, plural: bool = False) -> str:
     """What a value of type ``t`` looks like in YAML, e.g. ``a list of strings``."""
     t = _unwrap(t)
     origin, args = get_origin(t), get_args(t)
     if _is_union(t):
-        return " or ".join(_describe(a, plural) for a in args if a is not type(None))
+        return " or ".join(describe(a, plural) for a in args if a is not type(None))
     if origin is Literal:
         return " or ".join(repr(a) for a in args)
     if origin is list:
-        return "lists" if plural else f"a list of {_describe(args[0], plural=True)}"
+        return "lists" if plural else f"a list of {describe(args[0], plural=True)}"
     if origin is tuple:
-        return f"[{', '.join(_describe(a) for a in args)}]"
+        return f"[{', '.join(describe(a) for a in args)}]"
     if origin is dict:
-        return "mappings" if plural else f"a mapping of names to {_describe(args[1], plural=True)}"
+        return "mappings" if plural else f"a mapping of names to {describe(args[1], plural=True)}"
     if _is_model(t):
         return f"{'mappings' if plural else 'a mapping'} with keys {', '.join(t.model_fields)}"
     if t in _TYPE_NAMES:
@@ -173,7 +173,7 @@ def format_validation_error(source: str, err: ValidationError, root: type[BaseMo
                         f"allowed: {', '.join(allowed)}")
     if e["type"] == "missing":
         return one_line(f"{source}: {path}: required key is missing "
-                        f"(expected {_describe(expected)})")
+                        f"(expected {describe(expected)})")
     if e["type"] == "invalid_key" or e["loc"][-1:] == ("[key]",):
         path = _walk(e["loc"][:-1], root)[0] if e["type"] != "invalid_key" else path
         return one_line(f"{source}: {path}: key {show(value)} is not a string; keys are names "
@@ -185,7 +185,7 @@ def format_validation_error(source: str, err: ValidationError, root: type[BaseMo
         value = value.get(error.key) if isinstance(value, dict) else value
     elif e["type"] in ("model_type", "model_attributes_type", "dict_type", "list_type",
                        "tuple_type") and expected is not None:
-        msg = f"Input should be {_describe(expected)}"
+        msg = f"Input should be {describe(expected)}"
     union = [x for x in errors if _walk(x["loc"], root)[0] == path and x["type"] != "missing"]
     if len(union) > 1:  # one error per alternative of a union: name every alternative
         alternatives = [x["msg"].removeprefix("Value error, ").removeprefix("Input should be ")

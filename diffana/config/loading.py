@@ -6,7 +6,7 @@ Example:
     ...         "regions": {"SR": {"observable": "njets", "binning": {"edges": [0, 4, 9]}}},
     ...         "observables": {"njets": {"kind": "count", "collection": "jets"}},
     ...         "objects": {"jets": {"source": "Jet"}},
-    ...         "model": {"signal": ["sig"]}}
+    ...         "model": {"signal": ["sig"]}, "luminosity": 1.0}
     >>> load_dict(data, source="c.yaml").regions["SR"].binning.edges
     [0.0, 4.0, 9.0]
     >>> load_dict({**data, "luminosity": -1}, source="c.yaml")
@@ -94,7 +94,7 @@ def imported_files(cfg: AnalysisConfig, base_dir: Path | None) -> dict[str, str 
         ...     "imports": ["agc_ttbar/observables.py"],
         ...     "samples": {"s": {"files": ["s.root"], "cross_section": 1.0}},
         ...     "regions": {"SR": {"observable": "x", "binning": {"edges": [0, 1]}}},
-        ...     "model": {"signal": ["s"]}})
+        ...     "model": {"signal": ["s"]}, "luminosity": 1.0})
         >>> digest = imported_files(cfg, Path("analyses"))["agc_ttbar/observables.py"]
         >>> len(digest)
         64

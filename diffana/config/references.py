@@ -11,7 +11,7 @@ Example:
     ...     {"samples": {"sig": {"files": ["s.root"], "cross_section": 1.0},
     ...                  "bkg": {"files": ["b.root"], "cross_section": 1.0}},
     ...      "regions": {"SR": {"observable": "ht", "binning": {"edges": [0, 1]}}},
-    ...      "model": {"signal": ["sig"]}})
+    ...      "model": {"signal": ["sig"]}, "luminosity": 1.0})
     >>> try:
     ...     check_references(cfg, "c.yaml")
     ... except ConfigError as err:

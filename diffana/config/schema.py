@@ -61,8 +61,12 @@ class Generate(StrictModel):
     (:data:`GENERATED_EVENT_BYTES` per event).
     """
 
+    # the generator (ttbar_vs_wjets built in; agc from analyses/agc_ttbar/generate.py through
+    # imports)
     kind: str = "ttbar_vs_wjets"
+    # events generated (in all samples)
     events: StrictInt = Field(200_000, gt=0)
+    # the generator's random seed
     seed: StrictInt = 0
 
     @field_validator("events")
@@ -86,12 +90,20 @@ class Sample(StrictModel):
     ``none`` gives weight 1 (data).
     """
 
+    # ROOT files; {generated} is the generated events' directory, relative paths are relative to
+    # this file
     files: list[str] = Field(min_length=1)
+    # the tree in these files, if not the top-level tree
     tree: str | None = None
+    # pb; needed by the events and genweight normalisations
     cross_section: Number | None = Field(None, gt=0)
+    # events, genweight, weight or none (see above)
     normalisation: Literal["events", "genweight", "weight", "none"] = "events"
+    # events the sample was produced with, if not all are in the files
     n_total: StrictInt | None = Field(None, gt=0)
+    # this sample is a variation (own files) of the nominal sample named here
     variation_of: str | None = None
+    # the name on plots and in tables
     label: str | None = None
 
     @model_validator(mode="after")
@@ -156,9 +168,13 @@ class Parameter(StrictModel):
     object with ``sigmoid((x - c) / temperature)``.
     """
 
+    # the initial value
     value: Number
+    # [low, high]: the optimiser stays inside, and the unit box maps them to [0, 1]
     bounds: tuple[Number, Number]
+    # false keeps the value fixed
     trainable: StrictBool = True
+    # softness of every cut that uses the parameter: sigmoid((x - c) / temperature)
     temperature: Number = Field(1.0, gt=0)
 
     @model_validator(mode="after")
@@ -185,11 +201,17 @@ class ObjectCut(StrictModel):
     (``jetId & bits_set == bits_set``).
     """
 
+    # the collection's field cut on
     field: str
+    # keep objects above: a number (hard) or a parameter name (soft)
     above: Threshold | None = None
+    # keep objects below: a number (hard) or a parameter name (soft)
     below: Threshold | None = None
+    # cut on |x|
     abs: StrictBool = False
+    # keep objects whose field equals this (hard)
     equals: Number | StrictBool | None = None
+    # keep objects whose field has these bits set (hard; jetId & bits == bits)
     bits_set: StrictInt | None = None
 
     @model_validator(mode="after")
@@ -201,8 +223,12 @@ class ObjectCut(StrictModel):
 class ObjectCollection(StrictModel):
     """A collection of objects: a branch prefix (``Jet``) or a subset of another collection."""
 
+    # a branch prefix (Jet reads Jet_pt, Jet_eta, ...) or a collection defined above (a subset of
+    # it)
     source: str
+    # field name -> branch, where the branch is not <source>_<field>
     fields: dict[str, str] = Field(default_factory=dict)
+    # cuts on each object (their product is the object's weight)
     cuts: list[ObjectCut] = Field(default_factory=list)
 
 
@@ -214,14 +240,23 @@ class Requirement(StrictModel):
     - ``{all: [...]}`` (AND, a product) or ``{any: [...]}`` (OR, ``1 - Π(1 - w)``).
     """
 
+    # a collection whose (soft) number of objects is required
     count: str | None = None
+    # count at least this many
     at_least: StrictInt | None = Field(None, ge=0)
+    # count exactly this many
     exactly: StrictInt | None = Field(None, ge=0)
+    # softness of the count requirement
     temperature: Number = Field(0.5, gt=0)
+    # an observable required above or below a value
     observable: str | None = None
+    # the observable above this: a number (hard) or a parameter name (soft)
     above: Threshold | None = None
+    # the observable below this: a number (hard) or a parameter name (soft)
     below: Threshold | None = None
+    # every requirement of the list (AND: a product)
     all: list[Requirement] | None = None
+    # at least one of the list (OR: 1 - product of (1 - w))
     any: list[Requirement] | None = None
 
     @model_validator(mode="after")
@@ -237,18 +272,29 @@ class Requirement(StrictModel):
 class Observable(StrictModel):
     """A per-event observable computed by a registered function (see ``diffana.observe``)."""
 
+    # the observable kind (see Observable kinds), built in or from imports
     kind: str
+    # the object collection it is computed from
     collection: str | None = None
+    # the field it uses
     field: str | None = None
+    # kind-specific options (index for nth, branch for branch, ...)
     options: dict[str, Any] = Field(default_factory=dict)
+    # the axis label on plots and histograms, with its unit ("$m_{bjj}$ [GeV]"); default
+    # from the kind and field (diffana.plot.axis_label)
+    label: str | None = None
 
 
 class Binning(StrictModel):
     """Bin edges, either explicit or regular (``bins``, ``low``, ``high``)."""
 
+    # explicit bin edges, increasing
     edges: list[Number] | None = None
+    # number of regular bins (with low and high)
     bins: StrictInt | None = Field(None, gt=0, le=100_000)
+    # lower edge of regular bins
     low: Number | None = None
+    # upper edge of regular bins
     high: Number | None = None
 
     @model_validator(mode="after")
@@ -283,9 +329,13 @@ class Binning(StrictModel):
 class Region(StrictModel):
     """An analysis region: extra requirements, the observable histogrammed and its binning."""
 
+    # requirements of this region on top of the top-level selection
     selection: list[Requirement] = Field(default_factory=list)
+    # the observable histogrammed
     observable: str
+    # its bins
     binning: Binning
+    # the KDE bandwidth, in the observable's units (the soft histogram's smoothing)
     bandwidth: Number = Field(1.0, gt=0)
     # expected events added to every bin of every sample: > 0, so that an empty bin or a
     # vanishing background cannot give an infinite significance or a NaN gradient
@@ -303,8 +353,11 @@ class Executor(StrictModel):
     input files under the same paths.
     """
 
+    # local, or dask (chunks on Dask workers)
     kind: Literal["local", "dask"] = "local"
+    # a running Dask scheduler (tcp://host:8786); none starts a LocalCluster
     address: str | None = None
+    # processes of the LocalCluster
     workers: StrictInt | None = Field(None, gt=0)
 
 
@@ -315,24 +368,48 @@ class AnalysisConfig(StrictModel):
     also imports the ``imports:`` and checks the names used (``check_references``).
     """
 
+    # the run's name: run directories are runs/<name>-<timestamp>
     name: str = "analysis"
+    # free text, shown nowhere but kept with the run
     description: str = ""
+    # Python modules (a dotted name, or a .py file relative to this file) run before the names are
+    # checked: they register observable kinds and generators
     imports: list[str] = Field(default_factory=list)
+    # synthetic events written once to the event cache; files then use {generated}
     generate: Generate | None = None
+    # the TTree or RNTuple holding the events in every file (a sample may override it)
     tree: str = "Events"
+    # events read at a time from the files when reading into memory
     step_size: StrictInt = Field(500_000, gt=0)
-    luminosity: Number = Field(1.0, gt=0)
+    # pb^-1; required when a sample is normalised with its cross section (events, genweight)
+    luminosity: Number | None = Field(None, gt=0)
+    # centre-of-mass energy in TeV, for the plots' labels (none: not shown)
+    com_energy: Number | None = Field(None, gt=0)
+    # the physics processes and their files (variation samples too: variation_of)
     samples: dict[str, Sample] = Field(min_length=1)
+    # systematic variations computed from each nominal sample's events
     variations: dict[str, Variation] = Field(default_factory=dict)
+    # the analysis parameters (cut values); the trainable ones are optimised
     parameters: dict[str, Parameter] = Field(default_factory=dict)
+    # object collections (jets, leptons): a branch prefix or a subset of another collection, with
+    # cuts
     objects: dict[str, ObjectCollection] = Field(default_factory=dict)
+    # per-event observables, by kind (see Observable kinds)
     observables: dict[str, Observable] = Field(default_factory=dict)
+    # event requirements every region applies (a product of soft weights)
     selection: list[Requirement] = Field(default_factory=list)
+    # the analysis regions: extra requirements, the observable histogrammed and its binning
     regions: dict[str, Region] = Field(min_length=1)
+    # the HistFactory model (pyhf): signal, POI, systematics, pseudodata
     model: ModelConfig
+    # the figure of merit the optimiser improves
     objective: Objective = Field(default_factory=Objective)
+    # the optax optimiser, its options and when to stop
     optimiser: Optimiser = Field(default_factory=Optimiser)
+    # compiled (flat buffers, jax.jit; CPU or GPU) or awkward (JAX-backed Awkward arrays, eager: the
+    # cross-check)
     engine: Literal["compiled", "awkward"] = "compiled"
+    # seeds the smearing of smear variations
     seed: StrictInt = 0
     # drop events that cannot pass the top-level count requirements (see ragged.structural_keep)
     preselect: StrictBool = False
@@ -345,6 +422,7 @@ class AnalysisConfig(StrictModel):
     # pass; forward and reverse hold one chunk's intermediates at a time; auto: fused, or
     # when streaming forward for up to 8 trainable parameters and reverse for more)
     chunk_size: StrictInt = Field(65_536, gt=0)
+    # how gradients are taken (see chunk_size)
     gradient: Literal["auto", "fused", "forward", "reverse"] = "auto"
     # read and lower the events chunk by chunk on every evaluation instead of holding them:
     # memory bounded by a chunk, whatever the number of events (compiled engine)
@@ -353,6 +431,15 @@ class AnalysisConfig(StrictModel):
     device: Literal["auto", "cpu", "gpu"] = "auto"
     # the compiled chunks evaluated here or on Dask workers (see Executor)
     executor: Executor = Field(default_factory=Executor)
+
+    @model_validator(mode="after")
+    def _needs_luminosity(self) -> AnalysisConfig:
+        by_xsec = [n for n, s in self.samples.items() if s.normalisation in ("events", "genweight")]
+        if by_xsec and self.luminosity is None:
+            raise KeyCheckError("luminosity", f"missing: samples {', '.join(by_xsec)} are "
+                                "normalised with a cross section (σ·L/N); give the integrated "
+                                "luminosity in pb^-1")
+        return self
 
     @model_validator(mode="after")
     def _chunk_by_chunk(self) -> AnalysisConfig:

@@ -45,12 +45,18 @@ class Systematic(StrictModel):
     ``Symmetrize``). ``samples`` defaults to every nominal sample.
     """
 
+    # the nuisance parameter's name
     name: str
     type: Literal[tuple(SYSTEMATICS)]  # normsys, histosys, lumi, normplusshape
+    # the nominal samples it applies to (default: every nominal sample for normplusshape)
     samples: list[str] = Field(default_factory=list)
+    # normsys/lumi: a factor or relative uncertainty; normplusshape: the up variation's name
     up: Number | str | None = None
+    # normsys: a factor; normplusshape: the down variation's name
     down: Number | str | None = None
+    # normplusshape without down: mirror the up variation
     symmetrise: StrictBool = False
+    # histosys: sample -> {up: SAMPLE, down: SAMPLE}
     variations: dict[str, dict[str, str]] = Field(default_factory=dict)
 
     @model_validator(mode="after")
@@ -62,10 +68,15 @@ class Systematic(StrictModel):
 class ModelConfig(StrictModel):
     """The HistFactory model: signal samples carry the POI normfactor (``poi_bounds``)."""
 
+    # the parameter of interest (a normfactor on the signal samples)
     poi: str = "mu"
+    # the POI's bounds; they contain 1, the POI's initial value
     poi_bounds: tuple[Number, Number] = (0.0, 10.0)
+    # the nominal samples that carry the POI
     signal: list[str] = Field(min_length=1)
+    # MC statistical uncertainties (staterror per region)
     staterror: StrictBool = False
+    # the systematic uncertainties
     systematics: list[Systematic] = Field(default_factory=list)
     # pseudodata from events: Σ factor × the sample's hard-cut histogram (the AGC's:
     # {ttbar_ME_var: 0.5, ttbar_PS_var: 0.5, wjets: 1}); the workspace's observations and
@@ -87,10 +98,13 @@ class ModelConfig(StrictModel):
 class Objective(StrictModel):
     """The figure of merit. Significances are maximised; CLs and uncertainties minimised."""
 
+    # discovery_significance, expected_cls, poi_uncertainty (minimised) or asimov_significance
     kind: Literal[
         "discovery_significance", "expected_cls", "poi_uncertainty", "asimov_significance"
     ] = "discovery_significance"
+    # the POI value tested (expected_cls)
     poi_value: Number = 1.0
+    # asimov_significance: the background's relative uncertainty
     relative_background_uncertainty: Number = Field(0.1, gt=0)
 
 
@@ -126,9 +140,13 @@ class Optimiser(StrictModel):
     that number.
     """
 
+    # any optax optimiser by name (adam, sgd, adamw, lbfgs, ...)
     name: str = "adam"
+    # its keyword arguments, checked against its signature
     options: dict[str, Any] = Field(default_factory=lambda: {"learning_rate": 0.02})
+    # optimiser steps at most
     steps: StrictInt = Field(100, ge=0)
+    # stop when the objective changes by less than this, relative
     tolerance: Number | None = Field(None, gt=0)
 
     @field_validator("name")

@@ -23,6 +23,7 @@ from __future__ import annotations
 from typing import ClassVar, Protocol
 
 from diffana.config import AnalysisConfig
+from diffana.exceptions import ConfigError
 from diffana.executors.awkward import AwkwardExecutor
 from diffana.executors.held import HeldExecutor
 from diffana.executors.setup import Setup
@@ -67,8 +68,14 @@ class Executor(Protocol):
 
 def _dask():
     # optional extra: dask[distributed] is imported only when a configuration asks for it
-    from diffana.executors.dask import DaskExecutor
-
+    try:
+        from diffana.executors.dask import DaskExecutor
+    except ImportError as err:
+        if (err.name or "").partition(".")[0] not in ("dask", "distributed"):
+            raise
+        raise ConfigError(f"executor: dask needs the optional dependency dask[distributed] "
+                          f"({err.name} is not installed): pip install \"diffana[dask]\""
+                          ) from None
     return DaskExecutor
 
 

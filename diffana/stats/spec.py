@@ -26,6 +26,7 @@ Example:
     ... observables: {ht: {kind: sum, collection: jets, field: pt}}
     ... regions: {SR: {observable: ht, binning: {bins: 2, low: 0, high: 200}}}
     ... model: {signal: [sig]}
+    ... luminosity: 1
     ... '''))
     >>> yields = {"SR": {"sig": {"nominal": np.array([1.0, 2.0])},
     ...                  "bkg": {"nominal": np.array([10.0, 5.0])}}}
