@@ -232,3 +232,23 @@ def cutflow_weights(cfg: AnalysisConfig, plan: Plan, ops, params: dict, weight) 
         if not reg.selection:
             steps.append((region, w))
     return steps
+
+
+def cutflow_steps(cfg: AnalysisConfig, plan: Plan) -> list[str]:
+    """The names of the cutflow's steps, in the order of :func:`cutflow_weights`."""
+    steps = ["all events", *[requirement_label(r) for r in cfg.selection]]
+    for region, reg in cfg.regions.items():
+        steps += [f"{region}: {requirement_label(r)}" for r in reg.selection] or [region]
+    return steps
+
+
+def chunk_cutflow(kernel: Kernel, params: dict, chunk: dict):
+    """The weighted and raw events of one chunk after each cutflow step, per event:
+    ``(steps, 2, events)``."""
+    ops = ragged.CompiledOps(chunk, kernel.layout.events, kernel.layout.runs)
+    weight = jnp.stack([chunk["weight"], jnp.ones_like(chunk["weight"])])
+    return jnp.stack([w for _, w in cutflow_weights(kernel.cfg, kernel.plan, ops, params,
+                                                      weight)])
+
+
+jit_cutflow = jax.jit(chunk_cutflow, static_argnums=0)

@@ -22,12 +22,10 @@ import math
 from pathlib import Path
 from typing import NamedTuple
 
-import jax.numpy as jnp
 import numpy as np
 
-from diffana import ragged, report
-from diffana.events import StreamedSet
-from diffana.stages import cutflow_weights
+from diffana import report
+from diffana.stages import cutflow_steps
 
 YIELDS = "yields.csv"
 CUTFLOW = "cutflow.csv"
@@ -67,34 +65,24 @@ def yield_rows(hists: dict) -> list[YieldRow]:
 def cutflow(ana, params: dict) -> dict[str, list[tuple[str, float, int]]] | None:
     """``{sample: [(step, weighted, raw)]}`` of every nominal sample at ``params``.
 
-    In memory from each event set's lowered events; streamed chunk by chunk from the files.
-    None with the Dask executor (the events are on the workers).
+    Evaluated where the events are (:meth:`diffana.executors.Executor.cutflow_parts`: the
+    compiled chunk function in memory or streamed); None with the Dask executor.
     """
-    if ana.cfg.executor.kind == "dask":
+    parts = ana.executor.cutflow_parts(params)
+    if parts is None:
         return None
-    return {sample: _sample_cutflow(ana, sample, params) for sample in ana.cfg.nominal_samples}
-
-
-def _sample_cutflow(ana, sample: str, params: dict) -> list[tuple[str, float, int]]:
+    kernel = ana.executor.kernel
+    nominal = set(ana.cfg.nominal_samples)
     sums: dict[str, np.ndarray] = {}
-    for lowered in _lowered(ana, sample):
-        ops = ragged.CompiledOps(ragged.to_device(lowered.buffers), lowered.n_events)
-        weight = jnp.asarray(lowered.weight)
-        for step, w in cutflow_weights(ana.cfg, ana.plan, ops, params,
-                                       jnp.stack([weight, jnp.ones_like(weight)])):
-            sums[step] = sums.get(step, 0.0) + np.asarray(w.sum(axis=-1))
-    return [(step, float(w), int(round(float(n)))) for step, (w, n) in sums.items()]
-
-
-def _lowered(ana, sample: str):
-    """The lowered events of a nominal sample: all at once, or chunk by chunk."""
-    events = ana.samples[sample].events
-    if not isinstance(events, StreamedSet):
-        yield events.lowered
-        return
-    for _, sets in events.reader.chunks(ana.cfg.chunk_size):
-        chunk, weight = sets[events.key]
-        yield ragged.lower(chunk, ana.plan, weight)
+    for g, steps in parts:
+        for sample, variant in kernel.groups[g].items():
+            if sample in nominal and variant is None:
+                total = np.asarray(steps.sum(axis=-1))
+                sums[sample] = sums[sample] + total if sample in sums else total
+    names = cutflow_steps(ana.cfg, ana.plan)
+    return {s: [(step, float(w), int(round(float(n)))) for step, (w, n) in zip(names, sums[s],
+                                                                                 strict=True)]
+            for s in ana.cfg.nominal_samples}
 
 
 def cutflow_rows(flows: dict) -> list[CutflowRow]:

@@ -62,6 +62,10 @@ class Executor(Protocol):
     def hard_histograms(self, params: dict, samples: list[str]) -> dict:
         """Hard cuts filled into ``hist`` histograms ``[region][sample]``."""
 
+    def cutflow_parts(self, params: dict):
+        """``(set, weighted and raw events after each cutflow step)``, each
+        ``(steps, 2, events)``, for all events in parts; None where the events are elsewhere."""
+
     def close(self) -> None:
         """Let go of what the executor started (a Dask cluster)."""
 

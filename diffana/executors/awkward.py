@@ -12,7 +12,7 @@ import jax.numpy as jnp
 
 from diffana import ragged
 from diffana.executors.setup import Setup
-from diffana.stages import by_sample, fill_hard, kde, region_events
+from diffana.stages import by_sample, cutflow_weights, fill_hard, kde, region_events
 from diffana.stats.objective import jit_loss_and_gradient, value
 
 
@@ -55,6 +55,15 @@ class AwkwardExecutor:
     def event_parts(self, params: dict, hard: bool):
         for g in range(len(self.sets)):
             yield g, self._events(g, params, hard)
+
+    def cutflow_parts(self, params: dict):
+        kernel = self.kernel
+        for g in range(len(self.sets)):
+            lowered = self.sets[g].lowered
+            ops = ragged.CompiledOps(ragged.to_device(lowered.buffers), lowered.n_events)
+            weight = jnp.asarray(lowered.weight)
+            yield g, jnp.stack([w for _, w in cutflow_weights(
+                kernel.cfg, kernel.plan, ops, params, jnp.stack([weight, jnp.ones_like(weight)]))])
 
     def hard_histograms(self, params: dict, samples: list[str]) -> dict:
         return fill_hard(self.kernel, samples, self.event_parts(params, hard=True))

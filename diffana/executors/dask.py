@@ -260,6 +260,9 @@ class DaskExecutor(ChunkedExecutor):
         self.bytes_per_step = self.tasks * (len(pickle.dumps(args)) + len(pickle.dumps(total)))
         return total
 
+    def cutflow_parts(self, params: dict):
+        return None  # the events are on the workers
+
     def event_parts(self, params: dict, hard: bool):
         raise DiffanaError("the events of each sample are on the Dask workers; per-event "
                            "values need executor: local")

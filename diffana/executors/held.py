@@ -19,7 +19,7 @@ from diffana.chunks import (
 )
 from diffana.executors.chunked import ChunkedExecutor, sum_over
 from diffana.executors.setup import Setup
-from diffana.stages import Kernel, by_sample, chunk_yields, jit_events
+from diffana.stages import Kernel, by_sample, chunk_yields, jit_cutflow, jit_events
 from diffana.stats.objective import Objective, loss
 
 
@@ -112,6 +112,16 @@ class HeldExecutor(ChunkedExecutor):
         parts = [jit_events(self.kernel, params, chunk, hard) for chunk in self.chunks]
         stream = {r: tuple(jnp.concatenate([c[r][i] for c in parts], axis=-1) for i in (0, 1))
                   for r in self.kernel.cfg.regions}
-        for g in range(len(self.kernel.groups)):
-            a, b = self.set_slices[g], self.set_slices[g + 1]
+        for g, (a, b) in self._set_ranges():
             yield g, {r: (x[a:b], w[:, a:b]) for r, (x, w) in stream.items()}
+
+    def cutflow_parts(self, params: dict):
+        stream = jnp.concatenate([jit_cutflow(self.kernel, params, c) for c in self.chunks],
+                                 axis=-1)
+        for g, (a, b) in self._set_ranges():
+            yield g, stream[..., a:b]
+
+    def _set_ranges(self):
+        """Each set's events in the chunks laid end to end: ``(set, (first, stop))``."""
+        for g in range(len(self.kernel.groups)):
+            yield g, (self.set_slices[g], self.set_slices[g + 1])

@@ -14,7 +14,7 @@ from diffana import ragged
 from diffana.chunks import lower_sets, one_set_chunk, single_set_layout
 from diffana.executors.chunked import ChunkedExecutor, sum_over
 from diffana.executors.setup import Setup
-from diffana.stages import jit_events
+from diffana.stages import jit_cutflow, jit_events
 
 
 def region_parts(kernel, chunks, params: dict, hard: bool):
@@ -71,3 +71,7 @@ class StreamedExecutor(ChunkedExecutor):
 
     def event_parts(self, params: dict, hard: bool):
         yield from region_parts(self.kernel, self._chunks(), params, hard)
+
+    def cutflow_parts(self, params: dict):
+        for g, n, chunk in self._chunks():
+            yield g, jit_cutflow(self.kernel, params, chunk)[..., :n]
