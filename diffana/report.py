@@ -299,7 +299,9 @@ def summary(results: dict, cfg=None, top: int = 3) -> str:
     its ``top`` largest and the rest as one row (``cfg`` says which template belongs to which
     sample and systematic; without it every template is a sample of its own)."""
     kind = results["objective"]
-    lines = [f"{results['config']}: {kind} ({results['engine']} engine, "
+    executor = results.get("executor", "local")
+    where = "" if executor == "local" else f" on {executor}"
+    lines = [f"{results['config']}: {kind} ({results['engine']} engine{where}, "
              f"{results['steps_done']} steps, stopped: {results['stopped']}, "
              f"{results['wall_seconds']:.1f} s)"]
     rows = [

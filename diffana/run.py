@@ -113,7 +113,7 @@ def _run(config_path, *, steps, out, engine, seed, progress, echo, resume, execu
         out_dir = Path(out) if out else Path("runs") / (
             f"{cfg.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
         run_directory.open(out_dir, force=force)  # a rerun starts over: no results.json yet
-        report.write_atomic(out_dir / "config.resolved.yaml", configmod.dump(cfg))
+        report.write_atomic(out_dir / "config.resolved.yaml", configmod.dump(cfg, base_dir))
         checkpoint, meta = None, {"config_file": str(config_file),
                                   "base_dir": str(base_dir.resolve()),
                                   "resumed_from_steps": [], "wall_seconds": 0.0}
@@ -251,6 +251,9 @@ def _evaluate_and_write(ana: Analysis, cfg, res, out_dir: Path, config_file: Pat
         "config": cfg.name,
         "config_file": str(config_file),
         "engine": ana.engine,
+        # where the chunks were evaluated: local, or dask (and its scheduler)
+        "executor": ("local" if cfg.executor.kind == "local" else
+                     f"dask {cfg.executor.address or 'LocalCluster'}"),
         "objective": cfg.objective.kind,
         "maximise": ana.maximise,
         "objective_initial": objective_initial,

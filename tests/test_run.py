@@ -106,3 +106,32 @@ def test_cli_run_awkward_engine(tmp_path):
     assert proc.returncode == 0, proc.stderr
     res = json.loads((tmp_path / "run" / "results.json").read_text())
     assert res["engine"] == "awkward" and res["steps_done"] == 2
+
+
+def test_resolved_config_runs_again(tmp_path):
+    """A run directory's config.resolved.yaml runs again as it is, from anywhere: its plugin
+    files and input files are absolute paths."""
+    import shutil
+
+    from diffana.config import load
+    from diffana.run import run
+
+    data = default_config_dict(2_000)
+    plugin = tmp_path / "plugins" / "extra.py"  # a plugin named relative to the config
+    plugin.parent.mkdir()
+    plugin.write_text("from diffana.observe import register_observable\n\n\n"
+                      "@register_observable('resolved_test_count', requires=('collection',))\n"
+                      "def count(ops, spec, weights, plan):\n"
+                      "    return ops.sum(plan.collections[spec.collection].root, "
+                      "weights[spec.collection])\n")
+    data["imports"] = ["../plugins/extra.py"]
+    data["observables"]["n_jets"] = {"kind": "resolved_test_count", "collection": "jets"}
+    (tmp_path / "configs").mkdir()
+    cfg = write_config(tmp_path / "configs" / "c.yaml", data)
+    first = run(cfg, steps=1, out=tmp_path / "first", progress=False, echo=None)
+    resolved = tmp_path / "elsewhere" / "config.resolved.yaml"
+    resolved.parent.mkdir()
+    shutil.copy(tmp_path / "first" / "config.resolved.yaml", resolved)
+    assert load(resolved).imports == [str(plugin.resolve())]
+    again = run(resolved, steps=1, out=tmp_path / "again", progress=False, echo=None)
+    assert again["objective_final"] == first["objective_final"]

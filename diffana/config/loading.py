@@ -289,9 +289,21 @@ def load(path: str | Path, imports: bool = True) -> AnalysisConfig:
     return load_dict(data, source=str(path), base_dir=path.parent, imports=imports)
 
 
-def dump(cfg: AnalysisConfig) -> str:
-    """The resolved configuration (defaults filled in) as YAML."""
-    return yaml.safe_dump(cfg.model_dump(mode="json", exclude_none=True), sort_keys=False)
+def dump(cfg: AnalysisConfig, base_dir: Path | None = None) -> str:
+    """The resolved configuration (defaults filled in) as YAML.
+
+    ``base_dir``: the directory relative paths were relative to; given, the plugin files
+    (``imports:``) and the input files are written as absolute paths, so that the dump runs
+    again from wherever it is (a run directory's ``config.resolved.yaml``).
+    """
+    data = cfg.model_dump(mode="json", exclude_none=True)
+    if base_dir is not None:
+        data["imports"] = [str(_plugin_file(i, base_dir)) if i.endswith(".py") else i
+                           for i in data["imports"]]
+        for sample in data["samples"].values():
+            sample["files"] = [f if "{generated}" in f or Path(f).expanduser().is_absolute()
+                               else str((base_dir / f).resolve()) for f in sample["files"]]
+    return yaml.safe_dump(data, sort_keys=False)
 
 
 def resolve_path(pattern: str, base: Path, generated: Path | None) -> Path:
