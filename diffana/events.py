@@ -103,9 +103,9 @@ class SampleReader:
         self.tree = s.tree or cfg.tree
         self.normalisation = s.normalisation
         self.branches = branches_for(cfg, plan, name)
-        self.entries = [io.num_entries([f], self.tree) for f in self.files]
         #: each input file's identity when the run started (:func:`diffana.io.identity`)
         self.inputs = [io.identity(f, self.tree) for f in self.files]
+        self.entries = [i["entries"] for i in self.inputs]  # each file opened once
         if s.normalisation == "events":
             if not (s.n_total or sum(self.entries)):
                 raise DataError(f"sample {name!r}: no events in {self.tree!r} of "

@@ -96,18 +96,13 @@ def check_branches(path: str | Path, tree: str, branches: Sequence[str]) -> None
     _check_branches(path, _open_events(path, tree), list(dict.fromkeys(branches)))
 
 
-def num_entries(files: Sequence[str | Path], tree: str) -> int:
-    """Total number of events in ``files``."""
-    return sum(int(_open_events(Path(f), tree).num_entries) for f in files)
-
-
 def identity(path: str | Path, tree: str) -> dict:
     """What identifies an input file as read: path, size, modification time, the ROOT file's
     UUID and the entries of ``tree`` (provenance, and how a file changed under a run is found).
     """
     path = Path(path)
+    obj = _open_events(path, tree)  # the one-line errors of a missing or damaged file
     stat = path.stat()
-    obj = _open_events(path, tree)
     return {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
             "uuid": str(obj.file.uuid), "tree": tree, "entries": int(obj.num_entries)}
 

@@ -332,14 +332,20 @@ def summary(results: dict, cfg=None, top: int = 3) -> str:
     return "\n".join(lines)
 
 
+def write_csv(path: Path, rows: list[tuple], header: list[str] | None = None) -> None:
+    """Rows (named tuples: their fields are the header, unless ``header``) as CSV, floats
+    written exactly (``repr``)."""
+    text = io.StringIO()
+    writer = csv.writer(text)
+    writer.writerow(header or (rows[0]._fields if rows else []))
+    writer.writerows([[repr(v) if isinstance(v, float) else v for v in r] for r in rows])
+    write_atomic(path, text.getvalue())
+
+
 def write_sensitivity_csv(path: Path, sens: dict[str, dict[str, float]], cfg=None) -> None:
     """The sensitivity, one row per parameter × region × sample × variation (the template's
     nominal sample, its variation, empty for the nominal template, and the systematic)."""
-    text = io.StringIO()
-    writer = csv.writer(text)
-    writer.writerow(["parameter", "region", "template", "sample", "variation", "systematic",
-                     "d_objective"])
-    for row in breakdown.contributions(sens, breakdown.origins(cfg) if cfg is not None
-                                       else None):
-        writer.writerow([*row[:-1], repr(row.value)])
-    write_atomic(path, text.getvalue())
+    write_csv(path, breakdown.contributions(sens, breakdown.origins(cfg) if cfg is not None
+                                            else None),
+              ["parameter", "region", "template", "sample", "variation", "systematic",
+               "d_objective"])

@@ -17,7 +17,6 @@ Example:
 from __future__ import annotations
 
 import csv
-import io
 import math
 from pathlib import Path
 from typing import NamedTuple
@@ -92,21 +91,13 @@ def cutflow_rows(flows: dict) -> list[CutflowRow]:
             for (step, w0, n0), (_, w1, n1) in zip(steps, flows["final"][sample], strict=True)]
 
 
-def write_csv(path: Path, rows: list[NamedTuple]) -> None:
-    text = io.StringIO()
-    writer = csv.writer(text)
-    writer.writerow(rows[0]._fields if rows else [])
-    writer.writerows([[repr(v) if isinstance(v, float) else v for v in r] for r in rows])
-    report.write_atomic(path, text.getvalue())
-
-
 def write(out_dir: Path, hists: dict, flows: dict) -> None:
     """``yields.csv`` and ``cutflow.csv`` (removed when there is no cutflow) of a run."""
-    write_csv(out_dir / YIELDS, yield_rows(hists))
+    report.write_csv(out_dir / YIELDS, yield_rows(hists))
     if flows["final"] is None:
         (out_dir / CUTFLOW).unlink(missing_ok=True)
     else:
-        write_csv(out_dir / CUTFLOW, cutflow_rows(flows))
+        report.write_csv(out_dir / CUTFLOW, cutflow_rows(flows))
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:

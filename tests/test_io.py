@@ -8,7 +8,7 @@ import pytest
 import uproot
 
 from diffana.exceptions import DataError
-from diffana.io import iterate_branches, num_entries, read_branches, sum_of_weights, write_events
+from diffana.io import identity, iterate_branches, read_branches, sum_of_weights, write_events
 
 
 def events(n=1000, seed=0):
@@ -22,7 +22,7 @@ def events(n=1000, seed=0):
 def test_ttree_round_trip_chunked(tmp_path):
     ev = events()
     path = write_events(tmp_path / "a.root", ev)
-    assert num_entries([path], "Events") == 1000
+    assert identity(path, "Events")["entries"] == 1000
     seen = []
     got = read_branches([path, path], "Events", ["Jet_pt", "MET_pt", "nJet"], step_size=300,
                         progress=seen.append)
@@ -86,7 +86,7 @@ def test_truncated_file_is_named_at_open(tmp_path):
         cut.write_bytes(raw[:size])
         with pytest.raises(DataError, match=rf"{cut.name}: (cannot be read as a ROOT file \(the "
                                             rf"file is empty|truncated ROOT file)"):
-            num_entries([cut], "Events")
+            identity(cut, "Events")
 
 
 def test_damaged_basket_names_the_branch(tmp_path):
@@ -109,7 +109,7 @@ def test_empty_tree_is_skipped(tmp_path):
     """A file whose tree has no entries yields nothing; only files all empty are an error."""
     empty = write_events(tmp_path / "empty.root", events(0))
     full = write_events(tmp_path / "full.root", events(300))
-    assert num_entries([empty], "Events") == 0
+    assert identity(empty, "Events")["entries"] == 0
     assert list(iterate_branches([empty], "Events", ["Jet_pt", "MET_pt"])) == []
     got = read_branches([empty, full, empty], "Events", ["Jet_pt", "MET_pt"])
     assert len(got) == 300
