@@ -21,6 +21,7 @@ Example (the Python API in a few lines; ``examples/python_api.py`` runs a whole 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -31,13 +32,53 @@ from diffana import executors
 from diffana.chunks import compute_device
 from diffana.config import AnalysisConfig
 from diffana.events import EventSet, SampleEvents, SampleReader, StreamedSet
+from diffana.exceptions import ConfigError
 from diffana.executors.setup import Setup
 from diffana.generate import ensure_generated
-from diffana.plan import ParameterSpace, build, event_sets
+from diffana.plan import ParameterSpace, Plan, build, event_sets, members
 from diffana.stages import Kernel, samples_of
 from diffana.stats import objective as objectives
 from diffana.stats.spec import build as build_spec
 from diffana.stats.spec import to_json
+
+
+class Prepared(NamedTuple):
+    """What a configuration fixes before any event is read (:func:`prepare`)."""
+
+    plan: Plan
+    space: ParameterSpace
+    device: jax.Device
+    executor: type  # the executor class (:func:`diffana.executors.choose`)
+    set_index: dict  # (sample, event set) -> set number (:func:`diffana.plan.event_sets`)
+    objective: objectives.Objective  # the figure of merit and its model
+    kernel: Kernel
+
+
+def prepare(cfg: AnalysisConfig, engine: str | None = None, source: str | None = None
+            ) -> Prepared:
+    """Everything of an analysis that does not need its events: the plan (collections,
+    branches, every observable's own check), the parameter space, the device, the executor,
+    the event sets, the model's structure and the stages' kernel.
+
+    :class:`Analysis` starts with it, and ``diffana validate`` runs it, so a configuration
+    that the preparation refuses is refused by both, before an event is read.
+
+    Raises:
+        ConfigError: the configuration cannot be prepared (``source``, the configuration's
+            file, then the key path, the value, why).
+    """
+    try:
+        plan = build(cfg)
+        device = compute_device(cfg.device)
+        executor = executors.choose(cfg, engine or cfg.engine)
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err}" if source else str(err)) from None
+    space = ParameterSpace.of(cfg)
+    groups, set_index = event_sets(cfg)
+    templates = [m.sample for name in cfg.samples for m in members(cfg, name)]
+    objective = objectives.Objective.of(cfg, templates)
+    return Prepared(plan, space, device, executor, set_index, objective,
+                    Kernel.of(cfg, plan, space, groups))
 
 
 class Analysis:
@@ -49,6 +90,7 @@ class Analysis:
         engine: ``compiled`` (flat buffers, one ``jax.jit``) or ``awkward`` (JAX-backed
             Awkward arrays, eager); defaults to ``cfg.engine``.
         progress: show progress bars while reading.
+        source: the configuration's file, named first in a configuration error.
 
     Attributes:
         samples: ``{sample: SampleEvents}``, every sample and computed variation.
@@ -58,12 +100,12 @@ class Analysis:
     """
 
     def __init__(self, cfg: AnalysisConfig, base_dir: str | Path = ".", engine: str | None = None,
-                 progress: bool = True):
+                 progress: bool = True, source: str | None = None):
         self.cfg = cfg
         self.engine = engine or cfg.engine
-        self.plan = build(cfg)
-        self.space = ParameterSpace.of(cfg)
-        self.device = compute_device(cfg.device)
+        prep = prepare(cfg, self.engine, source)
+        self.plan, self.space, self.device = prep.plan, prep.space, prep.device
+        self.objective_spec = prep.objective
         base = Path(base_dir)
         generated = None
         if cfg.generate is not None:
@@ -71,13 +113,9 @@ class Analysis:
             generated = ensure_generated(g.kind, g.events, g.seed,
                                          progress=(lambda m: tqdm.write(m)) if progress else None)
         self.readers = [SampleReader(cfg, name, self.plan, base, generated) for name in cfg.samples]
-        groups, set_index = event_sets(cfg)
-        executor = executors.choose(cfg, self.engine)
-        sets = self._event_sets(set_index, executor.holds_events, progress)
-        self.objective_spec = objectives.Objective.of(cfg, list(self.samples))
-        kernel = Kernel.of(cfg, self.plan, self.space, groups)
-        self.executor = executor(Setup(kernel, self.objective_spec, self.readers, sets, set_index,
-                                       self.device, base, progress))
+        sets = self._event_sets(prep.set_index, prep.executor.holds_events, progress)
+        self.executor = prep.executor(Setup(prep.kernel, self.objective_spec, self.readers, sets,
+                                            prep.set_index, self.device, base, progress))
 
     def _event_sets(self, set_index: dict, held: bool, progress: bool) -> list:
         """Each event set, read into memory (``held``) or left in the files; fills

@@ -190,9 +190,14 @@ def read_branches(
         if progress is not None:
             progress(len(chunk))
     if not chunks:
-        raise DataError(f"{', '.join(map(str, files))}: no events in {tree!r} (0 entries in "
-                        f"{'each file' if len(files) > 1 else 'the file'}); expected at least one")
+        raise no_events(files, tree)
     return ak.concatenate(chunks) if len(chunks) > 1 else chunks[0]
+
+
+def no_events(files: Sequence[str | Path], tree: str) -> DataError:
+    """The error of a sample whose files hold no events at all (``run`` and ``validate``)."""
+    return DataError(f"{', '.join(map(str, files))}: no events in {tree!r} (0 entries in "
+                     f"{'each file' if len(files) > 1 else 'the file'}); expected at least one")
 
 
 def sum_of_weights(files: Sequence[str | Path], tree: str, branch: str = "genWeight") -> float:

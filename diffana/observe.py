@@ -34,13 +34,14 @@ class ObservableKind:
     requires: tuple[str, ...] = ()  # keys its configuration entry must give
     fields: tuple[str, ...] = ()  # fields of its collection it reads, besides ``field``
     prepare: Callable | None = None  # ``prepare(collection, spec) -> {name: NumPy array}``
+    check: Callable | None = None  # ``check(name, spec, collections)``: raises ConfigError
 
 
 KINDS: dict[str, ObservableKind] = {}
 
 
 def register_observable(name: str, requires: tuple[str, ...] = (), fields: tuple[str, ...] = (),
-                        prepare: Callable | None = None):
+                        prepare: Callable | None = None, check: Callable | None = None):
     """Register an observable function under ``name`` (usable as ``kind:`` in YAML).
 
     Args:
@@ -52,10 +53,15 @@ def register_observable(name: str, requires: tuple[str, ...] = (), fields: tuple
             sample when the events are lowered, on the hard-cut Awkward collection: the place
             for structure that no parameter changes (combinations, sort orders, kinematics).
             The observable reads it back with ``ops.prepared(spec_name)``.
+        check: ``check(name, spec, collections)``, run when the plan is built (by ``run`` and
+            ``validate`` alike, before any event is read): raises
+            :class:`~diffana.exceptions.ConfigError` for a configuration the kind cannot
+            compute; ``collections`` maps each collection to its
+            :class:`~diffana.plan.CollectionPlan`.
     """
 
     def deco(fn: Callable) -> Callable:
-        KINDS[name] = ObservableKind(name, fn, tuple(requires), tuple(fields), prepare)
+        KINDS[name] = ObservableKind(name, fn, tuple(requires), tuple(fields), prepare, check)
         return fn
 
     return deco
@@ -78,7 +84,18 @@ def soft_count(ops, spec, weights, plan):
     return ops.sum(_root(spec, plan), weights[spec.collection])
 
 
-@register_observable("leading", requires=("collection", "field"))
+def _hard_collection(name, spec, collections) -> None:
+    """``leading`` reads structure: its collection may be shaped by hard cuts only."""
+    cp = collections[spec.collection]
+    if cp.parent is not None or cp.soft_cuts:
+        raise ConfigError(
+            f"observables.{name}.collection: 'leading' needs a collection without soft cuts, "
+            f"and {spec.collection!r} has them; use kind: nth (soft), or cut on the event "
+            f"observable instead"
+        )
+
+
+@register_observable("leading", requires=("collection", "field"), check=_hard_collection)
 def leading(ops, spec, weights, plan):
     """A field of the first (highest-pT) object of a branch-backed collection.
 
@@ -86,11 +103,6 @@ def leading(ops, spec, weights, plan):
     first object is structure; the event has ``options.default`` (0) when it has none.
     """
     cp = plan.collections[spec.collection]
-    if cp.parent is not None or cp.soft_cuts:
-        raise ConfigError(
-            f"observables: 'leading' needs a collection without soft cuts, and "
-            f"{spec.collection!r} has them; cut on the event observable instead"
-        )
     default = float(spec.options.get("default", 0.0))
     return ops.first(cp.root, ops.field(cp.root, spec.field), default)
 

@@ -109,6 +109,8 @@ def build(cfg: AnalysisConfig) -> Plan:
     event_branches: list[str] = []
     prepared = []
     for oname, obs in cfg.observables.items():
+        if observe.KINDS[obs.kind].check is not None:
+            observe.KINDS[obs.kind].check(oname, obs, colls)
         if observe.KINDS[obs.kind].prepare is not None:
             prepared.append(Prepared(oname, obs))
         if obs.collection is not None:

@@ -128,7 +128,7 @@ def _run(config_path, *, steps, out, engine, seed, progress, echo, resume, execu
     ana = None
     with signals.installed():
         try:
-            ana = Analysis(cfg, base_dir=base_dir, progress=progress)
+            ana = Analysis(cfg, base_dir=base_dir, progress=progress, source=str(config_file))
             _check_inputs(ana, meta)
             res, results = _optimise_and_write(ana, cfg, out_dir, config_file, checkpoint,
                                                meta, start, progress, signals)

@@ -6,16 +6,20 @@ from pathlib import Path
 
 from diffana import config as configmod
 from diffana import io
+from diffana.analysis import prepare
 from diffana.events import branches_for
 from diffana.generate import GENERATORS, generated_dir
-from diffana.plan import ParameterSpace, build
+from diffana.plan import ParameterSpace
 
 
 def validate(config_path: str | Path, imports: bool = True) -> str:
     """Check a configuration and its inputs without running it; a one-line summary.
 
-    Checks the schema and cross-references, then opens every input file that exists or
-    should exist (not events still to be generated) and checks its tree and branches.
+    Checks the schema and cross-references, runs the preparation that ``run`` does before it
+    reads an event (:func:`diffana.analysis.prepare`: the plan, every observable's own check,
+    the device, the executor and its optional dependencies, the model's structure), then opens
+    every input file that exists or should exist (not events still to be generated) and checks
+    its tree, its branches, and that each sample has events.
 
     ``imports=False`` (``diffana validate --no-imports``) runs none of the configuration's
     ``imports:`` and checks everything but what only they can register: the observable
@@ -31,7 +35,7 @@ def validate(config_path: str | Path, imports: bool = True) -> str:
                      f"(from imports: {', '.join(kinds)})")
         cfg = cfg.model_copy(update={"observables": {
             n: o for n, o in cfg.observables.items() if o.kind not in kinds}})
-    plan = build(cfg)
+    plan = prepare(cfg, source=str(config_path)).plan  # what run prepares before reading
     generated, skip_generated = None, False
     if cfg.generate is not None:
         g = cfg.generate
@@ -49,11 +53,15 @@ def validate(config_path: str | Path, imports: bool = True) -> str:
         uses_generated = any("{generated}" in f for f in sample.files)
         if uses_generated and skip_generated:
             continue
-        branches = branches_for(cfg, plan, name)
-        for f in sample.files:
-            path = configmod.resolve_path(f, config_path.parent, generated)
-            io.check_branches(path, sample.tree or cfg.tree, branches)
+        branches, tree = branches_for(cfg, plan, name), sample.tree or cfg.tree
+        paths = [configmod.resolve_path(f, config_path.parent, generated) for f in sample.files]
+        entries = 0
+        for path in paths:
+            io.check_branches(path, tree, branches)
+            entries += io.identity(path, tree)["entries"]
             checked += 1
+        if not entries:  # run reads no event of the sample
+            raise io.no_events(paths, tree)
     counts = [(len(cfg.samples), "sample"), (len(cfg.regions), "region"),
               (len(ParameterSpace.of(cfg).trainable), "trainable parameter"),
               (checked, "input file")]
