@@ -1,21 +1,32 @@
 """Streaming: gradient steps over events read chunk by chunk from ROOT files, memory bounded.
 
 The reference configuration (``reference.yaml``, the physics of ``reference_pipeline.py``)
-with ``streaming: true``: every evaluation reads the files chunk by chunk (uproot), lowers
-each chunk, and takes its yields and their Jacobian (forward mode, three parameters), one
-chunk at a time. The events are written once as ROOT files of ``--per-file`` events
-(baskets of 100 k events) with the reference generator, ``--seed`` + file index each.
+with ``streaming: true``: every evaluation takes the chunks one at a time (read ahead in a
+thread, ``prefetch`` deep), takes each one's yields and their Jacobian (forward mode, three
+parameters), and sums. The first pass that pads the chunks writes them into the
+lowered-chunk cache; later passes map them from it. The events are written once as ROOT
+files of ``--per-file`` events (baskets of 100 k events) with the reference generator,
+``--seed`` + file index each.
 
-Each measurement runs in a fresh process, so that its peak RSS is its own:
+Each measurement runs in a fresh process, so that its peak RSS is its own, and with a
+lowered-chunk cache of its own (a fresh ``$DIFFANA_CACHE``, removed at the end):
 
-* ``stream``: at ``--events``, the first pass (counting events, finding the chunk shape),
-  the first gradient step (compiling), and ``--repeat`` further steps (median);
+* ``stream``: at ``--events``, the first pass (counting events, finding the chunk shape), the
+  first gradient step (compiling; reading the files and writing the cache), and ``--repeat``
+  further steps (median; from the cache): ``first_pass_s``, ``first_step_s``, ``step_s``;
+* the same again in a new process, the cache now warm: ``warm_first_pass_s``,
+  ``warm_first_step_s`` (a second run on the same files and configuration);
+* without the cache (``lowered_cache: false``: every step reads and lowers the files, read
+  ahead): ``no_cache_step_s``; with ``--slow-disk-ms``, the same on a simulated slow disk
+  (the reader sleeps that long per 100 k-event basket), with and without prefetch;
 * ``check``: on the first ``--check-events`` of the same files (a sample that fits in
-  memory), the streamed gradient against the in-memory (fused) one: the largest relative
-  difference of value and gradients;
+  memory), the streamed gradient (from the files, then from the cache) against the
+  in-memory (fused) one: the largest relative difference of value and gradients;
 * ``reference`` (``--reference``): the hand-written JAX reference's step on as many of its
-  own events, in memory.
+  own events, in memory; ``reference_ratio`` is ``reference_step_s / step_s`` (1: streaming
+  at the in-memory reference's speed), measured in the same run.
 
+    python benchmarks/streaming.py --events 5000000 --repeat 3 --reference
     python benchmarks/streaming.py --events 20000000 --json benchmarks/results/streaming_20M.json
     python benchmarks/streaming.py --quick        # 2 M events in a few minutes on 2 cores
 """
@@ -25,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -35,7 +47,7 @@ ONE_RUN = """
 import importlib.util, json, resource, sys, time
 spec = importlib.util.spec_from_file_location("streaming", {here!r} + "/streaming.py")
 bench = importlib.util.module_from_spec(spec); spec.loader.exec_module(bench)
-print(json.dumps(bench.{what}({files!r}, {repeat})))
+print(json.dumps(bench.{what}({files!r}, {repeat}, **{options!r})))
 """
 
 
@@ -60,8 +72,8 @@ def write_files(directory: Path, n_events: int, per_file: int, seed: int = 0) ->
     return out
 
 
-def config(files: list[dict], streaming: bool):
-    """``reference.yaml`` on these files, streamed or in memory."""
+def config(files: list[dict], streaming: bool | str, **updates):
+    """``reference.yaml`` on these files, streamed or in memory (and other settings)."""
     import yaml
 
     from diffana.config import load_dict
@@ -70,7 +82,7 @@ def config(files: list[dict], streaming: bool):
     data.pop("generate")
     for name in ("signal", "background"):
         data["samples"][name]["files"] = [f[name] for f in files]
-    data["streaming"] = streaming
+    data.update(streaming=streaming, **updates)
     return load_dict(data, source=str(HERE / "reference.yaml"), base_dir=HERE)
 
 
@@ -90,7 +102,23 @@ def _step(ana):
                                                                   strict=True)}}
 
 
-def stream(files: list[dict], repeat: int) -> dict:
+def _slow_disk(ms_per_basket: float) -> None:
+    """Simulate files on a slow disk: the reader sleeps per 100 k-event basket it reads."""
+    import time
+
+    from diffana import io
+
+    iterate = io.iterate_branches
+
+    def slow(*args, **kwargs):
+        for index, first, chunk in iterate(*args, **kwargs):
+            time.sleep(ms_per_basket / 1e3 * len(chunk) / 100_000)
+            yield index, first, chunk
+
+    io.iterate_branches = slow
+
+
+def stream(files: list[dict], repeat: int, slow_disk_ms: float = 0.0, **updates) -> dict:
     """First pass, first step and later steps of the streamed analysis; peak RSS."""
     import resource
     import statistics
@@ -100,34 +128,45 @@ def stream(files: list[dict], repeat: int) -> dict:
 
     from diffana.analysis import Analysis
 
+    if slow_disk_ms:
+        _slow_disk(slow_disk_ms)
     t0 = time.perf_counter()
-    ana = Analysis(config(files, streaming=True), HERE, progress=False)
+    ana = Analysis(config(files, streaming=True, **updates), HERE, progress=False)
     first_pass = time.perf_counter() - t0
     first, _ = _step(ana)
     times = [_step(ana)[0] for _ in range(repeat)]
     n = sum(s.n_events for s in ana.samples.values())
+    ex = ana.executor
+    cache = ex.cache.path if ex.cache is not None and ex.cache.complete else None
     return {"events": n, "files": 2 * len(files), "device": str(jax.devices()[0]),
-            "chunk_size": ana.cfg.chunk_size, "gradient": ana.executor.gradient_mode,
+            "chunk_size": ana.cfg.chunk_size, "gradient": ex.gradient_mode,
+            "prefetch": ex.prefetch_depth, "cached_first_pass": ex.cached_first_pass,
             "first_pass_s": first_pass, "first_step_s": first,
             "step_s": statistics.median(times) if times else first,
             "events_per_s": n / (statistics.median(times) if times else first),
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "cache_mb": (sum(f.stat().st_size for f in cache.iterdir()) / 1e6
+                         if cache is not None else 0.0)}
 
 
 def check(files: list[dict], repeat: int) -> dict:
-    """The streamed gradient against the in-memory one on the same files."""
+    """The streamed gradient (from the files, then from the cache) against the in-memory
+    one on the same files."""
     from diffana.analysis import Analysis
 
     sys.path.insert(0, str(HERE))
     from run import relative_difference
 
-    _, streamed = _step(Analysis(config(files, streaming=True), HERE, progress=False))
+    streaming = Analysis(config(files, streaming=True), HERE, progress=False)
+    _, from_files = _step(streaming)
+    _, from_cache = _step(streaming)
     memory = Analysis(config(files, streaming=False), HERE, progress=False)
     _, held = _step(memory)
     return {"check_events": sum(s.n_events for s in memory.samples.values()),
             "in_memory_gradient": memory.executor.gradient_mode,
-            "max_relative_difference": relative_difference(streamed, held),
-            "value": {"streamed": streamed["value"], "in_memory": held["value"]}}
+            "max_relative_difference": max(relative_difference(from_files, held),
+                                           relative_difference(from_cache, held)),
+            "value": {"streamed": from_cache["value"], "in_memory": held["value"]}}
 
 
 def reference(files: list[dict], repeat: int) -> dict:
@@ -138,13 +177,21 @@ def reference(files: list[dict], repeat: int) -> dict:
     return {"reference_step_s": reference_step(n, max(repeat, 1))["step_s"]}
 
 
-def _fresh(what: str, files: list[dict], repeat: int) -> dict:
-    code = ONE_RUN.format(here=str(HERE), what=what, files=files, repeat=repeat)
+def _fresh(what: str, files: list[dict], repeat: int, cache: Path | None = None,
+           **options) -> dict:
+    code = ONE_RUN.format(here=str(HERE), what=what, files=files, repeat=repeat,
+                          options=options)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE), str(HERE.parent)]))
+    if cache is not None:  # a lowered-chunk cache of this benchmark's own
+        env["DIFFANA_CACHE"] = str(cache)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     if out.returncode:
         raise SystemExit(f"{what} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _prefixed(prefix: str, result: dict, keys: tuple) -> dict:
+    return {f"{prefix}_{k}": result[k] for k in keys}
 
 
 def main(argv=None) -> dict:
@@ -158,6 +205,11 @@ def main(argv=None) -> dict:
                     "cache, $DIFFANA_CACHE or ~/.cache/diffana, under streaming/)")
     ap.add_argument("--reference", action="store_true",
                     help="also the hand-written reference's in-memory step at --events")
+    ap.add_argument("--no-cache-step", action="store_true",
+                    help="skip the steps without the lowered-chunk cache")
+    ap.add_argument("--slow-disk-ms", type=float, default=0.0,
+                    help="also the steps without the cache on a simulated slow disk: this "
+                         "many milliseconds per 100 k-event basket")
     ap.add_argument("--quick", action="store_true", help="2 M events, check at 500 k")
     ap.add_argument("--json", type=Path, help="also write the result here")
     args = ap.parse_args(argv)
@@ -172,10 +224,32 @@ def main(argv=None) -> dict:
     files = write_files(args.data or cache_dir() / "streaming", args.events, args.per_file,
                         args.seed)
     n_check = max(1, -(-args.check_events // args.per_file))
-    result = {"generated_events": args.events, **_fresh("stream", files, args.repeat),
-              **_fresh("check", files[:n_check], 0)}
+    cache = cache_dir() / f"streaming-benchmark-{os.getpid()}"  # removed at the end
+    try:
+        result = {"generated_events": args.events,
+                  **_fresh("stream", files, args.repeat, cache)}
+        warm = _fresh("stream", files, 0, cache)  # a second run: the cache is warm
+        result.update(_prefixed("warm", warm, ("first_pass_s", "first_step_s",
+                                               "cached_first_pass")))
+        if not args.no_cache_step:
+            cold = _fresh("stream", files, args.repeat, cache, lowered_cache=False)
+            result.update(_prefixed("no_cache", cold, ("first_step_s", "step_s",
+                                                       "peak_rss_mb")))
+        if args.slow_disk_ms:
+            for name, depth in (("slow_disk", 2), ("slow_disk_no_prefetch", 0)):
+                slow = _fresh("stream", files, args.repeat, cache, lowered_cache=False,
+                              prefetch=depth, slow_disk_ms=args.slow_disk_ms)
+                result[f"{name}_step_s"] = slow["step_s"]
+            result["slow_disk_ms_per_basket"] = args.slow_disk_ms
+        result.update(_fresh("check", files[:n_check], 0, cache))
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
     if args.reference:
         result.update(_fresh("reference", files, args.repeat))
+        result["reference_ratio"] = result["reference_step_s"] / result["step_s"]
+        if "no_cache_step_s" in result:
+            result["no_cache_reference_ratio"] = (result["reference_step_s"]
+                                                  / result["no_cache_step_s"])
     return report(result, args.json)
 
 

@@ -30,11 +30,13 @@ from tqdm.auto import tqdm
 
 from diffana import executors
 from diffana.chunks import compute_device
+from diffana.compilation import use_compilation_cache
 from diffana.config import AnalysisConfig
 from diffana.events import EventSet, SampleEvents, SampleReader, StreamedSet
 from diffana.exceptions import ConfigError
 from diffana.executors.setup import Setup
 from diffana.generate import ensure_generated
+from diffana.log import Phases, logger
 from diffana.plan import ParameterSpace, Plan, build, event_sets, members
 from diffana.stages import Kernel, samples_of
 from diffana.stats import objective as objectives
@@ -91,6 +93,8 @@ class Analysis:
             Awkward arrays, eager); defaults to ``cfg.engine``.
         progress: show progress bars while reading.
         source: the configuration's file, named first in a configuration error.
+        phases: where the seconds of generating, reading and lowering the events go
+            (:class:`diffana.log.Phases`; default: a new one, :attr:`phases`).
 
     Attributes:
         samples: ``{sample: SampleEvents}``, every sample and computed variation.
@@ -100,9 +104,11 @@ class Analysis:
     """
 
     def __init__(self, cfg: AnalysisConfig, base_dir: str | Path = ".", engine: str | None = None,
-                 progress: bool = True, source: str | None = None):
+                 progress: bool = True, source: str | None = None, phases: Phases | None = None):
         self.cfg = cfg
         self.engine = engine or cfg.engine
+        self.phases = phases if phases is not None else Phases()
+        use_compilation_cache(cfg.compilation_cache)  # before anything compiles
         prep = prepare(cfg, self.engine, source)
         self.plan, self.space, self.device = prep.plan, prep.space, prep.device
         self.objective_spec = prep.objective
@@ -110,12 +116,27 @@ class Analysis:
         generated = None
         if cfg.generate is not None:
             g = cfg.generate
-            generated = ensure_generated(g.kind, g.events, g.seed,
-                                         progress=(lambda m: tqdm.write(m)) if progress else None)
-        self.readers = [SampleReader(cfg, name, self.plan, base, generated) for name in cfg.samples]
-        sets = self._event_sets(prep.set_index, prep.executor.holds_events, progress)
-        self.executor = prep.executor(Setup(prep.kernel, self.objective_spec, self.readers, sets,
-                                            prep.set_index, self.device, base, progress))
+            with self.phases("generate_s"):
+                generated = ensure_generated(g.kind, g.events, g.seed, progress=logger.info)
+        with self.phases("read_s"):
+            self.readers = [SampleReader(cfg, name, self.plan, base, generated)
+                            for name in cfg.samples]
+        #: in memory or streamed, and why (``streaming: auto`` estimates the events' size here)
+        self.streaming_choice = executors.streaming_choice(cfg, self.engine, self.readers,
+                                                           self.plan)
+        executor = executors.choose(cfg, self.engine, self.streaming_choice.streamed)
+        with self.phases("read_s", "reading events" if executor.holds_events else None):
+            sets = self._event_sets(prep.set_index, executor.holds_events, progress)
+        with self.phases("lower_s", "lowering the events to flat chunks"
+                         if executor.holds_events else None):
+            self.executor = executor(Setup(prep.kernel, self.objective_spec, self.readers, sets,
+                                           prep.set_index, self.device, base, progress))
+
+    @property
+    def streaming(self) -> dict:
+        """Whether the events are streamed from the files, and why:
+        ``{"streamed": bool, "why": str}`` (see :func:`diffana.executors.streaming_choice`)."""
+        return self.streaming_choice._asdict()
 
     def _event_sets(self, set_index: dict, held: bool, progress: bool) -> list:
         """Each event set, read into memory (``held``) or left in the files; fills

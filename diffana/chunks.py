@@ -103,6 +103,13 @@ def device_chunk(layout: ChunkLayout, plan: Plan, buffers: dict, groups: np.ndar
 
     ``groups``: each event's set (padding events: ``n_sets``); ``name`` is for messages.
     """
+    return ragged.to_device(host_chunk(layout, plan, buffers, groups, n_sets, name), device)
+
+
+def host_chunk(layout: ChunkLayout, plan: Plan, buffers: dict, groups: np.ndarray,
+               n_sets: int, name: str) -> dict:
+    """A lowered chunk padded to the layout, with its events' slots, as NumPy arrays (what
+    :func:`device_chunk` puts on the device)."""
     for axis, n in ragged.axis_sizes(buffers, plan).items():
         limit = layout.runs if axis[0] == "run" else layout.capacity
         if n > limit[axis]:
@@ -114,15 +121,22 @@ def device_chunk(layout: ChunkLayout, plan: Plan, buffers: dict, groups: np.ndar
     # unused slots (and the padding events' set) are dropped
     padded["slots"] = np.array([np.concatenate([present, np.full(
         layout.slots - len(present), n_sets)]) for present, _ in blocks], np.int32)
-    return ragged.to_device(padded, device)
+    return padded
 
 
 def one_set_chunk(layout: ChunkLayout, plan: Plan, g: int, buffers: dict, n_sets: int, device,
                   name: str) -> tuple[int, int, dict]:
     """``(set, events, padded device chunk)`` of a lowered chunk of one set."""
+    g, n, host = one_set_host_chunk(layout, plan, g, buffers, n_sets, name)
+    return g, n, ragged.to_device(host, device)
+
+
+def one_set_host_chunk(layout: ChunkLayout, plan: Plan, g: int, buffers: dict, n_sets: int,
+                       name: str) -> tuple[int, int, dict]:
+    """``(set, events, padded host chunk)`` of a lowered chunk of one set."""
     n = len(buffers["weight"])
     groups = padded_groups(np.full(n, g, np.int32), layout.events, n_sets)
-    return g, n, device_chunk(layout, plan, buffers, groups, n_sets, device, name)
+    return g, n, host_chunk(layout, plan, buffers, groups, n_sets, name)
 
 
 def block_size(n_chunk: int) -> int:

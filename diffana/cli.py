@@ -3,13 +3,16 @@
 ::
 
     diffana run configs/ttbar_vs_wjets.yaml [--steps N] [--out DIR [--force]]
-        [--engine compiled|awkward] [--seed S]
+        [--engine compiled|awkward] [--streaming true|false|auto] [--seed S]
+        [--no-compilation-cache]
         [--executor local|dask [--address tcp://host:8786 | --workers N]]
     diffana run --resume DIR
     diffana validate configs/ttbar_vs_wjets.yaml [--no-imports]
     diffana generate ttbar_vs_wjets --events N --seed S --out DIR
     diffana fit configs/agc_ttbar.yaml --histograms FILE [--out DIR] [--data pseudodata]
         [--n-total SAMPLE=N ...] [--nanoaod-inputs FILE --files-per-process N]
+    diffana infer WORKSPACE.json --out DIR [--measurement NAME] [--poi-value MU] [--level 0.05]
+        [--interpolation TYPE:CODE ...] [--no-plots]
 
 Errors a user can fix print one line (file, key path or branch, value, what is expected)
 and exit with code 2; there is no traceback. So does a run that stopped at a NaN or inf
@@ -38,8 +41,17 @@ def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="diffana", description=__doc__.splitlines()[0])
     ap.add_argument("--version", action="version", version=f"diffana {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
+    # what every command takes: how much it says while it works
+    talk = argparse.ArgumentParser(add_help=False)
+    said = talk.add_mutually_exclusive_group()
+    said.add_argument("-v", "--verbose", action="store_true",
+                      help="say more: every message of the diffana logger (DEBUG)")
+    said.add_argument("-q", "--quiet", action="store_true",
+                      help="no progress bars and no phase lines: the results, warnings and "
+                           "errors only")
 
-    run = sub.add_parser("run", help="optimise a configuration and write a run directory")
+    run = sub.add_parser("run", parents=[talk],
+                         help="optimise a configuration and write a run directory")
     run.add_argument("config", type=Path, nargs="?",
                      help="the analysis configuration (YAML); not with --resume")
     run.add_argument("--resume", type=Path, metavar="DIR",
@@ -51,21 +63,30 @@ def _parser() -> argparse.ArgumentParser:
                      help="write into --out even if it holds files diffana did not write "
                           "(none of them is touched)")
     run.add_argument("--engine", choices=["compiled", "awkward"], help="overrides engine")
+    run.add_argument("--streaming", choices=["true", "false", "auto"],
+                     help="overrides streaming: read the events chunk by chunk on every step "
+                          "(true), hold them in memory (false), or hold them where they fit "
+                          "memory_limit (auto)")
     run.add_argument("--seed", type=int, help="overrides seed")
-    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument("--no-compilation-cache", action="store_true",
+                     help="compile everything afresh and keep nothing in JAX's persistent "
+                          "compilation cache ($DIFFANA_CACHE/jax-compilation; overrides "
+                          "compilation_cache)")
     run.add_argument("--executor", choices=["local", "dask"],
                      help="where the chunks are evaluated (overrides executor.kind)")
     run.add_argument("--address", help="with --executor dask: the scheduler, tcp://host:8786")
     run.add_argument("--workers", type=int,
                      help="with --executor dask and no --address: a LocalCluster of N processes")
 
-    val = sub.add_parser("validate", help="check a configuration without running it")
+    val = sub.add_parser("validate", parents=[talk],
+                         help="check a configuration without running it")
     val.add_argument("config", type=Path, help="the analysis configuration (YAML)")
     val.add_argument("--no-imports", action="store_true",
                      help="run none of the config's imports: (plugin code); what they register "
                           "is reported unchecked")
 
-    gen = sub.add_parser("generate", help="write synthetic NanoAOD-like ROOT files")
+    gen = sub.add_parser("generate", parents=[talk],
+                         help="write synthetic NanoAOD-like ROOT files")
     gen.add_argument("kind", help="generator name (ttbar_vs_wjets), or a config whose "
                      "generate: block (and imports) to use, e.g. configs/agc_ttbar.yaml")
     gen.add_argument("--events", type=int, help="events in total (default: the config's, or 200000)")
@@ -73,7 +94,7 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--out", type=Path, required=True,
                      help="directory the ROOT files are written into")
 
-    fit = sub.add_parser("fit", help="fit the configuration's model to histograms "
+    fit = sub.add_parser("fit", parents=[talk], help="fit the configuration's model to histograms "
                          "(JSON or ROOT, cabinetry's histogram mode)")
     fit.add_argument("config", type=Path,
                      help="the analysis configuration (YAML) whose model is fitted")
@@ -90,6 +111,20 @@ def _parser() -> argparse.ArgumentParser:
                      help="AGC nanoaod_inputs.json: N_total per sample from its file list")
     fit.add_argument("--files-per-process", type=int, metavar="N",
                      help="with --nanoaod-inputs: the first N files per process were used")
+
+    inf = sub.add_parser("infer", parents=[talk], help="limits with bands, impacts, scans and the significance "
+                         "of a pyhf workspace (inference.json and figures)")
+    inf.add_argument("workspace", type=Path, help="a pyhf workspace (JSON)")
+    inf.add_argument("--out", type=Path, required=True, help="output directory")
+    inf.add_argument("--measurement", help="the measurement to use (default: the first)")
+    inf.add_argument("--poi-value", type=float, metavar="MU",
+                     help="POI value of the CLs test (default 1)")
+    inf.add_argument("--level", type=float, default=0.05,
+                     help="CLs level of the upper limits (default 0.05: 95%% CL)")
+    inf.add_argument("--interpolation", action="append", default=[], metavar="TYPE:CODE",
+                     help="interpolation code per modifier type: normsys:code1|code4, "
+                          "histosys:code0|code4p (default code4, code4p); repeatable")
+    inf.add_argument("--no-plots", action="store_true", help="write inference.json only")
     return ap
 
 
@@ -133,6 +168,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(args) -> int:
+    from diffana.log import configure
+
+    configure(-1 if args.quiet else 1 if args.verbose else 0)
     try:
         if args.command == "validate":
             from diffana.validate import validate
@@ -149,9 +187,11 @@ def _main(args) -> int:
             if any(v is not None for v in (args.executor, args.address, args.workers)):
                 executor = {"kind": args.executor or "dask", "address": args.address,
                             "workers": args.workers}
-            run(args.config, steps=args.steps, out=args.out, engine=args.engine, seed=args.seed,
+            run(args.config, steps=args.steps, out=args.out, engine=args.engine,
+                streaming=args.streaming, seed=args.seed,
                 progress=not args.quiet, resume=args.resume, executor=executor,
-                force=args.force)
+                force=args.force, echo=print,
+                compilation_cache=False if args.no_compilation_cache else None)
         elif args.command == "generate":
             from diffana.generate import GENERATORS
 
@@ -175,7 +215,14 @@ def _main(args) -> int:
             from diffana.histfit import fit_histograms
 
             fit_histograms(args.config, args.histograms, args.out, data=args.data,
-                           n_total=_n_total(args))
+                           n_total=_n_total(args), echo=print)
+        elif args.command == "infer":
+            from diffana.inference import load_workspace, parse_interpolation, write_inference
+
+            codes = parse_interpolation(args.interpolation)
+            write_inference(load_workspace(args.workspace), args.out,
+                            measurement=args.measurement, poi_value=args.poi_value,
+                            level=args.level, interpolation=codes, plots=not args.no_plots)
     except DiffanaError as err:
         print(f"diffana: error: {err}", file=sys.stderr)
         return 2

@@ -119,7 +119,7 @@ def _leftovers(out: Path) -> list[Path]:
     return [p for p in out.parent.glob(f"{prefix}*") if name.fullmatch(p.name)]
 
 
-def ensure_generated(kind: str, events: int, seed: int, progress=print) -> Path:
+def ensure_generated(kind: str, events: int, seed: int, progress=None) -> Path:
     """Generate the events once into the cache and return their directory.
 
     Safe with any number of processes on one cache: one generates, under the lock

@@ -6,8 +6,6 @@ the gradient at the start, the parameters, the objectives) and returns a list of
 
 Example:
     >>> import numpy as np
-
-from diffana.plan import ParameterSpace
     >>> flags = negative_bins({"SR": {"wjets": (np.array([3.0, -2.0]), np.array([1.0, 4.0]))}},
     ...                       "final")
     >>> flags[0].code, flags[0].where
@@ -39,6 +37,13 @@ class Flag(NamedTuple):
     code: str
     message: str
     where: str
+
+
+def line(flag: Flag | dict) -> str:
+    """The one line a warning is printed as (a :class:`Flag`, or its ``results.json`` dict)."""
+    code, message, where = (flag.code, flag.message, flag.where) if isinstance(flag, Flag) else (
+        flag["code"], flag["message"], flag["where"])
+    return f"warning [{code}] {where}: {message}"
 
 
 def _bins(values: np.ndarray, test) -> str:

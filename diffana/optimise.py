@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from diffana.config import optax_optimiser
 from diffana.exceptions import ConfigError, ResumableError
+from diffana.log import logger
 
 
 class Resume(NamedTuple):
@@ -90,6 +91,7 @@ def optimise(
     describe: Callable[[float], str] | None = None,
     names: list[str] | None = None,
     resume: Resume | None = None,
+    on_first_gradient: Callable | None = None,
 ) -> OptimisationResult:
     """Minimise a loss over the unit box with an optax optimiser.
 
@@ -104,6 +106,8 @@ def optimise(
         describe: formats the loss for the progress bar (e.g. as the objective).
         names: the parameters' names, for messages (default: their indices).
         resume: continue an interrupted loop from here (``u0`` is then ignored).
+        on_first_gradient: called with the gradient at step 0 as soon as it is known (not
+            on a resumed loop), e.g. to warn of parameters it does not move.
 
     Raises:
         Interrupted: on ``KeyboardInterrupt`` (SIGINT, or SIGTERM turned into one), carrying
@@ -120,8 +124,12 @@ def optimise(
     # anywhere finds it whole.
     mark = (first, u, resume.state if resume is not None else None, len(history))
     try:
+        logger.info("compiling the objective and its gradient (the first step) ...")
         vg, (loss, grad), first_call_seconds = _first_call(loss_and_grad, u)
+        logger.info("compiled and evaluated the first step: %.1f s", first_call_seconds)
         first_gradient = np.asarray(grad) if first == 0 else None
+        if first_gradient is not None and on_first_gradient is not None:
+            on_first_gradient(first_gradient)
         opt = make_optimiser(name, dict(options or {"learning_rate": 0.02}))
         state = opt.init(u)
         if resume is not None and resume.state is not None:

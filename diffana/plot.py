@@ -174,6 +174,17 @@ def systematic_band(workspace: dict) -> dict[str, np.ndarray]:
     return band
 
 
+def ratio_range(ratio, errors, band) -> tuple[float, float]:
+    """A data/MC panel's y range, symmetric about 1: wide enough for every point with its
+    error bar and the MC band, in steps of 0.1, between ±0.2 and ±1 (bins without MC or data
+    are left out)."""
+    reach = np.concatenate([np.abs(np.asarray(ratio) - 1) + np.asarray(errors),
+                            np.asarray(band)])
+    reach = reach[np.isfinite(reach)]
+    half = float(np.clip(np.ceil(10 * 1.1 * reach.max()) / 10, 0.2, 1.0)) if reach.size else 0.5
+    return 1 - half, 1 + half
+
+
 def templates(stages: dict[str, dict], path: Path, cfg, data: dict[str, dict] | None = None,
               systematics: dict[str, dict[str, np.ndarray]] | None = None) -> None:
     """Stacked hard-cut histograms per region (rows) before and after optimisation (columns),
@@ -218,7 +229,7 @@ def templates(stages: dict[str, dict], path: Path, cfg, data: dict[str, dict] | 
                     rax.errorbar(centres, d / safe, yerr=np.sqrt(d) / safe, fmt="o",
                                  color="black")
                     rax.axhline(1, color="black", lw=0.8)
-                    rax.set_ylim(0.5, 1.5)
+                    rax.set_ylim(*ratio_range(d / safe, np.sqrt(d) / safe, unc / safe))
                     rax.set_ylabel("data / MC", fontsize=14)
                     ax.set_xlabel("")
                 (rax or ax).set_xlabel(axis_label(cfg, region))

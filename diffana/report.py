@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from diffana import breakdown, files, locks
+from diffana import breakdown, files, guards, locks
 from diffana.exceptions import DiffanaError
 from diffana.files import write_atomic
 
@@ -293,7 +293,7 @@ def table(rows: list[list[str]], header: list[str]) -> str:
     return out.getvalue()
 
 
-def summary(results: dict, cfg=None, top: int = 3) -> str:
+def summary(results: dict, cfg=None, top: int = 2) -> str:
     """The end-of-run summary: objective and parameters before/after, and the sensitivity
     summed by sample (nominal and its variations), by region and by systematic, each group
     its ``top`` largest and the rest as one row (``cfg`` says which template belongs to which
@@ -312,24 +312,28 @@ def summary(results: dict, cfg=None, top: int = 3) -> str:
     ]
     for name, v0 in results["params_initial"].items():
         rows.append([name, f"{v0:.6g}", f"{results['params_final'][name]:.6g}"])
-    lines.append(table(rows, ["", "initial", "final"]))
+    lines.append(table(rows, ["", "initial", "final"]).rstrip("\n"))
     sens = results["sensitivity"]
     if sens:
         params = list(sens)
         contributions = breakdown.contributions(
             sens, breakdown.origins(cfg) if cfg is not None else None)
-        srows = [[f"{by} {group}", *[f"{values[p]:+.4g}" for p in params]]
+        srows = [[_group(by, group), *[f"{values[p]:+.4g}" for p in params]]
                  for by in breakdown.BY
                  for group, values in breakdown.leading(
                      breakdown.aggregate(contributions, by), top)]
         srows.append(["total ∂objective/∂θ", *[f"{sum(sens[p].values()):+.4g}" for p in params]])
-        lines.append("sensitivity at the final cuts: ∂objective/∂θ from the yields of each "
-                     "sample, region, systematic")
-        lines.append(table(srows, ["from", *params])
-                     + f"(each parameter × region × sample × variation: {SENSITIVITY_CSV})")
-    lines += [f"warning [{w['code']}] {w['where']}: {w['message']}"
-              for w in results.get("warnings", [])]
+        lines.append(f"sensitivity at the final cuts, ∂objective/∂θ from the yields of each "
+                     f"sample, region, systematic (every template: {SENSITIVITY_CSV})")
+        lines.append(table(srows, ["from", *params]).rstrip("\n"))
+    lines += [guards.line(w) for w in results.get("warnings", [])]
     return "\n".join(lines)
+
+
+def _group(by: str, group: str) -> str:
+    """A row label of the sensitivity summary: ``sample ttbar``, ``nominal templates``."""
+    return "nominal templates" if by == "systematic" and group == breakdown.NOMINAL else (
+        f"{by} {group}")
 
 
 def write_csv(path: Path, rows: list[tuple], header: list[str] | None = None) -> None:

@@ -22,14 +22,19 @@ import numpy as np
 import yaml
 from tqdm.auto import tqdm
 
-from diffana import checks, guards, plot, report, tables
+from diffana import checks, guards, outputs, report, tables
 from diffana import config as configmod
 from diffana.analysis import Analysis
 from diffana.diagnose import non_finite_stage
 from diffana.events import changed_input
 from diffana.exceptions import DiffanaError, InputChanged, NumericalError, ResumableError
+from diffana.log import Phases, logger
 from diffana.optimise import Interrupted, Resume, optimise
 from diffana.plan import ParameterSpace
+
+#: the phases timed in ``results.json`` (``timings``), besides ``total_s``
+TIMINGS = ("generate_s", "read_s", "lower_s", "compile_s", "steps_s", "hard_s",
+           "sensitivity_s", "outputs_s")
 
 
 def _floats(params: dict) -> dict[str, float]:
@@ -42,17 +47,21 @@ def run(
     steps: int | None = None,
     out: str | Path | None = None,
     engine: str | None = None,
+    streaming: str | bool | None = None,
     seed: int | None = None,
     progress: bool = True,
-    echo=print,
+    echo=None,
     resume: str | Path | None = None,
     executor: dict | None = None,
     force: bool = False,
+    compilation_cache: bool | None = None,
 ) -> dict:
     """Load, optimise, evaluate with hard cuts, and write the run directory.
 
     Returns the content of ``results.json``. ``results.json`` is written last, so a run
-    directory without it is an unfinished run.
+    directory without it is an unfinished run. ``echo`` (e.g. ``print``) receives the
+    summary; each phase and every physics warning, as it is found, goes to the ``diffana``
+    logger (:mod:`diffana.log`), and ``results.json`` has each phase's seconds (``timings``).
 
     SIGINT (Ctrl-C) or SIGTERM writes ``checkpoint.npz`` into the run directory and raises
     :class:`diffana.optimise.Interrupted`; ``run(resume=run_dir)`` continues from it with the
@@ -61,14 +70,18 @@ def run(
 
     Args:
         config_path: the YAML configuration (not with ``resume``).
-        steps, engine, seed: override ``optimiser.steps``, ``engine``, ``seed`` (not with
-            ``resume``: an interrupted run continues as it was configured).
+        steps, engine, streaming, seed: override ``optimiser.steps``, ``engine``,
+            ``streaming`` (``true``, ``false``, ``auto``), ``seed`` (not with ``resume``: an
+            interrupted run continues as it was configured).
         out: the run directory (default ``runs/<name>-<timestamp>``; not with ``resume``).
         resume: the directory of an interrupted run to continue.
         executor: overrides ``executor`` (``{"kind": "dask", "address": ..., "workers": N}``);
             with ``resume`` too (where the steps run does not change the numbers).
         force: write into ``out`` even if it holds files diffana did not write (it touches
             none of them).
+        compilation_cache: overrides ``compilation_cache`` (JAX's persistent compilation
+            cache in ``$DIFFANA_CACHE/jax-compilation``); with ``resume`` too (it does not
+            change the numbers).
 
     Raises:
         Interrupted: SIGINT or SIGTERM arrived (the checkpoint is written).
@@ -79,23 +92,26 @@ def run(
         OutputError: a file or directory cannot be written or created (the path, the reason).
     """
     with report.RunDirectory() as run_directory:  # locked until the run ends, however it ends
-        return _run(config_path, steps=steps, out=out, engine=engine, seed=seed,
-                    progress=progress, echo=echo, resume=resume, executor=executor, force=force,
+        return _run(config_path, steps=steps, out=out, engine=engine, streaming=streaming,
+                    seed=seed, progress=progress, echo=echo, resume=resume, executor=executor,
+                    force=force, compilation_cache=compilation_cache,
                     run_directory=run_directory)
 
 
-def _run(config_path, *, steps, out, engine, seed, progress, echo, resume, executor, force,
-         run_directory: report.RunDirectory) -> dict:
+def _run(config_path, *, steps, out, engine, streaming, seed, progress, echo, resume, executor,
+         force, compilation_cache, run_directory: report.RunDirectory) -> dict:
     start = time.perf_counter()
     if resume is not None:
         given = {"a configuration": config_path, "steps": steps, "out": out, "engine": engine,
-                 "seed": seed, "force": force or None}
+                 "streaming": streaming, "seed": seed, "force": force or None}
         clash = [k for k, v in given.items() if v is not None]
         if clash:
             raise DiffanaError(f"--resume {resume}: continues the run as it was configured; "
                                f"drop {', '.join(clash)}")
         out_dir, config_file, base_dir, cfg, checkpoint, meta = _load_resume(
             run_directory.resume(Path(resume)))
+        if compilation_cache is not None:
+            cfg = cfg.model_copy(update={"compilation_cache": compilation_cache})
     else:
         config_file = Path(config_path)
         base_dir = config_file.parent
@@ -103,8 +119,12 @@ def _run(config_path, *, steps, out, engine, seed, progress, echo, resume, execu
         updates: dict = {}
         if engine is not None:
             updates["engine"] = engine
+        if streaming is not None:
+            updates["streaming"] = {"true": True, "false": False}.get(streaming, streaming)
         if seed is not None:
             updates["seed"] = seed
+        if compilation_cache is not None:
+            updates["compilation_cache"] = compilation_cache
         if steps is not None:
             updates["optimiser"] = cfg.optimiser.model_copy(update={"steps": steps})
         cfg = cfg.model_copy(update=updates)
@@ -117,6 +137,8 @@ def _run(config_path, *, steps, out, engine, seed, progress, echo, resume, execu
         checkpoint, meta = None, {"config_file": str(config_file),
                                   "base_dir": str(base_dir.resolve()),
                                   "resumed_from_steps": [], "wall_seconds": 0.0}
+    logger.debug("configuration %s (base directory %s), run directory %s, engine %s, "
+                 "executor %s", config_file, base_dir, out_dir, cfg.engine, cfg.executor.kind)
     meta.update(config_sha256=_sha256(out_dir / "config.resolved.yaml"), seed=cfg.seed,
                 generate_seed=cfg.generate.seed if cfg.generate is not None else None,
                 engine=cfg.engine, optimiser=cfg.optimiser.name,
@@ -126,9 +148,11 @@ def _run(config_path, *, steps, out, engine, seed, progress, echo, resume, execu
         cfg = _with_executor(cfg, executor, config_file)
     signals = _Signals()
     ana = None
+    phases = Phases()
     with signals.installed():
         try:
-            ana = Analysis(cfg, base_dir=base_dir, progress=progress, source=str(config_file))
+            ana = Analysis(cfg, base_dir=base_dir, progress=progress, source=str(config_file),
+                           phases=phases)
             _check_inputs(ana, meta)
             res, results = _optimise_and_write(ana, cfg, out_dir, config_file, checkpoint,
                                                meta, start, progress, signals)
@@ -162,9 +186,7 @@ def _run(config_path, *, steps, out, engine, seed, progress, echo, resume, execu
             if ana is not None:
                 ana.close()  # the Dask cluster or client, if any
     if echo is not None:
-        echo(report.summary(results, cfg))
-        echo(tables.summary(out_dir, cfg.nominal_samples))
-        echo(f"run directory: {out_dir}")
+        echo(outputs.summary(results, cfg, out_dir))
     if res.stopped.startswith("non-finite"):
         raise NumericalError(f"{config_file}: optimisation stopped: {results['stopped']}; the "
                              f"last good parameters are in {out_dir / 'results.json'}")
@@ -187,6 +209,12 @@ def _optimise_and_write(ana: Analysis, cfg, out_dir: Path, config_file: Path | s
 
     earlier = [row(*h) for h in checkpoint.history] if checkpoint is not None else []
     history = report.HistoryWriter(out_dir / "history.csv", ana.trainable, earlier)
+
+    def first_gradient(grad) -> None:  # a parameter no cut uses: said at once
+        for flag in guards.unused_parameters(np.asarray(grad), ana.trainable):
+            logger.warning(guards.line(flag))
+
+    steps_start = time.perf_counter()
     try:
         res = optimise(
             lambda u: ana.loss_and_grad(u, p0),
@@ -200,9 +228,12 @@ def _optimise_and_write(ana: Analysis, cfg, out_dir: Path, config_file: Path | s
             describe=lambda v: f"{sign * v:.5g}",
             names=ana.trainable,
             resume=checkpoint,
+            on_first_gradient=first_gradient if ana.trainable else None,
         )
     finally:
         history.close()
+    ana.phases.seconds["compile_s"] = res.first_call_seconds
+    ana.phases.seconds["steps_s"] = time.perf_counter() - steps_start - res.first_call_seconds
     try:
         with signals.deferred():
             results = _evaluate_and_write(ana, cfg, res, out_dir, config_file, meta, start, p0,
@@ -232,25 +263,31 @@ def _evaluate_and_write(ana: Analysis, cfg, res, out_dir: Path, config_file: Pat
     """The hard-cut evaluation and the run directory's files, ``results.json`` last;
     ``stop_here()`` raises ``KeyboardInterrupt`` where stopping for a signal is safe."""
     p_final = ana.from_unit(res.params, p0)
+    phases = ana.phases
 
     # the optimiser evaluated both already: step 0 and its last good step
     objective_initial = sign * res.history[0][1] if res.history else math.nan
     objective_final = sign * res.loss if res.history else math.nan
-    hists = {"initial": ana.hard_histograms(p0), "final": ana.hard_histograms(p_final)}
-    hard_initial = ana.hard_objective(p0, hists["initial"])
-    hard_final = ana.hard_objective(p_final, hists["final"])
-    flows = {stage: tables.cutflow(ana, p) for stage, p in (("initial", p0), ("final", p_final))}
-    if ana.trainable:  # the final yields and their Jacobian: one evaluation for both uses
-        final = ana.yields_and_jacobian(p_final)
-        final_yields, sensitivity = final[0], ana.sensitivity(p_final, final)
-    else:
-        final_yields, sensitivity = ana.yields(p_final), {}
+    with phases("hard_s", "hard-cut histograms, objective and cutflow, initial and final cuts"):
+        hists = {"initial": ana.hard_histograms(p0), "final": ana.hard_histograms(p_final)}
+        hard_initial = ana.hard_objective(p0, hists["initial"])
+        hard_final = ana.hard_objective(p_final, hists["final"])
+        flows = {stage: tables.cutflow(ana, p) for stage, p in (("initial", p0),
+                                                                 ("final", p_final))}
+    with phases("sensitivity_s", "final yields and sensitivity"):
+        if ana.trainable:  # the final yields and their Jacobian: one evaluation for both uses
+            final = ana.yields_and_jacobian(p_final)
+            final_yields, sensitivity = final[0], ana.sensitivity(p_final, final)
+        else:
+            final_yields, sensitivity = ana.yields(p_final), {}
     stop_here()
 
     results = {
         "config": cfg.name,
         "config_file": str(config_file),
         "engine": ana.engine,
+        # in memory or streamed, and why: {"streamed": bool, "why": str}
+        "streaming": ana.streaming,
         # where the chunks were evaluated: local, or dask (and its scheduler)
         "executor": ("local" if cfg.executor.kind == "local" else
                      f"dask {cfg.executor.address or 'LocalCluster'}"),
@@ -300,28 +337,18 @@ def _evaluate_and_write(ana: Analysis, cfg, res, out_dir: Path, config_file: Pat
         flags.append(guards.Flag("cutflow-skipped", "no cutflow with the Dask executor (the "
                                  "events are on the workers)", tables.CUTFLOW))
     results["warnings"] = [f._asdict() for f in flags]
+    for flag in flags:
+        if flag.code != "parameter-unused":  # said after the first step
+            logger.warning(guards.line(flag))
 
-    data = {stage: ana.pseudodata(h) for stage, h in hists.items()}
-    observations = ({r: h.values() for r, h in data["final"].items()}
-                    if data["final"] is not None else None)
-    report.write_json(out_dir / "workspace.json", ana.workspace(final_yields, observations))
-    axis_labels = {r: plot.axis_label(cfg, r) for r in cfg.regions}
-    report.write_root_histograms(out_dir / "histograms.root", hists, data, axis_labels)
-    plot.history(report.read_history(out_dir / "history.csv"), cfg.objective.kind,
-                 out_dir / "objective_history.png",
-                 {n: cfg.parameters[n].bounds for n in ana.trainable}, plot.parameter_units(cfg))
-    nominal = {stage: {r: {s: h for s, h in hs.items() if s in cfg.nominal_samples}
-                       for r, hs in regions.items()} for stage, regions in hists.items()}
-    band = {stage: plot.systematic_band(ana.workspace(ana.hard_yields(p, hists[stage])))
-            for stage, p in (("initial", p0), ("final", p_final))}  # the hard templates'
-    plot.templates(nominal, out_dir / "histograms.png", cfg,
-                   data if data["final"] is not None else None, band)
-    if sensitivity:
-        plot.sensitivity(sensitivity, out_dir / "sensitivity.png", cfg)
-        report.write_sensitivity_csv(out_dir / report.SENSITIVITY_CSV, sensitivity, cfg)
-    tables.write(out_dir, hists, flows)
+    with phases("outputs_s", "workspace, ROOT histograms, figures and tables"):
+        outputs.write(ana, out_dir, hists, flows, final_yields, sensitivity,
+                      {"initial": p0, "final": p_final})
     stop_here()
     results["wall_seconds"] = meta["wall_seconds"] + time.perf_counter() - start
+    # this process's phases (a resumed run: since it resumed), in seconds
+    results["timings"] = {**{k: phases.seconds.get(k, 0.0) for k in TIMINGS},
+                          "total_s": time.perf_counter() - start}
     report.write_json(out_dir / "results.json", results)  # last: the run is finished
     (out_dir / report.CHECKPOINT).unlink(missing_ok=True)
     return results

@@ -123,6 +123,6 @@ def yields_table(rows: list[dict], samples: list[str] | None = None) -> str:
 def summary(out_dir: Path, samples: list[str] | None = None) -> str:
     """The yields of a run directory as printed at the end of a run (``samples``: the rows
     shown, e.g. the nominal ones); every template's, and the cutflow, are in the files."""
-    shown = yields_table(read_csv(out_dir / YIELDS), samples)
+    shown = yields_table(read_csv(out_dir / YIELDS), samples).rstrip("\n")
     files = " and ".join(f for f in (YIELDS, CUTFLOW) if (out_dir / f).exists())
-    return f"{shown}\n(every template, and the cutflow: {files})"
+    return f"{shown}\nrun directory: {out_dir} (every template, and the cutflow: {files})"

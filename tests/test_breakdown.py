@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from diffana import breakdown, report
+from diffana import breakdown, guards, outputs, report, tables
 from diffana.config import load
 
 AGC = Path(__file__).parent.parent / "configs" / "agc_ttbar.yaml"
@@ -75,10 +75,17 @@ def test_summary_fits_a_screen_and_csv_holds_every_row(agc, tmp_path):
                "hard": {"objective_initial": 1.0, "objective_final": 0.9},
                "params_initial": dict.fromkeys(sens, 1.0),
                "params_final": dict.fromkeys(sens, 2.0), "sensitivity": sens}
-    text = report.summary(results, agc)
-    assert len(text.splitlines()) <= 28
-    assert "sample ttbar" in text and "systematic nominal" in text and "region 4j2b" in text
-    assert report.SENSITIVITY_CSV in text
+    results["warnings"] = [guards.Flag("parameter-at-bound", f"{p} ends on its lower bound", p)
+                           ._asdict() for p in ("lepton_pt_min", "jet_pt_min")]
+    report.write_csv(tmp_path / tables.YIELDS, [
+        tables.YieldRow(r, s, 23051.5, 970.0, 12902.3, 730.0)
+        for r in agc.regions for s in agc.samples])
+    text = outputs.summary(results, agc, tmp_path)  # all that a run prints at its end
+    assert len(text.splitlines()) <= 30, text
+    assert "sample ttbar" in text and "nominal templates" in text and "region 4j2b" in text
+    assert report.SENSITIVITY_CSV in text and f"run directory: {tmp_path}" in text
+    assert all(f"\n{s} " in text for s in agc.nominal_samples)  # each sample's yields
+    assert text.count("warning [parameter-at-bound]") == 2
     path = tmp_path / report.SENSITIVITY_CSV
     report.write_sensitivity_csv(path, sens, agc)
     with open(path, newline="") as f:

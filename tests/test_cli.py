@@ -36,3 +36,22 @@ def test_validate_counts_in_words(tmp_path, capsys):
     assert cli.main(["validate", str(path)]) == 0
     out = capsys.readouterr().out
     assert " 1 region, " in out and " 1 trainable parameter, " in out, out
+
+
+@pytest.mark.parametrize("flag", ["--quiet", "-v"])
+def test_quiet_and_verbose(flag, tmp_path, capsys):
+    """The diffana logger says each phase with its seconds by default, more with -v, and
+    with --quiet nothing but warnings (no phase lines, no progress bars)."""
+    path = write_config(tmp_path / "c.yaml", default_config_dict(2_000))
+    assert cli.main(["run", str(path), "--steps", "0", "--out", str(tmp_path / "run"),
+                     flag]) == 0
+    captured = capsys.readouterr()
+    said = [line for line in captured.err.splitlines() if line.startswith("diffana: ")]
+    phases = [line for line in said if line.startswith("diffana: compiled and evaluated")]
+    if flag == "--quiet":
+        assert phases == [] and "it/s" not in captured.err
+        assert all(line.startswith("diffana: warning [") for line in said), said
+    else:
+        assert len(phases) == 1 and phases[0].endswith(" s")
+        assert any(line.startswith("diffana: configuration ") for line in said)  # DEBUG
+    assert "run directory: " in captured.out  # the summary, either way

@@ -85,6 +85,6 @@ def test_dask_executor_without_the_extra(tmp_path, monkeypatch, capsys):
                      "--out", str(tmp_path / "run"), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err, err
-    assert err.startswith("diffana: error: executor: dask needs the optional dependency "
+    assert err.startswith(f"diffana: error: {cfg}: executor: dask needs the optional dependency "
                           "dask[distributed] (distributed is not installed): "
                           'pip install "diffana[dask]"'), err

@@ -86,3 +86,13 @@ def test_run_directory_figures_and_histograms(pseudodata_run):
             total = (f[f"{stage}/signal_region/ttbar"].values()
                      + f[f"{stage}/signal_region/wjets"].values())
             assert f[f"{stage}/signal_region/pseudodata"].values() == pytest.approx(total)
+
+
+def test_ratio_panel_range_holds_every_point():
+    """The data/MC panel widens to show every point with its error and the MC band."""
+    from diffana.plot import ratio_range
+
+    assert ratio_range([1.02, 0.97], [0.01, 0.02], [0.03, 0.05]) == pytest.approx((0.8, 1.2))
+    low, high = ratio_range([1.5, 0.7], [0.1, 0.05], [0.1, 0.1])
+    assert low <= 0.65 and high >= 1.6 and low == pytest.approx(2 - high)
+    assert ratio_range([np.nan], [np.nan], [np.nan]) == (0.5, 1.5)  # no MC anywhere

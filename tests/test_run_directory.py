@@ -52,9 +52,13 @@ def diffana_run(cfg, out, *args) -> int:
 
 
 def one_line(capsys) -> str:
+    """The error's one line: the last on stderr; before it only physics warnings, which
+    ``--quiet`` keeps (said as they were found, before the run failed)."""
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "Traceback" not in err, err
-    return err.strip()
+    *before, last = err.splitlines()
+    assert "Traceback" not in err and err.endswith("\n"), err
+    assert all(line.startswith("diffana: warning [") for line in before), err
+    return last
 
 
 def test_users_files_survive_force_and_rerun(cfg, tmp_path, capsys):

@@ -19,7 +19,7 @@ from diffana.exceptions import ConfigError
 
 def config(**updates):
     data = with_variations()  # a scale, a smear and a weight variation
-    data.update(chunk_size=1024, preselect=True, **updates)
+    data.update({"chunk_size": 1024, "preselect": True, **updates})
     return load_dict(data, source="streaming")
 
 
@@ -89,3 +89,81 @@ def test_smearing_does_not_depend_on_chunks():
 def test_streaming_needs_compiled_chunks(updates, fragment):
     with pytest.raises(ConfigError, match=fragment):
         config(**updates)
+
+
+# --- read ahead, any chunk size: the same numbers as in memory ------------------------------
+
+
+def _close(a, b, tol=1e-12):
+    """Equal to ``tol`` relative to the largest magnitude (a gradient has components near 0)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    np.testing.assert_allclose(a, b, rtol=0, atol=tol * max(np.abs(b).max(), 1e-300))
+
+
+@pytest.fixture(scope="module")
+def in_memory(pair):
+    memory, _ = pair
+    p0 = memory.initial_params()
+    u0 = memory.to_unit(p0) * 0.9 + 0.03
+    return memory, p0, u0, memory.loss_and_grad(u0, p0)
+
+
+@pytest.mark.parametrize("prefetch,chunk_size", [(0, 1024), (1, 1500), (4, 4096)])
+def test_any_prefetch_depth_and_chunk_size_give_the_in_memory_numbers(in_memory, prefetch,
+                                                                      chunk_size):
+    from diffana.optimise import optimise
+
+    memory, p0, u0, (loss0, grad0) = in_memory
+    ana = Analysis(config(streaming=True, prefetch=prefetch, chunk_size=chunk_size),
+                   ROOT / "configs", progress=False)
+    assert ana.executor.prefetch_depth == prefetch
+    for step in range(2):  # the first pass reads the files, the second the lowered cache
+        loss, grad = ana.loss_and_grad(u0, p0)
+        _close(loss, loss0)
+        _close(grad, grad0)
+    assert ana.objective(p0) == pytest.approx(float(memory.objective(p0)), rel=1e-12, abs=0)
+    runs = [optimise(lambda u, a=a: a.loss_and_grad(u, p0), u0, steps=3, progress=False,
+                     options={"learning_rate": 0.05}) for a in (ana, memory)]
+    _close(runs[0].params, runs[1].params)
+
+
+# --- streaming: auto ------------------------------------------------------------------------
+
+
+def test_auto_holds_events_that_fit_and_streams_those_that_do_not():
+    small = Analysis(config(), ROOT / "configs", progress=False)  # the default: auto
+    assert small.cfg.streaming == "auto"
+    assert small.streaming["streamed"] is False
+    assert small.streaming["why"].startswith("in memory: the events need about")
+    assert "half the" in small.streaming["why"]
+    big = Analysis(config(memory_limit="100kB"), ROOT / "configs", progress=False)
+    assert big.streaming["streamed"] is True
+    assert "more than the 100 kB of memory_limit" in big.streaming["why"]
+    assert all(isinstance(s.events, StreamedSet) for s in big.samples.values())
+    # the budget holds no chunk ahead: none is read ahead
+    assert big.executor.prefetch_depth == 0
+    p0 = small.initial_params()
+    _close(big.objective(p0), small.objective(p0))
+
+
+@pytest.mark.parametrize("updates,streamed,why", [
+    ({"streaming": True}, True, "streamed: streaming: true"),
+    ({"streaming": False}, False, "in memory: streaming: false"),
+    ({"gradient": "fused"}, False, "in memory: gradient: fused"),
+    ({"engine": "awkward"}, False, "in memory: the awkward engine"),
+])
+def test_the_choice_says_why(updates, streamed, why):
+    from diffana.executors import streaming_choice
+
+    cfg = config(**updates)
+    choice = streaming_choice(cfg, cfg.engine, [], None)
+    assert choice.streamed is streamed and choice.why.startswith(why)
+
+
+@pytest.mark.parametrize("value,fragment", [
+    ("lots", "expected a size such as 8GB"), (-1, "expected a positive size"),
+    ("maybe", "streaming")])
+def test_memory_limit_and_streaming_are_checked(value, fragment):
+    key = "streaming" if value == "maybe" else "memory_limit"
+    with pytest.raises(ConfigError, match=fragment):
+        config(**{key: value})

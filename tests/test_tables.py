@@ -4,6 +4,8 @@ hard histograms, and both in a run directory."""
 from __future__ import annotations
 
 import json
+import logging
+import re
 
 import awkward as ak
 import numpy as np
@@ -13,7 +15,7 @@ from conftest import ROOT, default_config_dict, write_config
 from diffana import tables
 from diffana.analysis import Analysis
 from diffana.config import load_dict
-from diffana.run import run
+from diffana.run import TIMINGS, run
 
 
 def boolean_mask_cutflow(events: ak.Array, weight: np.ndarray, p: dict) -> list:
@@ -91,13 +93,27 @@ class NoFigures:
         return lambda *args, **kwargs: None
 
 
-def test_run_writes_tables_and_warnings(tmp_path, monkeypatch):
-    monkeypatch.setattr("diffana.run.plot", NoFigures())
+def test_run_writes_tables_and_warnings(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr("diffana.outputs.plot", NoFigures())
     data = default_config_dict(2_000)
     data["parameters"]["met_min"] = {"value": 10.0, "bounds": [0.0, 50.0]}  # no cut uses it
     config = write_config(tmp_path / "c.yaml", data)
     printed = []
-    results = run(config, steps=2, out=tmp_path / "run", progress=False, echo=printed.append)
+    with caplog.at_level(logging.INFO, logger="diffana"):
+        results = run(config, steps=2, out=tmp_path / "run", progress=False,
+                      echo=printed.append)
+    # as it happens: the unused parameter right after the first step, before the hard cuts;
+    # each phase with its seconds
+    said = [r.getMessage() for r in caplog.records]
+    unused = said.index(next(m for m in said if m.startswith("warning [parameter-unused]")))
+    hard = said.index(next(m for m in said if m.startswith("hard-cut histograms")))
+    assert said.index(next(m for m in said if m.startswith("compiled"))) < unused < hard
+    assert re.search(r"^workspace, ROOT histograms, figures and tables: \d+\.\d s$", said[-1])
+    assert [r.levelno for r in caplog.records if "warning [" in r.getMessage()] == [
+        logging.WARNING] * len(results["warnings"])  # each said once
+    timings = results["timings"]
+    assert list(timings) == [*TIMINGS, "total_s"] and all(v >= 0 for v in timings.values())
+    assert sum(timings[k] for k in TIMINGS) <= timings["total_s"]
     out = tmp_path / "run"
     assert json.loads((out / "results.json").read_text())["warnings"] == results["warnings"]
     assert {"code": "parameter-unused", "where": "met_min"}.items() <= {

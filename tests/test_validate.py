@@ -81,6 +81,7 @@ def test_validate_refuses_what_run_refuses(case, files, tmp_path, capsys):
         Analysis(load(path), base_dir=tmp_path, progress=False, source=str(path))
     run_line = str(err.value)
     assert re.search(message, run_line), run_line
+    capsys.readouterr()  # what the preparation said while it read
 
     assert main(["validate", str(path)]) == 2
     captured = capsys.readouterr()

@@ -19,6 +19,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, StrictBool, StrictInt, field_validator, model_validator
 
+from diffana import budget
 from diffana.config.errors import KeyCheckError, show
 from diffana.config.statistics import ModelConfig, Objective, Optimiser
 from diffana.config.values import Number, StrictModel, Threshold, bounds_problem, exactly_one
@@ -425,8 +426,23 @@ class AnalysisConfig(StrictModel):
     # how gradients are taken (see chunk_size)
     gradient: Literal["auto", "fused", "forward", "reverse"] = "auto"
     # read and lower the events chunk by chunk on every evaluation instead of holding them:
-    # memory bounded by a chunk, whatever the number of events (compiled engine)
-    streaming: StrictBool = False
+    # memory bounded by a few chunks, whatever the number of events (compiled engine); auto:
+    # in memory when the events fit memory_limit (estimated from their first chunk), streamed
+    # otherwise
+    streaming: StrictBool | Literal["auto"] = "auto"
+    # what the events may take in memory (streaming: auto) and what the chunks read ahead may
+    # take (streaming): bytes, or a size such as 8GB or 512MiB; none: half the memory available
+    memory_limit: StrictInt | str | None = None
+    # streaming: chunks read, decompressed and lowered ahead while one is differentiated (0:
+    # none; fewer where memory_limit holds fewer)
+    prefetch: StrictInt = Field(2, ge=0)
+    # streaming: keep the lowered chunks in the event cache ($DIFFANA_CACHE/lowered), so that
+    # later passes (steps, runs) read flat arrays instead of reading and lowering the files
+    lowered_cache: StrictBool = True
+    # JAX's persistent compilation cache in $DIFFANA_CACHE/jax-compilation: a later run (same
+    # configuration, or other values, steps or output) loads what it compiled instead of
+    # compiling again (diffana run --no-compilation-cache: false)
+    compilation_cache: StrictBool = True
     # where the compiled engine runs: JAX's default device (auto), or the first cpu or gpu
     device: Literal["auto", "cpu", "gpu"] = "auto"
     # the compiled chunks evaluated here or on Dask workers (see Executor)
@@ -443,7 +459,7 @@ class AnalysisConfig(StrictModel):
 
     @model_validator(mode="after")
     def _chunk_by_chunk(self) -> AnalysisConfig:
-        for key, value, on in (("streaming", "true", self.streaming),
+        for key, value, on in (("streaming", "true", self.streaming is True),
                                ("executor.kind", "dask", self.executor.kind == "dask")):
             conflict = chunked_evaluation_conflict(self.engine, self.gradient) if on else None
             if conflict == "engine":
@@ -452,6 +468,11 @@ class AnalysisConfig(StrictModel):
                 raise KeyCheckError("gradient", f"'fused' holds every chunk at once; with {key}: "
                                     f"{value} use auto, forward or reverse")
         return self
+
+    @field_validator("memory_limit")
+    @classmethod
+    def _a_size(cls, value: int | str | None) -> int | str | None:
+        return value if value is None else budget.parse_bytes(value) and value
 
     @property
     def nominal_samples(self) -> list[str]:

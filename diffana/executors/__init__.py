@@ -3,8 +3,11 @@
 ================  ==================================================================
 ``held``          compiled engine, events lowered once and held in memory as stacked
                   chunks; gradients fused (one ``lax.scan``), forward or reverse
-``streamed``      compiled engine, chunks read and lowered from the files on every
-                  evaluation (``streaming: true``): memory bounded by a chunk
+``streamed``      compiled engine, chunks read and lowered from the files (or taken
+                  from the lowered-chunk cache) on every evaluation, read ahead in a
+                  thread (``streaming: true``, or ``auto`` when the events do not fit
+                  ``memory_limit``: :func:`streaming_choice`): memory bounded by a
+                  few chunks
 ``dask``          compiled engine, chunks lowered once and held on Dask workers
                   (``executor: {kind: dask}``); each step maps over them
 ``awkward``       the awkward engine: JAX-backed Awkward arrays, eager
@@ -25,11 +28,12 @@ from typing import ClassVar, Protocol
 from diffana.config import AnalysisConfig
 from diffana.exceptions import ConfigError
 from diffana.executors.awkward import AwkwardExecutor
+from diffana.executors.choice import StreamingChoice, streaming_choice
 from diffana.executors.held import HeldExecutor
 from diffana.executors.setup import Setup
 from diffana.executors.streamed import StreamedExecutor
 
-__all__ = ["EXECUTORS", "Executor", "Setup", "choose"]
+__all__ = ["EXECUTORS", "Executor", "Setup", "StreamingChoice", "choose", "streaming_choice"]
 
 
 class Executor(Protocol):
@@ -87,13 +91,14 @@ EXECUTORS = {"held": lambda: HeldExecutor, "streamed": lambda: StreamedExecutor,
              "dask": _dask, "awkward": lambda: AwkwardExecutor}
 
 
-def choose(cfg: AnalysisConfig, engine: str) -> type:
-    """The executor class of a configuration (and engine)."""
+def choose(cfg: AnalysisConfig, engine: str, streamed: bool | None = None) -> type:
+    """The executor class of a configuration (and engine); ``streamed``: what
+    :func:`streaming_choice` chose (default: ``streaming: true`` streams, ``auto`` does not)."""
     if engine == "awkward":
         name = "awkward"
     elif cfg.executor.kind == "dask":
         name = "dask"
-    elif cfg.streaming:
+    elif (cfg.streaming is True) if streamed is None else streamed:
         name = "streamed"
     else:
         name = "held"

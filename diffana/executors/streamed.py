@@ -1,20 +1,30 @@
-"""The compiled engine streaming: every evaluation reads and lowers the chunks again.
+"""The compiled engine streaming: every evaluation takes the chunks again, one at a time.
 
-Memory is bounded by a chunk whatever the number of events (``streaming: true``). A first
-pass over the files counts the events of each set and finds the chunk shape.
+Memory is bounded by a few chunks whatever the number of events (``streaming: true``, or
+``auto`` when the events do not fit ``memory_limit``). A first pass over the files counts
+the events of each set and finds the chunk shape. Each later pass reads, decompresses and
+lowers the chunks ahead of the one being differentiated, in a thread
+(:func:`diffana.prefetch.prefetched`, ``prefetch`` chunks deep); and the first pass that pads
+them writes them into the lowered-chunk cache (:mod:`diffana.lowered_cache`), so that the
+passes after it map flat arrays instead of reading the files.
 """
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+import time
 
 from tqdm.auto import tqdm
 
-from diffana import ragged
-from diffana.chunks import lower_sets, one_set_chunk, single_set_layout
+from diffana import budget, ragged
+from diffana.chunks import ChunkLayout, lower_sets, one_set_host_chunk, single_set_layout
 from diffana.executors.chunked import ChunkedExecutor, sum_over
 from diffana.executors.setup import Setup
+from diffana.generate import cache_dir
+from diffana.lowered_cache import LoweredCache, cache_key
+from diffana.prefetch import prefetched
 from diffana.stages import jit_cutflow, jit_events
+
+TOUCH_S = 10.0  # how often a pass over the cache marks its entry as in use
 
 
 def region_parts(kernel, chunks, params: dict, hard: bool):
@@ -25,19 +35,54 @@ def region_parts(kernel, chunks, params: dict, hard: bool):
 
 
 class StreamedExecutor(ChunkedExecutor):
-    """Chunks of one event set each, read from the files on every evaluation."""
+    """Chunks of one event set each, read from the files (or the lowered-chunk cache) on
+    every evaluation, ``prefetch_depth`` chunks ahead.
+
+    Attributes:
+        prefetch_depth: chunks made ahead of the one computed (``prefetch``, fewer where
+            ``memory_limit`` holds fewer).
+        cache: the lowered-chunk cache's entry of this analysis (None: ``lowered_cache:
+            false``).
+        cached_first_pass: whether the first pass came from the cache (no file was read).
+    """
 
     def __init__(self, setup: Setup):
         super().__init__(setup)
         cfg = self.kernel.cfg
-        sizes = []
-        total = sum(sum(r.entries) for r in setup.readers)
-        with tqdm(total=total, desc="first pass", unit="ev", disable=not setup.progress,
-                  leave=False) as bar:
-            for g, buffers in self._lowered(progress=bar.update):
-                setup.sets[g].n_events += len(buffers["weight"])
+        self.cache = (LoweredCache(cache_dir() / "lowered", cache_key(cfg, setup.readers))
+                      if cfg.lowered_cache else None)
+        # a complete entry holds what the first pass finds; with nonfinite: drop the first
+        # pass also counts the values dropped, so it reads the files
+        found = self.cache.first_pass if self.cache and cfg.nonfinite == "stop" else None
+        self.cached_first_pass = found is not None
+        if found is None:
+            found = self._first_pass()
+        for g, n in enumerate(found["n_events"]):
+            setup.sets[g].n_events += n
+        self.first_pass = found
+        self.kernel = self.kernel.with_layout(_decode_layout(found["layout"]))
+        limit, _ = budget.memory_limit(cfg.memory_limit)
+        # the chunk computed, the one being made and those waiting must fit the budget
+        fit = cfg.prefetch if limit is None else max(0, limit // max(found["chunk_bytes"], 1) - 2)
+        self.prefetch_depth = min(cfg.prefetch, fit)
+        self._writer_failed = False
+
+    def _first_pass(self) -> dict:
+        """Count the events of each set and find the chunk shape, reading every file."""
+        cfg = self.kernel.cfg
+        n_events = [0] * len(self.setup.sets)
+        sizes, chunk_bytes = [], 0
+        total = sum(sum(r.entries) for r in self.setup.readers)
+        with tqdm(total=total, desc="first pass", unit="ev", unit_scale=True,
+                  disable=not self.setup.progress, leave=False) as bar:
+            for g, buffers in prefetched(self._lowered(progress=bar.update),
+                                         cfg.prefetch, f"{cfg.name}: first pass"):
+                n_events[g] += len(buffers["weight"])
                 sizes.append(ragged.axis_sizes(buffers, self.kernel.plan))
-        self.kernel = self.kernel.with_layout(single_set_layout(sizes, cfg.chunk_size, cfg.name))
+                chunk_bytes = max(chunk_bytes, sum(a.nbytes for a in _leaves(buffers)))
+        layout = single_set_layout(sizes, cfg.chunk_size, cfg.name)
+        return {"n_events": n_events, "n_chunks": len(sizes), "chunk_bytes": chunk_bytes,
+                "layout": _encode_layout(layout)}
 
     def _lowered(self, progress=None):
         """``(set, lowered buffers)`` of each chunk read from the files."""
@@ -49,22 +94,70 @@ class StreamedExecutor(ChunkedExecutor):
                 if progress is not None:
                     progress(n_read)
 
-    def _chunks(self):
-        """``(set, events, device chunk)`` of each chunk, read and lowered while the previous
-        chunk is computed (one chunk ahead, in a thread: uproot, Awkward and XLA release the GIL)."""
-        lowered = self._lowered()
+    def _from_files(self, skip: int = 0):
+        """``(set, events, host chunk)`` of each chunk, read and lowered from the files (the
+        first ``skip`` left out); written into the cache where it has no entry yet."""
         kernel, n_sets = self.kernel, len(self.kernel.groups)
-
-        def produce():
-            item = next(lowered, None)
-            return None if item is None else one_set_chunk(
-                kernel.layout, kernel.plan, *item, n_sets, self.setup.device, kernel.cfg.name)
-
-        with ThreadPoolExecutor(1) as pool:
-            ahead = pool.submit(produce)
-            while (item := ahead.result()) is not None:
-                ahead = pool.submit(produce)
+        writer = None
+        if self.cache is not None and not self.cache.complete and not skip \
+                and not self._writer_failed:
+            writer = self.cache.writer(self.first_pass["n_chunks"],
+                                       self.first_pass["chunk_bytes"] * 2, self.first_pass)
+            self._writer_failed = writer is None  # no room: do not ask on every pass
+        try:
+            for i, (g, buffers) in enumerate(self._lowered()):
+                if i < skip:
+                    continue
+                item = one_set_host_chunk(kernel.layout, kernel.plan, g, buffers, n_sets,
+                                          kernel.cfg.name)
+                if writer is not None:
+                    writer.add(*item)
                 yield item
+            if writer is not None:
+                writer.finish()
+                writer = None
+        finally:
+            if writer is not None:  # the pass stopped early: no partial entry
+                writer.abandon()
+
+    def _from_cache(self):
+        """``(set, events, host chunk)`` of each chunk, mapped from the cache; the files
+        take over where the entry went away (another run evicted it)."""
+        done, touched = 0, time.monotonic()
+        try:
+            for item in self.cache.chunks():
+                yield item
+                done += 1
+                if time.monotonic() - touched > TOUCH_S:
+                    self.cache.touch()
+                    touched = time.monotonic()
+        except OSError:
+            self.cache.manifest = None
+            yield from self._from_files(skip=done)
+
+    def _host_chunks(self):
+        for reader in self.setup.readers:
+            reader.check_unchanged()  # the cache's key holds the files as they were
+        if self.cache is not None and self.cache.complete:
+            return self._from_cache()
+        return self._from_files()
+
+    def _chunks(self):
+        """``(set, events, device chunk)`` of each chunk, made ``prefetch_depth`` ahead in a
+        thread (uproot, Awkward, NumPy and XLA release the GIL), with a progress bar."""
+        device = self.setup.device
+
+        def on_device():
+            for g, n, host in self._host_chunks():
+                yield g, n, ragged.to_device(host, device)
+
+        total = sum(self.first_pass["n_events"])
+        with tqdm(total=total, desc="streamed pass", unit="ev", unit_scale=True,
+                  disable=not self.setup.progress, leave=False) as bar:
+            for item in prefetched(on_device(), self.prefetch_depth,
+                                   f"{self.kernel.cfg.name}: prefetch"):
+                yield item
+                bar.update(item[1])
 
     def map_reduce(self, name: str, args: tuple):
         return sum_over(name, self.kernel, args, (chunk for _, _, chunk in self._chunks()))
@@ -75,3 +168,31 @@ class StreamedExecutor(ChunkedExecutor):
     def cutflow_parts(self, params: dict):
         for g, n, chunk in self._chunks():
             yield g, jit_cutflow(self.kernel, params, chunk)[..., :n]
+
+
+def _leaves(tree):
+    if isinstance(tree, dict):
+        for v in tree.values():
+            yield from _leaves(v)
+    else:
+        yield tree
+
+
+def _encode_key(key):
+    return [_encode_key(k) for k in key] if isinstance(key, tuple) else key
+
+
+def _decode_key(key):
+    return tuple(_decode_key(k) for k in key) if isinstance(key, list) else key
+
+
+def _encode_layout(layout: ChunkLayout) -> dict:
+    """A layout as JSON (its axes are tuples)."""
+    return {"capacity": [[_encode_key(k), v] for k, v in layout.capacity.items()],
+            "runs": [[_encode_key(k), v] for k, v in layout.runs.items()],
+            "slots": layout.slots}
+
+
+def _decode_layout(data: dict) -> ChunkLayout:
+    return ChunkLayout({_decode_key(k): v for k, v in data["capacity"]},
+                       {_decode_key(k): v for k, v in data["runs"]}, data["slots"])

@@ -76,7 +76,7 @@ def fit_histograms(
     *,
     data: str = "pseudodata",
     n_total: dict[str, int] | None = None,
-    echo=print,
+    echo=None,
 ) -> dict:
     """Build the model from histograms, fit it and write ``workspace.json``, ``pulls.png`` and
     ``fit.json`` (last) into ``out`` (default ``runs/<name>-fit-<timestamp>``).
@@ -99,6 +99,7 @@ def fit_histograms(
     pulls_plot(result, out_dir / "pulls.png")
     fit_json = result.to_json()
     report.write_json(out_dir / "fit.json", fit_json)
-    echo(summary(result))
-    echo(f"wrote {out_dir}/fit.json, workspace.json, pulls.png")
+    if echo is not None:  # e.g. print: the command line's
+        echo(summary(result))
+        echo(f"wrote {out_dir}/fit.json, workspace.json, pulls.png")
     return fit_json

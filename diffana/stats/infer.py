@@ -43,6 +43,7 @@ __all__ = [
     "discovery_significance",
     "expected_cls",
     "fit",
+    "fit_in_box",
     "poi_uncertainty",
     "profile_likelihood_ratio",
     "safe_sqrt",
@@ -86,7 +87,7 @@ def _fixed_mask(model: Model, fixed: dict[int, float] | None) -> np.ndarray:
     return mask
 
 
-def _projected_newton(objective, x0, lower, upper, tolerance, max_iterations):
+def _projected_newton(objective, x0, lower, upper, tolerance, max_iterations, noise=1e-13):
     """Minimise ``objective`` in the box ``[lower, upper]`` by damped projected Newton.
 
     Each iteration computes the active set (parameters on a bound with the gradient pushing
@@ -94,7 +95,8 @@ def _projected_newton(objective, x0, lower, upper, tolerance, max_iterations):
     ``x + d`` back into the box. A step is accepted when it does not raise the objective
     beyond its round-off (``1e-13 * max(1, |f|)``); otherwise the
     Levenberg-Marquardt damping ``lam`` grows tenfold, which turns the step into a short,
-    scaled gradient step that the projection cannot spoil. Accepted steps shrink ``lam``
+    scaled gradient step that the projection cannot spoil (``noise``: the relative round-off
+    allowed). Accepted steps shrink ``lam``
     tenfold, so the iteration ends in pure Newton steps with quadratic convergence.
 
     The loop stops right after the gradient and Hessian were refreshed, when the scaled
@@ -112,8 +114,8 @@ def _projected_newton(objective, x0, lower, upper, tolerance, max_iterations):
         hessian, g = jax.jacfwd(lambda y: (gradient(y), gradient(y)), has_aux=True)(x)
         return g, hessian
 
-    def active_set(x, g):
-        return ((x <= lower) & (g > 0.0)) | ((x >= upper) & (g < 0.0))
+    def active_set(x, g):  # a parameter whose box is a point is always held
+        return ((x <= lower) & (g > 0.0)) | ((x >= upper) & (g < 0.0)) | (lower >= upper)
 
     def scaled_gradient(x, g, hessian):
         scale = jnp.sqrt(jnp.maximum(jnp.abs(jnp.diag(hessian)), tiny))
@@ -152,8 +154,8 @@ def _projected_newton(objective, x0, lower, upper, tolerance, max_iterations):
         f_new = objective(x_new)
         # Close to the minimum, the change of f drowns in its round-off; a step that does not
         # raise f beyond that is taken (Newton steps there only shrink the gradient).
-        noise = 1e-13 * jnp.maximum(1.0, jnp.abs(f))
-        accept = ~stop & jnp.isfinite(f_new) & (f_new <= f + noise)
+        allowed = noise * jnp.maximum(1.0, jnp.abs(f))
+        accept = ~stop & jnp.isfinite(f_new) & (f_new <= f + allowed)
         return dict(
             x=jnp.where(accept, x_new, x),
             f=jnp.where(accept, f_new, f),
@@ -275,6 +277,56 @@ def fit(
         converged=pgrad <= 1e3 * tolerance,
         n_iter=n_iter.astype(jnp.int32),
     )
+
+
+def fit_in_box(
+    model: Model,
+    data: jax.Array,
+    templates: Templates,
+    init: jax.Array,
+    lower: jax.Array,
+    upper: jax.Array,
+    *,
+    tolerance: float = TOLERANCE,
+    max_iterations: int = MAX_ITERATIONS,
+) -> tuple[FitResult, jax.Array]:
+    """Maximum-likelihood fit of all parameters in a box that may be traced (and batched).
+
+    The same projected Newton as :func:`fit`, over every parameter, with the bounds as
+    arguments: a parameter is held at a value ``v`` by the box ``[v, v]`` (pyhf's fixed
+    parameters too), so one compiled function serves free fits, fits at a fixed POI, impact
+    fits and scans, and ``jax.vmap`` batches them. It is *not* differentiated implicitly
+    (use :func:`fit` inside objectives).
+
+    A step may raise ``-2 ln L`` by its round-off, ``1e-11`` relative (a sum of large
+    Poisson terms loses more digits than :func:`fit` allows for), and the fit counts as
+    converged when every free parameter's gradient is below ``1e-6`` of its uncertainty.
+
+    Args:
+        model: The statistical model.
+        data: Main data followed by auxiliary data, shape ``(n_bins + n_aux,)``.
+        templates: The numbers of the spec.
+        init: Starting values, shape ``(n_pars,)`` (clipped into the box).
+        lower: Lower bounds, shape ``(n_pars,)``.
+        upper: Upper bounds, shape ``(n_pars,)``.
+        tolerance: As in :func:`fit`.
+        max_iterations: As in :func:`fit`.
+
+    Returns:
+        ``(result, hessian)``: the :class:`FitResult` and the Hessian of ``-2 ln L`` with
+        respect to all parameters at the best fit, shape ``(n_pars, n_pars)``.
+    """
+    data = jnp.asarray(data, dtype=jnp.float64)
+
+    def twice_nll(x):
+        return -2.0 * model.logpdf(x, data, templates)
+
+    x, f, hessian, _, n_iter, pgrad = _projected_newton(
+        twice_nll, jnp.asarray(init, dtype=jnp.float64), jnp.asarray(lower, dtype=jnp.float64),
+        jnp.asarray(upper, dtype=jnp.float64), tolerance, max_iterations, noise=1e-11)
+    result = FitResult(bestfit=x, twice_nll=f, converged=pgrad <= 1e-6,
+                       n_iter=n_iter.astype(jnp.int32))
+    return result, hessian
 
 
 def asimov_pars(model: Model, poi_value: float | jax.Array) -> jax.Array:

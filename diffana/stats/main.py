@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffana.stats.densities import poisson_logpdf
-from diffana.stats.modifiers import MODIFIERS, ModifierType
+from diffana.stats.modifiers import MODIFIERS, ModifierType, interpolation
 from diffana.stats.structure import Structure
 
 __all__ = ["MainModel"]
@@ -92,6 +92,7 @@ class MainModel:
             if not sites or kind.effect == "scale":
                 continue
             names = [(site.channel, site.sample, site.name) for site, _, _ in sites]
+            kind = kind._replace(apply=interpolation(m_type, structure.modifier_settings))
             if kind.effect == "factor":
                 first_factor[m_type] = n_values
                 n_values += len(sites)

@@ -57,7 +57,7 @@ Templates = dict[str, dict[str, dict[str, Any]]]
 
 _FROM_STRUCTURE = ("pyhf_model", "spec", "par_names", "poi_index", "suggested_init",
                    "suggested_bounds", "suggested_fixed", "channels", "samples", "channel_nbins",
-                   "n_bins", "n_pars", "n_aux")
+                   "n_bins", "n_pars", "n_aux", "modifier_settings")
 
 
 class Model:
@@ -81,6 +81,10 @@ class Model:
             used, with its POI and parameter configuration).
         poi_name: Name of the parameter of interest. Defaults to the measurement's POI for a
             workspace and to ``"mu"`` for a model spec.
+        modifier_settings: pyhf's ``modifier_settings``, the interpolation codes
+            (:func:`~diffana.stats.modifiers.modifier_settings` makes them); ``None``: pyhf's
+            defaults, ``code4`` for normsys and ``code4p`` for histosys.
+        measurement: For a workspace spec, the measurement to use (default: the first).
 
     Attributes:
         pyhf_model: The ``pyhf.Model`` (NumPy backend) the structure was read from.
@@ -96,10 +100,13 @@ class Model:
         n_bins: Total number of bins (length of the main data).
         n_pars: Number of scalar parameters.
         n_aux: Length of the auxiliary data.
+        modifier_settings: The interpolation codes the model uses (pyhf's
+            ``modifier_settings``).
     """
 
-    def __init__(self, spec: dict, poi_name: str | None = None):
-        structure = Structure(spec, poi_name)
+    def __init__(self, spec: dict, poi_name: str | None = None,
+                 modifier_settings: dict | None = None, measurement: str | None = None):
+        structure = Structure(spec, poi_name, modifier_settings, measurement)
         for name in _FROM_STRUCTURE:  # the attributes documented above
             setattr(self, name, getattr(structure, name))
         self._main = MainModel(structure)

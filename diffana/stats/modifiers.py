@@ -14,9 +14,12 @@ A record (:class:`ModifierType`) says everything the likelihood needs to know ab
 
 The main term (:mod:`~diffana.stats.main`), the constraint term
 (:mod:`~diffana.stats.constraint`) and the templates of :class:`~diffana.stats.Model` read
-only this table, so a new modifier type is one record here. The interpolations are pyhf's
-defaults: ``code4`` for normsys (:func:`normsys_code4`), ``code4p`` for histosys
-(:func:`histosys_code4p`).
+only this table, so a new modifier type is one record here. The interpolations are pyhf's:
+by default ``code4`` for normsys (:func:`normsys_code4`) and ``code4p`` for histosys
+(:func:`histosys_code4p`); ``code1`` (:func:`normsys_code1`, piecewise exponential) and
+``code0`` (:func:`histosys_code0`, piecewise linear) on request, as pyhf's
+``modifier_settings`` (:func:`modifier_settings` builds them, :func:`interpolation` picks the
+function).
 
 Example:
     >>> import jax.numpy as jnp
@@ -43,7 +46,11 @@ __all__ = [
     "ConstraintScales",
     "ModifierType",
     "Site",
+    "histosys_code0",
     "histosys_code4p",
+    "interpolation",
+    "modifier_settings",
+    "normsys_code1",
     "normsys_code4",
 ]
 
@@ -123,6 +130,42 @@ def histosys_code4p(
     )
 
 
+def normsys_code1(alpha: jax.Array, hi: jax.Array, lo: jax.Array) -> jax.Array:
+    """Multiplicative normsys factor with pyhf's ``code1`` (piecewise exponential) interpolation.
+
+    ``hi**alpha`` for ``alpha > 0`` and ``lo**(-alpha)`` otherwise (pyhf's ``code1`` with a
+    nominal of 1).
+
+    Args:
+        alpha: Nuisance-parameter values (broadcast against ``hi`` and ``lo``).
+        hi: Factor at ``alpha = +1`` (must be > 0).
+        lo: Factor at ``alpha = -1`` (must be > 0).
+
+    Returns:
+        The factor, with the broadcast shape of the inputs.
+    """
+    return jnp.exp(jnp.abs(alpha) * jnp.where(alpha > 0.0, jnp.log(hi), jnp.log(lo)))
+
+
+def histosys_code0(
+    alpha: jax.Array, lo: jax.Array, nominal: jax.Array, hi: jax.Array
+) -> jax.Array:
+    """Additive histosys shift with pyhf's ``code0`` (piecewise linear) interpolation.
+
+    ``alpha * (hi - nominal)`` for ``alpha > 0``, ``alpha * (nominal - lo)`` otherwise.
+
+    Args:
+        alpha: Nuisance-parameter values, one per bin.
+        lo: Template at ``alpha = -1``.
+        nominal: Nominal template.
+        hi: Template at ``alpha = +1``.
+
+    Returns:
+        The shift to add to the nominal yields.
+    """
+    return jnp.where(alpha > 0.0, alpha * (hi - nominal), alpha * (nominal - lo))
+
+
 class Site(NamedTuple):
     """One modifier on one sample: the bins it acts on and where its parameters are.
 
@@ -167,7 +210,9 @@ class ModifierType(NamedTuple):
         constrain: ``constrain(scales, pars, nominal, uncertainty)``: the
             :class:`ConstraintScales` with those numbers set, from the nominal yields and
             the uncertainties of all its sites' bins (``pars``: their parameters).
-        settings: pyhf's ``modifier_settings`` entry for the type.
+        settings: pyhf's ``modifier_settings`` entry for the type (the default code).
+        interpolations: For ``"factor"`` and ``"shift"`` types, ``apply`` per pyhf
+            interpolation code (``"code1"``: ...); ``apply`` is the default code's.
     """
 
     effect: str
@@ -178,6 +223,7 @@ class ModifierType(NamedTuple):
     templated: str | None = None
     constrain: Callable[..., ConstraintScales] | None = None
     settings: dict | None = None
+    interpolations: dict[str, Callable] | None = None
 
 
 # --- parameters per bin -----------------------------------------------------------------------
@@ -221,20 +267,29 @@ def _write_array(leaf: Any, floats: Callable) -> Any:
 # --- interpolations ---------------------------------------------------------------------------
 
 
-def _normsys_factors(alpha: jax.Array, sites: list[tuple[dict, str]]) -> jax.Array:
+def _normsys_factors(alpha: jax.Array, sites: list[tuple[dict, str]],
+                     code: Callable = normsys_code4) -> jax.Array:
     hi = jnp.stack([f64(leaves["normsys"][name]["hi"]) for leaves, name in sites])
     lo = jnp.stack([f64(leaves["normsys"][name]["lo"]) for leaves, name in sites])
-    return normsys_code4(alpha, hi, lo)
+    return code(alpha, hi, lo)
 
 
-def _histosys_shift(alpha: jax.Array, sites: list[tuple[dict, str]]) -> jax.Array:
+def _histosys_shift(alpha: jax.Array, sites: list[tuple[dict, str]],
+                    code: Callable = histosys_code4p) -> jax.Array:
     his, los, noms = [], [], []
     for leaves, name in sites:
         his.append(leaves["histosys"][name]["hi_data"])
         los.append(leaves["histosys"][name]["lo_data"])
         noms.append(leaves["data"])
-    return histosys_code4p(alpha, jnp.concatenate(los), jnp.concatenate(noms),
-                           jnp.concatenate(his))
+    return code(alpha, jnp.concatenate(los), jnp.concatenate(noms), jnp.concatenate(his))
+
+
+def _normsys_factors_code1(alpha: jax.Array, sites: list[tuple[dict, str]]) -> jax.Array:
+    return _normsys_factors(alpha, sites, normsys_code1)
+
+
+def _histosys_shift_code0(alpha: jax.Array, sites: list[tuple[dict, str]]) -> jax.Array:
+    return _histosys_shift(alpha, sites, histosys_code0)
 
 
 # --- constraints from the templates ------------------------------------------------------------
@@ -270,9 +325,13 @@ def _shapesys_tau(scales: ConstraintScales, index: np.ndarray, nominal: jax.Arra
 MODIFIERS: dict[str, ModifierType] = {
     "normfactor": ModifierType("scale", _one_par),
     "normsys": ModifierType("factor", _one_par, _read_normsys, _write_normsys,
-                            apply=_normsys_factors, settings={"interpcode": "code4"}),
+                            apply=_normsys_factors, settings={"interpcode": "code4"},
+                            interpolations={"code1": _normsys_factors_code1,
+                                            "code4": _normsys_factors}),
     "histosys": ModifierType("shift", _one_par, _read_histosys, _write_histosys,
-                             apply=_histosys_shift, settings={"interpcode": "code4p"}),
+                             apply=_histosys_shift, settings={"interpcode": "code4p"},
+                             interpolations={"code0": _histosys_shift_code0,
+                                             "code4p": _histosys_shift}),
     "staterror": ModifierType("scale", _par_per_covered_bin, f64, _write_array,
                               templated="sigma", constrain=_staterror_widths),
     "shapesys": ModifierType("scale", _par_per_bin, f64, _write_array,
@@ -284,3 +343,49 @@ MODIFIERS: dict[str, ModifierType] = {
 #: pyhf's ``modifier_settings`` for every type that has some (the interpolation codes).
 DEFAULT_MODIFIER_SETTINGS = {name: kind.settings for name, kind in MODIFIERS.items()
                              if kind.settings is not None}
+
+
+def modifier_settings(codes: dict[str, str] | None = None) -> dict:
+    """pyhf's ``modifier_settings``: the default codes with ``codes`` (``{type: code}``) over them.
+
+    Args:
+        codes: Interpolation code per modifier type, for example ``{"normsys": "code1"}``.
+
+    Returns:
+        ``{type: {"interpcode": code}}`` for every type with an interpolation.
+
+    Raises:
+        ValueError: a type without interpolation codes, or a code diffana does not have.
+
+    Example:
+        >>> modifier_settings({"normsys": "code1"})["normsys"]
+        {'interpcode': 'code1'}
+    """
+    settings = {name: dict(kind) for name, kind in DEFAULT_MODIFIER_SETTINGS.items()}
+    for m_type, code in (codes or {}).items():
+        known = MODIFIERS[m_type].interpolations if m_type in MODIFIERS else None
+        if not known:
+            raise ValueError(f"interpolation: modifier type {m_type!r} has no interpolation "
+                             f"codes (types with codes: {', '.join(DEFAULT_MODIFIER_SETTINGS)})")
+        if code not in known:
+            raise ValueError(f"interpolation: {m_type} {code!r} is not supported "
+                             f"(supported: {', '.join(known)})")
+        settings[m_type] = {"interpcode": code}
+    return settings
+
+
+def interpolation(m_type: str, settings: dict | None) -> Callable | None:
+    """The ``apply`` function of ``m_type`` for the interpolation code in ``settings``.
+
+    Args:
+        m_type: A modifier type of :data:`MODIFIERS`.
+        settings: pyhf ``modifier_settings`` (``None``: the defaults).
+
+    Returns:
+        The type's ``apply`` for that code (its default ``apply`` when ``settings`` names none).
+    """
+    kind = MODIFIERS[m_type]
+    code = (settings or {}).get(m_type, {}).get("interpcode")
+    if code is None or kind.interpolations is None:
+        return kind.apply
+    return kind.interpolations[code]

@@ -36,6 +36,9 @@ class Structure:
         spec: A pyhf model spec or workspace spec (the first measurement is used).
         poi_name: Name of the parameter of interest; defaults to the measurement's POI for a
             workspace and to ``"mu"`` for a model spec.
+        modifier_settings: pyhf's ``modifier_settings`` (the interpolation codes, see
+            :func:`~diffana.stats.modifiers.modifier_settings`); ``None``: the defaults.
+        measurement: For a workspace, the name of the measurement to use (default: the first).
 
     Raises:
         ValueError: a modifier type is not in :data:`~diffana.stats.modifiers.MODIFIERS`.
@@ -44,11 +47,13 @@ class Structure:
         spec, pyhf_model, par_names, poi_index, suggested_init, suggested_bounds,
         suggested_fixed, channels, samples, channel_nbins, n_bins, n_pars, n_aux: as
         :class:`~diffana.stats.Model` documents them.
+        modifier_settings: The ``modifier_settings`` the model was built with.
         offsets: The first bin of each channel among all bins.
         user_parameters: The spec's ``"parameters"`` entries by name (user configuration).
     """
 
-    def __init__(self, spec: dict, poi_name: str | None = None):
+    def __init__(self, spec: dict, poi_name: str | None = None,
+                 modifier_settings: dict | None = None, measurement: str | None = None):
         self.spec = copy.deepcopy(spec)
         for channel in spec["channels"]:
             for sample in channel["samples"]:
@@ -59,9 +64,12 @@ class Structure:
                             f"type {modifier['type']!r} is not supported "
                             f"(supported: {', '.join(MODIFIERS)})"
                         )
-        settings = {"modifier_settings": DEFAULT_MODIFIER_SETTINGS, "validate": True}
+        self.modifier_settings = copy.deepcopy(modifier_settings or DEFAULT_MODIFIER_SETTINGS)
+        settings = {"modifier_settings": self.modifier_settings, "validate": True}
         if "measurements" in spec:
             workspace = pyhf.Workspace(spec)
+            if measurement is not None:
+                settings["measurement_name"] = measurement
             if poi_name is not None:
                 settings["poi_name"] = poi_name
             self.pyhf_model = workspace.model(**settings)

@@ -1,0 +1,210 @@
+"""``diffana infer``'s statistics against pyhf on the AGC workspace, in one process.
+
+Times, after compilation (diffana: one compiled box fit; pyhf's JAX backend: its own jit),
+the medians of ``--repeat`` calls of:
+
+- ``fit``: the free maximum-likelihood fit (pyhf ``infer.mle.fit``),
+- ``cls_band``: ``CLs`` at ``POI = 1`` with the expected band (pyhf ``infer.hypotest(...,
+  return_expected_set=True)``; diffana: free fit, background-only fit, two fits at ``POI = 1``),
+- ``upper_limit``: observed and five expected limits (pyhf ``upper_limit(scan=None)``,
+  toms748; diffana: the Newton iteration of ``stats.hypotest.upper_limits``),
+- ``ranking``: the impacts of every nuisance parameter, 4 fits each (cabinetry's loop on
+  pyhf; pyhf's time is measured on ``--ranking-subset`` parameters and scaled to all),
+- ``scan``: ``--scan-points`` fits with the POI held (both started at the best fit),
+
+and diffana's compilation (``compile_s``: the first call of everything on a fresh model).
+pyhf uses scipy's SLSQP (its default optimiser). Prints JSON with ``ratio`` = pyhf's faster
+backend / diffana per item:
+
+    python benchmarks/inference.py --json benchmarks/results/inference_cpu.json
+    python benchmarks/inference.py --backends jax --repeat 3       # skip pyhf's NumPy backend
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKSPACE = ROOT / "tests" / "data" / "agc_workspace.json"
+
+
+def _median_time(function, repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def diffana_times(workspace: dict, repeat: int, scan_points: int) -> tuple[dict, dict]:
+    """diffana's times per item and the numbers they produced."""
+    import jax
+
+    from diffana.stats import Model
+    from diffana.stats import hypotest as ht
+
+    start = time.perf_counter()
+    model = Model(workspace)
+    fits = ht.Fits(model, model.templates())
+    import pyhf
+
+    data = np.asarray(pyhf.Workspace(workspace).data(model.pyhf_model), dtype=np.float64)
+    poi = model.poi_index
+
+    def fit():
+        return fits.run(data, fits.init, fits.lower, fits.upper)
+
+    def errors(free):
+        index = fits.free
+        variance = np.diag(2.0 * np.linalg.inv(free.hessian[0][np.ix_(index, index)]))
+        out = np.zeros(model.n_pars)
+        out[index] = np.sqrt(np.abs(variance))
+        return out
+
+    def cls_band():
+        return ht.hypotest(fits, data, 1.0, ht.reference(fits, data, fit()))
+
+    def upper_limit():
+        return ht.upper_limits(fits, data, 0.05, ht.reference(fits, data, fit()))
+
+    def ranking():
+        free = fit()
+        return ht.impacts(fits, data, free, errors(free))
+
+    free = fit()
+    grid = np.linspace(free.bestfit[0, poi] - 2 * errors(free)[poi],
+                       free.bestfit[0, poi] + 2 * errors(free)[poi], scan_points)
+
+    def scan():
+        return fits.fixed_poi(data, grid, init=free.bestfit[0])
+
+    items = {"fit": fit, "cls_band": cls_band, "upper_limit": upper_limit,
+             "ranking": ranking, "scan": scan}
+    results = {name: function() for name, function in items.items()}  # compiles
+    jax.block_until_ready(jax.numpy.zeros(1))
+    compile_s = time.perf_counter() - start
+    times = {name: _median_time(function, repeat) for name, function in items.items()}
+    times["compile_s"] = compile_s
+    numbers = {"poi_hat": float(results["fit"].bestfit[0, poi]),
+               "cls_observed": results["cls_band"].cls_observed,
+               "cls_expected": results["cls_band"].cls_expected.tolist(),
+               "limit_observed": results["upper_limit"][0],
+               "limit_expected": results["upper_limit"][1].tolist(),
+               "n_ranking_fits": int(np.count_nonzero(results["ranking"][0])),
+               "scan_points": scan_points}
+    return times, numbers
+
+
+def pyhf_times(workspace: dict, backend: str, repeat: int, scan_points: int,
+               ranking_subset: int) -> tuple[dict, dict]:
+    """pyhf's times per item (scipy optimiser) and its numbers."""
+    import pyhf
+
+    pyhf.set_backend(backend, "scipy")
+    ws = pyhf.Workspace(workspace)
+    model = ws.model()
+    data = ws.data(model)
+    tensor = pyhf.tensorlib
+    poi = model.config.poi_index
+    fixed = model.config.suggested_fixed()
+    init = model.config.suggested_init()
+
+    def fit():
+        return pyhf.infer.mle.fit(data, model)
+
+    def cls_band():
+        return pyhf.infer.hypotest(1.0, data, model, test_stat="qtilde",
+                                   return_expected_set=True)
+
+    def upper_limit():
+        return pyhf.infer.intervals.upper_limits.upper_limit(data, model, scan=None)
+
+    bestfit = np.asarray(tensor.tolist(fit()))
+    prefit = np.asarray(
+        [w for name in model.config.par_order for w in (
+            model.config.param_set(name).width() if model.config.param_set(name).constrained
+            else [0.0] * model.config.param_set(name).n_parameters)])
+    nuisances = [i for i in range(model.config.npars) if i != poi and not fixed[i]]
+    subset = nuisances[:ranking_subset]
+
+    def ranking():  # cabinetry.fit.ranking's loop; half the pre-fit widths stand in for post-fit
+        fit()
+        for i in subset:
+            for value in (bestfit[i] + prefit[i], bestfit[i] - prefit[i],
+                          bestfit[i] + 0.5 * prefit[i], bestfit[i] - 0.5 * prefit[i]):
+                pars = list(init)
+                pars[i] = float(value)
+                held = list(fixed)
+                held[i] = True
+                pyhf.infer.mle.fit(data, model, init_pars=pars, fixed_params=held)
+
+    grid = np.linspace(bestfit[poi] - 0.2, bestfit[poi] + 0.2, scan_points)
+
+    def scan():
+        for value in grid:
+            pyhf.infer.mle.fixed_poi_fit(float(value), data, model, init_pars=bestfit.tolist())
+
+    items = {"fit": fit, "cls_band": cls_band, "upper_limit": upper_limit,
+             "ranking": ranking, "scan": scan}
+    numbers = {}
+    times = {}
+    for name, function in items.items():
+        out = function()  # the JAX backend compiles here
+        if name == "cls_band":
+            numbers["cls_observed"] = float(out[0])
+            numbers["cls_expected"] = [float(x) for x in out[1]]
+        if name == "upper_limit":
+            numbers["limit_observed"] = float(out[0])
+            numbers["limit_expected"] = [float(x) for x in out[1]]
+        times[name] = _median_time(function, repeat)
+    times["ranking"] *= len(nuisances) / max(len(subset), 1)  # scaled to every parameter
+    numbers["ranking_measured_parameters"] = len(subset)
+    numbers["ranking_parameters"] = len(nuisances)
+    pyhf.set_backend("numpy")
+    return times, numbers
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--workspace", type=Path, default=WORKSPACE)
+    ap.add_argument("--backends", nargs="+", default=["numpy", "jax"])
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--pyhf-repeat", type=int, default=1)
+    ap.add_argument("--scan-points", type=int, default=11)
+    ap.add_argument("--ranking-subset", type=int, default=4)
+    ap.add_argument("--json", type=Path, help="also write the JSON here")
+    args = ap.parse_args(argv)
+
+    import jax
+
+    workspace = json.loads(args.workspace.read_text())
+    ours, our_numbers = diffana_times(workspace, args.repeat, args.scan_points)
+    out = {"workspace": str(args.workspace.relative_to(ROOT)
+                            if args.workspace.is_relative_to(ROOT) else args.workspace),
+           "device": f"{jax.default_backend()} ({jax.devices()[0].device_kind})",
+           "diffana": {"seconds": ours, "numbers": our_numbers}, "pyhf": {}}
+    for backend in args.backends:
+        times, numbers = pyhf_times(workspace, backend, args.pyhf_repeat, args.scan_points,
+                                    args.ranking_subset)
+        out["pyhf"][backend] = {"seconds": times, "numbers": numbers}
+    items = ["fit", "cls_band", "upper_limit", "ranking", "scan"]
+    out["ratio_vs_faster_pyhf"] = {
+        item: min(out["pyhf"][b]["seconds"][item] for b in args.backends) / ours[item]
+        for item in items} if args.backends else {}
+    text = json.dumps(out, indent=2)
+    print(text)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(text + "\n")
+    return out
+
+
+if __name__ == "__main__":
+    main()
