@@ -6,8 +6,9 @@ the medians of ``--repeat`` calls of:
 - ``fit``: the free maximum-likelihood fit (pyhf ``infer.mle.fit``),
 - ``cls_band``: ``CLs`` at ``POI = 1`` with the expected band (pyhf ``infer.hypotest(...,
   return_expected_set=True)``; diffana: free fit, background-only fit, two fits at ``POI = 1``),
-- ``upper_limit``: observed and five expected limits (pyhf ``upper_limit(scan=None)``,
-  toms748; diffana: the Newton iteration of ``stats.hypotest.upper_limits``),
+- ``upper_limit``: observed and five expected limits (pyhf ``upper_limit(scan=None)``'s
+  ``toms748_scan``, bracket ``--limit-bounds``; diffana: the Newton iteration of
+  ``stats.hypotest.upper_limits``, which needs no bracket),
 - ``ranking``: the impacts of every nuisance parameter, 4 fits each (cabinetry's loop on
   pyhf; pyhf's time is measured on ``--ranking-subset`` parameters and scaled to all),
 - ``scan``: ``--scan-points`` fits with the POI held (both started at the best fit),
@@ -103,7 +104,7 @@ def diffana_times(workspace: dict, repeat: int, scan_points: int) -> tuple[dict,
 
 
 def pyhf_times(workspace: dict, backend: str, repeat: int, scan_points: int,
-               ranking_subset: int) -> tuple[dict, dict]:
+               ranking_subset: int, limit_bounds: tuple[float, float]) -> tuple[dict, dict]:
     """pyhf's times per item (scipy optimiser) and its numbers."""
     import pyhf
 
@@ -123,8 +124,17 @@ def pyhf_times(workspace: dict, backend: str, repeat: int, scan_points: int,
         return pyhf.infer.hypotest(1.0, data, model, test_stat="qtilde",
                                    return_expected_set=True)
 
-    def upper_limit():
-        return pyhf.infer.intervals.upper_limits.upper_limit(data, model, scan=None)
+    from pyhf.infer.intervals import upper_limits
+
+    def hypotest_floats(*args, **kwargs):  # pyhf 0.7.6's toms748_scan caches by POI value,
+        # which its JAX backend makes an unhashable array: the same numbers as floats
+        observed, band = pyhf.infer.hypotest(*args, **kwargs)
+        return float(observed), [float(x) for x in band]
+
+    upper_limits.hypotest = hypotest_floats
+
+    def upper_limit():  # upper_limit(scan=None) is toms748_scan over the POI's bounds
+        return upper_limits.toms748_scan(data, model, *limit_bounds)
 
     bestfit = np.asarray(tensor.tolist(fit()))
     prefit = np.asarray(
@@ -179,6 +189,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--pyhf-repeat", type=int, default=1)
     ap.add_argument("--scan-points", type=int, default=11)
     ap.add_argument("--ranking-subset", type=int, default=4)
+    ap.add_argument("--limit-bounds", type=float, nargs=2, default=[0.0, 2.0],
+                    help="pyhf's initial toms748 bracket (the AGC POI's bounds [0, 10] make "
+                         "pyhf's fits at 10 return NaN)")
     ap.add_argument("--json", type=Path, help="also write the JSON here")
     args = ap.parse_args(argv)
 
@@ -192,7 +205,7 @@ def main(argv: list[str] | None = None) -> dict:
            "diffana": {"seconds": ours, "numbers": our_numbers}, "pyhf": {}}
     for backend in args.backends:
         times, numbers = pyhf_times(workspace, backend, args.pyhf_repeat, args.scan_points,
-                                    args.ranking_subset)
+                                    args.ranking_subset, tuple(args.limit_bounds))
         out["pyhf"][backend] = {"seconds": times, "numbers": numbers}
     items = ["fit", "cls_band", "upper_limit", "ranking", "scan"]
     out["ratio_vs_faster_pyhf"] = {

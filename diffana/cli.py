@@ -112,8 +112,9 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--files-per-process", type=int, metavar="N",
                      help="with --nanoaod-inputs: the first N files per process were used")
 
-    inf = sub.add_parser("infer", parents=[talk], help="limits with bands, impacts, scans and the significance "
-                         "of a pyhf workspace (inference.json and figures)")
+    inf = sub.add_parser("infer", parents=[talk],
+                         help="limits with bands, impacts, scans and the significance of a "
+                              "pyhf workspace (inference.json and figures)")
     inf.add_argument("workspace", type=Path, help="a pyhf workspace (JSON)")
     inf.add_argument("--out", type=Path, required=True, help="output directory")
     inf.add_argument("--measurement", help="the measurement to use (default: the first)")

@@ -31,11 +31,6 @@ _SQRT_HALF = float(np.sqrt(0.5))
 _INV_SQRT_2PI = float(1.0 / np.sqrt(2.0 * np.pi))
 
 
-# Beyond this many bandwidths from an event, Φ at an edge is 0 or 1 (within 8e-24) and φ is
-# below 8e-23: the event's kernel is evaluated only at the edges within reach (see _window).
-REACH = 10.0
-
-
 def kde_histogram(x, weights, edges, bandwidth, slots=None, num_slots: int = 1,
                   block: int | None = None):
     """Weighted KDE histogram and its sum of squared weights per bin.
@@ -47,8 +42,7 @@ def kde_histogram(x, weights, edges, bandwidth, slots=None, num_slots: int = 1,
         edges: bin edges, shape ``(bins + 1,)``.
         bandwidth: Gaussian kernel width, in the units of ``x``. A number is a constant
             (the derivatives in ``x`` and ``weights`` then come from one rule that evaluates
-            the kernel once, and only at the edges within reach of each event when the edges
-            are known at trace time); an array may be differentiated too.
+            the kernel once); an array may be differentiated too.
         slots: optional per-event index in ``[0, num_slots)`` within its block of ``block``
             consecutive events (default: all events one block): events of several samples
             in one array, histogrammed apart; an index out of range drops the event.
@@ -61,82 +55,31 @@ def kde_histogram(x, weights, edges, bandwidth, slots=None, num_slots: int = 1,
     edges = jnp.asarray(edges)
     if isinstance(bandwidth, numbers.Real):
         return _kde_constant_bandwidth(x, weights, edges, slots, float(bandwidth), num_slots,
-                                       block, _window(edges, float(bandwidth)))
+                                       block)
     return _kde(x, weights, edges, slots, bandwidth, num_slots, block)
-
-
-def _window(edges, bandwidth: float) -> int | None:
-    """How many consecutive edges hold every edge within :data:`REACH` bandwidths of any
-    event (a static bound from the narrowest bin), or ``None`` for all of them: when the
-    edges are traced (differentiated), or when the window would save too little.
-
-    An interval of width ``2·REACH·h`` holds at most ``⌊2·REACH·h / narrowest bin⌋ + 1``
-    edges. The gathers that place each event's window cost about three edges' worth of
-    kernel, so a window must leave out at least a quarter of the edges.
-    """
-    if isinstance(edges, jax.core.Tracer) or not np.isfinite(bandwidth) or bandwidth <= 0.0:
-        return None
-    e = np.asarray(edges, dtype=np.float64)
-    if e.ndim != 1 or len(e) < 2:
-        return None
-    narrowest = float(np.min(np.diff(e)))
-    if not narrowest > 0.0:
-        return None
-    size = int(np.floor(2.0 * REACH * bandwidth / narrowest)) + 1
-    return size if 4 * size <= 3 * len(e) else None
 
 
 def _cdf(x, edges, bandwidth):
     """``(z, Φ(z))`` at each event × edge, ``z = (edge - x) / h``."""
     z = (edges[None, :] - x[:, None]) / bandwidth
-    return z, _phi(z)
-
-
-def _phi(z):
     # Φ(z) = erfc(-z/√2)/2 is accurate in float64 over the whole range, in both tails;
     # jax.scipy.special.ndtr evaluates erf and erfc everywhere and selects (1.5× the cost).
-    return 0.5 * jax.lax.erfc(-_SQRT_HALF * z)
-
-
-def _edge_values(x, edges, bandwidth, window: int | None, density: bool):
-    """``Φ(z)`` (and ``φ(z)`` if ``density``) at each event × edge, ``z = (edge - x) / h``.
-
-    With a ``window`` of ``K`` edges, the kernel is evaluated only at the ``K`` consecutive
-    edges from the first one at or above ``x - REACH·h`` (moved down to fit): the edges
-    below the window have ``z < -REACH`` (Φ, φ below 8e-23: taken as 0), the edges above it
-    ``z > REACH`` (Φ is 1 in float64, φ taken as 0). Inside the window the values are
-    bitwise those of the full evaluation. Hand-written: no library offers a windowed,
-    weighted KDE histogram (``jax.scipy.stats.gaussian_kde`` evaluates densities at points).
-    """
-    if window is None:
-        z, cdf = _cdf(x, edges, bandwidth)
-        return cdf, (_INV_SQRT_2PI * jnp.exp(-0.5 * z * z) if density else None)
-    n_edges = edges.shape[0]
-    # searchsorted by counting: n_edges compares per event, vectorised (the binary search of
-    # jnp.searchsorted's default method is a loop per event on the CPU)
-    lowest = x - REACH * bandwidth
-    starts = jnp.minimum(jnp.sum(edges[None, :] < lowest[:, None], axis=1, dtype=jnp.int32),
-                         n_edges - window)
-    z = (edges[starts[:, None] + jnp.arange(window, dtype=jnp.int32)[None, :]]
-         - x[:, None]) / bandwidth
-    place = jnp.arange(n_edges, dtype=jnp.int32)[None, :] - starts[:, None]
-    inside = (place >= 0) & (place < window)
-    index = jnp.clip(place, 0, window - 1)
-
-    def spread(values, below, above):
-        return jnp.where(inside, jnp.take_along_axis(values, index, axis=1),
-                         jnp.where(place < 0, below, above))
-
-    cdf = spread(_phi(z), 0.0, 1.0)
-    return cdf, (spread(_INV_SQRT_2PI * jnp.exp(-0.5 * z * z), 0.0, 0.0) if density else None)
+    return z, 0.5 * jax.lax.erfc(-_SQRT_HALF * z)
 
 
 def _differences(values):
-    """``values[:, k+1] - values[:, k]`` for each bin, as a product with the ±1 difference
-    matrix: bitwise the subtraction (one rounding, the other terms exact zeros), but XLA
-    (CPU) then evaluates the kernel once into one array and the differences once. With
-    slices it re-evaluates parts of erfc in each consumer (the fractions, their squares,
-    the slopes' products): 1.3-1.4× the KDE's gradient step."""
+    """``values[:, k+1] - values[:, k]`` for each bin ``k``, as a product with the ±1
+    difference matrix: the same numbers as the subtraction (one rounding; the other terms
+    are exact zeros), but XLA then evaluates the kernel once into one array, and each
+    difference once. With slices, XLA (CPU) splits erfc into pieces and finishes it again
+    in each consumer (the fractions, their squares, their products with the slopes): the
+    step is memory-bound, and the reference benchmark's gradient step took three times as
+    long (``benchmarks/README.md``). Evaluating the kernel only at the edges within reach
+    of each event (Φ rounds to 1 beyond ~8.3 bandwidths above it and is below 1e-19 beyond
+    9 below it), with the window's values gathered or selected into place, measured slower
+    on the CPU: the index work costs more than the erfc it saves, once erfc is evaluated
+    once. No library does this: it works around how XLA fuses, for this estimator.
+    """
     n_edges = values.shape[1]
     d = np.zeros((n_edges, n_edges - 1))
     d[np.arange(n_edges - 1), np.arange(n_edges - 1)] = -1.0
@@ -162,20 +105,20 @@ def _sums(weights, frac, slots, num_slots: int, block: int | None):
     return jnp.matmul(ws, f).reshape(shape)
 
 
-def _kde(x, weights, edges, slots, bandwidth, num_slots, block, window=None):
-    cdf, _ = _edge_values(x, edges, bandwidth, window, density=False)
+def _kde(x, weights, edges, slots, bandwidth, num_slots, block):
+    _, cdf = _cdf(x, edges, bandwidth)
     frac = _differences(cdf)
     return (_sums(weights, frac, slots, num_slots, block),
             _sums(weights * weights, frac * frac, slots, num_slots, block))
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(4, 5, 6, 7))
-def _kde_constant_bandwidth(x, weights, edges, slots, bandwidth, num_slots, block, window):
-    return _kde(x, weights, edges, slots, bandwidth, num_slots, block, window)
+@functools.partial(jax.custom_jvp, nondiff_argnums=(4, 5, 6))
+def _kde_constant_bandwidth(x, weights, edges, slots, bandwidth, num_slots, block):
+    return _kde(x, weights, edges, slots, bandwidth, num_slots, block)
 
 
 @_kde_constant_bandwidth.defjvp
-def _kde_constant_bandwidth_jvp(bandwidth, num_slots, block, window, primals, tangents):
+def _kde_constant_bandwidth_jvp(bandwidth, num_slots, block, primals, tangents):
     """The histogram's derivative written out: ``∂p_k/∂x = -(φ(z_{k+1}) - φ(z_k)) / h``.
 
     Autodiff through the kernel would carry every tangent through the events × edges
@@ -187,7 +130,8 @@ def _kde_constant_bandwidth_jvp(bandwidth, num_slots, block, window, primals, ta
     """
     x, weights, edges, slots = primals
     dx, dweights = tangents[:2]
-    cdf, pdf = _edge_values(x, edges, bandwidth, window, density=True)
+    z, cdf = _cdf(x, edges, bandwidth)
+    pdf = _INV_SQRT_2PI * jnp.exp(-0.5 * z * z)
     frac = _differences(cdf)
     slope = _differences(pdf) / -bandwidth  # ∂frac/∂x
     w2 = weights * weights

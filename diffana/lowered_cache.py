@@ -13,8 +13,8 @@ folders). The key is a SHA-256 of everything that shapes the chunks:
 * each input file's identity (resolved path, size, modification time, ROOT file UUID, tree,
   entries; :func:`diffana.io.identity`): a file touched or replaced is another key, so a
   stale entry is never read;
-* the configuration, less the keys that only act after lowering (parameters, regions,
-  model, objective, optimiser, where and how the chunks run);
+* the configuration, less the keys that only act after lowering (model, objective,
+  optimiser, where and how the chunks run);
 * the source of the modules that read and lower (and of every registered observable kind,
   whose ``prepare`` runs in lowering) and the format version.
 
@@ -23,9 +23,10 @@ An entry is written under a temporary name of its own and renamed into place com
 the same entry keep the first. The size is bounded by ``$DIFFANA_LOWERED_CACHE_GB`` (default
 20 GB, and never more than half the file system's free space): before an entry is written,
 the entries used longest ago (each pass touches its entry's ``used`` file) are removed until
-it fits, under the cache's lock (:func:`diffana.locks.exclusive`); an entry used in the last
-minute is never removed, and an entry that cannot fit is not written (the run then reads the
-files on every pass, as without the cache). Removing ``$DIFFANA_CACHE/lowered`` is always safe
+it fits, under the cache's lock (:func:`diffana.locks.exclusive`), and so are the partial
+entries of writers that were killed; an entry used in the last minute is never removed, and
+an entry that cannot fit is not written (the run then reads the files on every pass, as
+without the cache). Removing ``$DIFFANA_CACHE/lowered`` is always safe
 between runs.
 """
 
@@ -49,10 +50,11 @@ FORMAT = 1
 ALIGN = 64
 DEFAULT_LIMIT_GB = 20.0
 IN_USE_S = 60.0  # an entry used this recently is never evicted
-#: configuration keys that act after lowering: they do not change the chunks
-AFTER_LOWERING = ("name", "description", "parameters", "regions", "model", "objective",
-                  "optimiser", "gradient", "streaming", "memory_limit", "prefetch",
-                  "lowered_cache", "device", "executor", "engine", "step_size", "com_energy")
+#: configuration keys that act after lowering: they do not change the chunks (parameters and
+#: regions are kept in the key: a cut at a fixed value is applied in lowering)
+AFTER_LOWERING = ("name", "description", "model", "objective", "optimiser", "gradient",
+                  "streaming", "memory_limit", "prefetch", "lowered_cache", "device",
+                  "executor", "engine", "step_size", "com_energy")
 #: modules whose code shapes the lowered chunks
 LOWERING_MODULES = ("diffana.io", "diffana.checks", "diffana.events", "diffana.ragged",
                     "diffana.plan", "diffana.chunks", "diffana.observe", "diffana.select")
@@ -101,12 +103,15 @@ def _leaves(tree: dict, path: tuple = ()):
 
 
 def _skeleton(v, leaves: dict, path: tuple):
+    """The nested dicts of ``v`` (empty ones too), each array replaced by its number in
+    ``leaves`` (``{key path: number}``)."""
     if isinstance(v, dict):
         return {k: _skeleton(w, leaves, (*path, k)) for k, w in v.items()}
     return leaves[path]
 
 
 def _fill(skeleton: dict, arrays: list) -> dict:
+    """The nested dicts of a skeleton with its arrays in place."""
     return {k: _fill(v, arrays) if isinstance(v, dict) else arrays[v] for k, v in skeleton.items()}
 
 
@@ -120,13 +125,14 @@ class LoweredCache:
     def __init__(self, root: Path, key: str):
         self.root, self.key = Path(root), key
         self.path = self.root / key
-        self.manifest = self._manifest()
+        self.manifest = self.read_manifest()
 
     @property
     def complete(self) -> bool:
         return self.manifest is not None
 
-    def _manifest(self) -> dict | None:
+    def read_manifest(self) -> dict | None:
+        """The entry's manifest if the entry is complete (None otherwise)."""
         try:
             manifest = json.loads((self.path / "manifest.json").read_text())
         except (OSError, ValueError):
@@ -135,7 +141,8 @@ class LoweredCache:
 
     @property
     def first_pass(self) -> dict | None:
-        """What the first pass found, stored with the entry (``n_events``, ``sizes``)."""
+        """What the first pass found, stored with the entry (events per set, chunks, chunk
+        bytes, the chunk layout)."""
         return self.manifest["first_pass"] if self.complete else None
 
     def touch(self) -> None:
@@ -209,8 +216,9 @@ class EntryWriter:
         _touch(self.tmp / "used")
         try:
             os.rename(self.tmp, self.entry.path)
-        except OSError:  # written meanwhile by another run: keep theirs
+        except OSError:  # written meanwhile by another run: keep theirs (the same chunks)
             self.abandon()
+            self.entry.manifest = self.entry.read_manifest()
             return
         self.entry.manifest = manifest
 
@@ -240,10 +248,26 @@ def _entries(root: Path) -> list[tuple[float, int, Path]]:
     return sorted(out)
 
 
+def _remove_abandoned(root: Path) -> None:
+    """Remove the partial entries of writers that died (killed mid-write): a temporary
+    directory ``.<key>.<pid>.<ns>`` whose process is gone."""
+    for p in root.iterdir():
+        parts = p.name.split(".")
+        if not (p.name.startswith(".") and len(parts) == 4 and parts[2].isdigit()):
+            continue
+        try:
+            os.kill(int(parts[2]), 0)
+        except ProcessLookupError:
+            shutil.rmtree(p, ignore_errors=True)
+        except OSError:  # another user's process: alive
+            pass
+
+
 def _make_room(root: Path, need: int) -> bool:
     """Evict the entries used longest ago until ``need`` more bytes fit; whether they do."""
     root.mkdir(parents=True, exist_ok=True)
     with exclusive(root / "lowered.lock"):
+        _remove_abandoned(root)
         free = shutil.disk_usage(root).free
         entries = _entries(root)
         held = sum(size for _, size, _ in entries)

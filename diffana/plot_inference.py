@@ -98,9 +98,9 @@ def ranking(poi: str, rows: list[dict], path: Path, max_pars: int = RANKING_MAX)
         ax_impact.barh(y, values("prefit", 0), height, fill=False, edgecolor="C1",
                        label="pre-fit impact: $\\theta = \\hat{\\theta} + \\Delta\\theta$")
         ax_impact.barh(y, values("postfit", 1), height, color="C0", alpha=0.7,
-                       label="post-fit impact: $\\theta = \\hat{\\theta} - \\sigma_{\\hat{\\theta}}$")
+                       label=r"post-fit impact: $\theta = \hat{\theta} - \sigma_{\hat{\theta}}$")
         ax_impact.barh(y, values("postfit", 0), height, color="C1", alpha=0.7,
-                       label="post-fit impact: $\\theta = \\hat{\\theta} + \\sigma_{\\hat{\\theta}}$")
+                       label=r"post-fit impact: $\theta = \hat{\theta} + \sigma_{\hat{\theta}}$")
         reach = max([1e-12] + [abs(r[k][i] or 0.0) for r in rows for k in ("prefit", "postfit")
                                for i in (0, 1)])
         ax_impact.set_xlim(-1.6 * reach, 1.6 * reach)

@@ -274,14 +274,50 @@ def _evaluate_and_write(ana: Analysis, cfg, res, out_dir: Path, config_file: Pat
         hard_final = ana.hard_objective(p_final, hists["final"])
         flows = {stage: tables.cutflow(ana, p) for stage, p in (("initial", p0),
                                                                  ("final", p_final))}
-    with phases("sensitivity_s", "final yields and sensitivity"):
-        if ana.trainable:  # the final yields and their Jacobian: one evaluation for both uses
-            final = ana.yields_and_jacobian(p_final)
-            final_yields, sensitivity = final[0], ana.sensitivity(p_final, final)
-        else:
-            final_yields, sensitivity = ana.yields(p_final), {}
-    stop_here()
+    # the history and template figures are drawn meanwhile
+    with outputs.drawing(ana, out_dir, hists, {"initial": p0, "final": p_final}) as figures:
+        with phases("sensitivity_s", "final yields and sensitivity"):
+            if ana.trainable:  # the final yields and their Jacobian: one evaluation for both uses
+                final = ana.yields_and_jacobian(p_final)
+                final_yields, sensitivity = final[0], ana.sensitivity(p_final, final)
+            else:
+                final_yields, sensitivity = ana.yields(p_final), {}
+        stop_here()
 
+        results = _results(ana, res, config_file, meta, p0, p_final,
+                           (objective_initial, objective_final), (hard_initial, hard_final),
+                           sensitivity)
+
+        gradient0 = res.first_gradient if ana.trainable else None  # the optimiser's step 0
+        flags = guards.run_flags(cfg, hists, {"final": final_yields}, gradient0, p_final,
+                                 {"initial": (objective_initial, hard_initial),
+                                  "final": (objective_final, hard_final)})
+        if flows["final"] is None:
+            flags.append(guards.Flag("cutflow-skipped", "no cutflow with the Dask executor (the "
+                                     "events are on the workers)", tables.CUTFLOW))
+        results["warnings"] = [f._asdict() for f in flags]
+        for flag in flags:
+            if flag.code != "parameter-unused":  # said after the first step
+                logger.warning(guards.line(flag))
+
+        with phases("outputs_s", "workspace, ROOT histograms, figures and tables"):
+            outputs.write(ana, out_dir, hists, flows, final_yields, sensitivity)
+            figures.result()
+    stop_here()
+    results["wall_seconds"] = meta["wall_seconds"] + time.perf_counter() - start
+    # this process's phases (a resumed run: since it resumed), in seconds
+    results["timings"] = {**{k: phases.seconds.get(k, 0.0) for k in TIMINGS},
+                          "total_s": time.perf_counter() - start}
+    report.write_json(out_dir / "results.json", results)  # last: the run is finished
+    (out_dir / report.CHECKPOINT).unlink(missing_ok=True)
+    return results
+
+
+def _results(ana: Analysis, res, config_file, meta: dict, p0: dict, p_final: dict,
+             objective: tuple, hard: tuple, sensitivity: dict) -> dict:
+    """``results.json`` but its warnings, timings and wall time: ``objective`` and ``hard``
+    are the soft and hard objectives ``(initial, final)``."""
+    cfg = ana.cfg
     results = {
         "config": cfg.name,
         "config_file": str(config_file),
@@ -293,12 +329,12 @@ def _evaluate_and_write(ana: Analysis, cfg, res, out_dir: Path, config_file: Pat
                      f"dask {cfg.executor.address or 'LocalCluster'}"),
         "objective": cfg.objective.kind,
         "maximise": ana.maximise,
-        "objective_initial": objective_initial,
-        "objective_final": objective_final,
+        "objective_initial": objective[0],
+        "objective_final": objective[1],
         "params_initial": _floats(p0),
         "params_final": _floats(p_final),
         "trainable": ana.trainable,
-        "hard": {"objective_initial": hard_initial, "objective_final": hard_final},
+        "hard": {"objective_initial": hard[0], "objective_final": hard[1]},
         "steps_done": res.history[-1][0] if res.history else 0,
         "stopped": res.stopped,
         "n_events": {n: s.n_events for n, s in ana.samples.items()},
@@ -325,32 +361,8 @@ def _evaluate_and_write(ana: Analysis, cfg, res, out_dir: Path, config_file: Pat
             f"parameters (step {res.history[-1][0]})" if res.history else
             "the optimisation stopped at a non-finite value at step 0; params_final are the "
             "initial parameters")
-    elif not all(math.isfinite(v) for v in (objective_initial, objective_final, hard_initial,
-                                             hard_final)):
+    elif not all(math.isfinite(v) for v in (*objective, *hard)):
         results["warning"] = "non-finite objective value; see stopped"
-
-    gradient0 = res.first_gradient if ana.trainable else None  # the optimiser's step 0
-    flags = guards.run_flags(cfg, hists, {"final": final_yields}, gradient0, p_final,
-                             {"initial": (objective_initial, hard_initial),
-                              "final": (objective_final, hard_final)})
-    if flows["final"] is None:
-        flags.append(guards.Flag("cutflow-skipped", "no cutflow with the Dask executor (the "
-                                 "events are on the workers)", tables.CUTFLOW))
-    results["warnings"] = [f._asdict() for f in flags]
-    for flag in flags:
-        if flag.code != "parameter-unused":  # said after the first step
-            logger.warning(guards.line(flag))
-
-    with phases("outputs_s", "workspace, ROOT histograms, figures and tables"):
-        outputs.write(ana, out_dir, hists, flows, final_yields, sensitivity,
-                      {"initial": p0, "final": p_final})
-    stop_here()
-    results["wall_seconds"] = meta["wall_seconds"] + time.perf_counter() - start
-    # this process's phases (a resumed run: since it resumed), in seconds
-    results["timings"] = {**{k: phases.seconds.get(k, 0.0) for k in TIMINGS},
-                          "total_s": time.perf_counter() - start}
-    report.write_json(out_dir / "results.json", results)  # last: the run is finished
-    (out_dir / report.CHECKPOINT).unlink(missing_ok=True)
     return results
 
 

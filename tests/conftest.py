@@ -16,6 +16,20 @@ DATA = Path(__file__).resolve().parent / "data"
 DEFAULT_CONFIG = ROOT / "configs" / "ttbar_vs_wjets.yaml"
 
 
+@pytest.hookimpl(trylast=True)  # after pytest's cache (config.cache) is set up
+def pytest_configure(config):
+    """Compiled functions persist across test sessions (JAX's compilation cache under
+    .pytest_cache); diffana keeps a directory set for JAX itself. A session that reads an
+    entry another session is still writing compiles anew, with a warning that is not an
+    error here."""
+    if jax.config.jax_compilation_cache_dir is None and getattr(config, "cache", None):
+        jax.config.update("jax_compilation_cache_dir", str(config.cache.mkdir("jax-compilation")))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+    config.addinivalue_line("filterwarnings",
+                            "ignore:Error (reading|writing) persistent compilation cache entry")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _event_cache(tmp_path_factory):
     """Generated events go to a private cache, never the user's."""
@@ -57,3 +71,12 @@ def awkward_small(small_config):
 def write_config(path: Path, data: dict) -> Path:
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
+
+
+def error_line(err: str) -> str:
+    """The one line of an error on stderr: the last; before it only the physics warnings
+    said as they were found (``--quiet`` keeps them), never a traceback."""
+    *before, last = err.strip().splitlines()
+    assert "Traceback" not in err and last.startswith("diffana: error: "), err
+    assert all(line.startswith("diffana: warning [") for line in before), err
+    return last

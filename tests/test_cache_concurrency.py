@@ -53,7 +53,7 @@ if os.environ.get("READY"):
     Path(os.environ["READY"]).touch()
     while not Path(os.environ["GO"]).exists():
         time.sleep(0.001)
-out = ensure_generated({KIND!r}, {EVENTS}, {SEED})
+out = ensure_generated({KIND!r}, {EVENTS}, {SEED}, progress=print)
 print("digest " + json.dumps(digest(out)), flush=True)
 """
 

@@ -11,7 +11,7 @@ import pytest
 import scipy.special
 from jax.test_util import check_grads
 
-from diffana.histogram import _cdf, _window, hard_histogram, kde_histogram
+from diffana.histogram import _cdf, hard_histogram, kde_histogram
 
 RNG = np.random.default_rng(3)
 X = jnp.asarray(RNG.uniform(0.0, 1000.0, 500))
@@ -78,7 +78,7 @@ def test_kde_conserves_weight_inside_range():
     assert float(jnp.max(y)) < 2.0  # spread over neighbouring bins
 
 
-# --- the windowed kernel against the full evaluation it replaced ------------------------------
+# --- against the evaluation it replaced (slices of Φ for the fractions) ------------------------
 
 _SQRT_HALF = float(np.sqrt(0.5))
 _INV_SQRT_2PI = float(1.0 / np.sqrt(2.0 * np.pi))
@@ -97,7 +97,7 @@ def _reference_sums(weights, frac, slots, num_slots, block):
 
 
 def _reference_kde(x, weights, edges, slots, bandwidth, num_slots, block):
-    """The KDE as it was before the window: Φ at every edge for every event."""
+    """The KDE as it was: the fractions as slices of Φ at every edge for every event."""
     z = (edges[None, :] - x[:, None]) / bandwidth
     cdf = 0.5 * jax.lax.erfc(-_SQRT_HALF * z)
     frac = cdf[:, 1:] - cdf[:, :-1]
@@ -151,23 +151,11 @@ WIDE_W = jnp.asarray(RNG.uniform(0.1, 2.0, 256))
 REF_EDGES = np.linspace(0.0, 1500.0, 16)  # the reference benchmark's binning
 
 
-def test_window_bounds():
-    assert _window(jnp.asarray(REF_EDGES), 40.0) == 9  # 800 GeV of reach, 100 GeV bins
-    assert _window(jnp.asarray(REF_EDGES), 80.0) is None  # 17 edges: all of them
-    agc = jnp.asarray([110.0 + 40.0 * k for k in range(12)])
-    assert _window(agc, 20.0) is None  # 11 of 12 edges: too little to leave out
-    assert _window(jnp.asarray(REF_EDGES), 5.0) == 2
-    seen = []
-    jax.jit(lambda e: seen.append(_window(e, 40.0)) or e)(REF_EDGES)
-    assert seen == [None]  # traced (differentiated) edges: the full evaluation
-
-
 @pytest.mark.parametrize("slotted", [False, True])
 @pytest.mark.parametrize("bandwidth", [40.0, 12.0])
-def test_windowed_kde_equals_full_evaluation(slotted, bandwidth):
+def test_kde_equals_the_previous_evaluation(slotted, bandwidth):
     """Values, forward and reverse derivatives in x and weights (and second order)
-    equal the full evaluation to 1e-12, in and out of jit."""
-    assert _window(jnp.asarray(REF_EDGES), bandwidth) is not None
+    equal the previous evaluation to 1e-12, in and out of jit."""
     args = (jnp.asarray(RNG.integers(0, 3, 256)), 2, 64) if slotted else ()
     w = jnp.stack([WIDE_W, 0.3 * WIDE_W ** 2])
 
@@ -190,7 +178,7 @@ def test_windowed_kde_equals_full_evaluation(slotted, bandwidth):
     _assert_equal_to_reference(second(ours)(WIDE_X), second(theirs)(WIDE_X))
 
 
-def test_kde_with_array_bandwidth_equals_full_evaluation_in_edges_and_bandwidth():
+def test_kde_with_array_bandwidth_equals_the_previous_evaluation_in_edges_and_bandwidth():
     edges, h = jnp.asarray(REF_EDGES), jnp.asarray(40.0)
     grads = [jax.jacrev(lambda x, w, e, b, f=f: f(x, w, e, b), argnums=(0, 1, 2, 3))(
         WIDE_X, WIDE_W, edges, h) for f in (kde_histogram, _reference_histogram)]

@@ -120,6 +120,21 @@ def test_eviction_takes_the_entries_used_longest_ago(tmp_path, monkeypatch):
     assert busy.exists() and not old.exists()
 
 
+def test_a_killed_writers_partial_entry_is_removed(tmp_path):
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    partial = tmp_path / f".k.{dead}.123"
+    partial.mkdir()
+    (partial / "chunk_000000.bin").write_bytes(b"\0" * 10)
+    alive = tmp_path / f".k.{os.getpid()}.456"
+    alive.mkdir()
+    assert _make_room(tmp_path, 10)
+    assert not partial.exists() and alive.exists()
+
+
 def test_two_writers_of_one_entry_keep_the_first(tmp_path):
     chunk = {"weight": np.arange(4.0), "masks": {}, "events": {"__slot__": np.zeros(4, np.int32)}}
     entry = LoweredCache(tmp_path, "k")

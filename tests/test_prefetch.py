@@ -62,8 +62,7 @@ def test_the_thread_stops_with_its_caller(stop):
 
     def source():
         try:
-            for i in range(1000):
-                yield i
+            yield from range(1000)
         finally:
             closed.set()
 

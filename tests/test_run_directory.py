@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import default_config_dict, write_config
+from conftest import default_config_dict, error_line, write_config
 from matplotlib.figure import Figure
 
 from diffana import cli, files, report
@@ -52,13 +52,7 @@ def diffana_run(cfg, out, *args) -> int:
 
 
 def one_line(capsys) -> str:
-    """The error's one line: the last on stderr; before it only physics warnings, which
-    ``--quiet`` keeps (said as they were found, before the run failed)."""
-    err = capsys.readouterr().err
-    *before, last = err.splitlines()
-    assert "Traceback" not in err and err.endswith("\n"), err
-    assert all(line.startswith("diffana: warning [") for line in before), err
-    return last
+    return error_line(capsys.readouterr().err)
 
 
 def test_users_files_survive_force_and_rerun(cfg, tmp_path, capsys):

@@ -117,7 +117,7 @@ def test_any_prefetch_depth_and_chunk_size_give_the_in_memory_numbers(in_memory,
     ana = Analysis(config(streaming=True, prefetch=prefetch, chunk_size=chunk_size),
                    ROOT / "configs", progress=False)
     assert ana.executor.prefetch_depth == prefetch
-    for step in range(2):  # the first pass reads the files, the second the lowered cache
+    for _ in range(2):  # the first pass reads the files, the second the lowered cache
         loss, grad = ana.loss_and_grad(u0, p0)
         _close(loss, loss0)
         _close(grad, grad0)
@@ -167,3 +167,27 @@ def test_memory_limit_and_streaming_are_checked(value, fragment):
     key = "streaming" if value == "maybe" else "memory_limit"
     with pytest.raises(ConfigError, match=fragment):
         config(**{key: value})
+
+
+def test_the_estimate_leaves_the_nonfinite_counts_alone(tmp_path):
+    """``streaming: auto`` reads the first events to estimate their size: the NaN/inf values
+    it meets are counted once, by the run, as with ``streaming: false``."""
+    import warnings
+
+    from test_data_errors import analysis, nano, with_nonfinite, write_events
+    from test_data_errors import config as two_samples
+
+    from diffana.checks import NonFiniteWarning, summary
+
+    bad, _ = with_nonfinite(nano(6000, 8))  # more events than the estimate reads
+    bad_path = write_events(tmp_path / "nan.root", bad)
+    background = write_events(tmp_path / "b.root", nano(300, 9))
+    counts = []
+    for streaming in ("auto", False):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", NonFiniteWarning)
+            ana = analysis(two_samples([bad_path], [background], nonfinite="drop",
+                                       streaming=streaming))
+        assert sum(w.category is NonFiniteWarning for w in caught) == 1
+        counts.append(summary(ana.readers))
+    assert counts[0] == counts[1] and counts[0]["s"]["dropped_events"] == 1

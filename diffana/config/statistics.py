@@ -98,12 +98,16 @@ class ModelConfig(StrictModel):
 class Objective(StrictModel):
     """The figure of merit. Significances are maximised; CLs and uncertainties minimised."""
 
-    # discovery_significance, expected_cls, poi_uncertainty (minimised) or asimov_significance
+    # discovery_significance, expected_cls, poi_uncertainty, expected_upper_limit (minimised)
+    # or asimov_significance
     kind: Literal[
-        "discovery_significance", "expected_cls", "poi_uncertainty", "asimov_significance"
+        "discovery_significance", "expected_cls", "poi_uncertainty", "asimov_significance",
+        "expected_upper_limit",
     ] = "discovery_significance"
     # the POI value tested (expected_cls)
     poi_value: Number = 1.0
+    # the CLs level of the median expected upper limit (expected_upper_limit): 0.05 = 95 % CL
+    level: Number = Field(0.05, gt=0, lt=1)
     # asimov_significance: the background's relative uncertainty
     relative_background_uncertainty: Number = Field(0.1, gt=0)
 

@@ -1,21 +1,24 @@
 """``streaming: auto``: hold the events in memory when they fit the memory budget, stream them
 from the files otherwise; and say which, and why.
 
-The events' size in memory is estimated from the first chunk of each sample's first file
-(read, preselected and lowered as a run would): bytes per event read, times the events in
-the files. Holding events costs more than their own size: the Awkward arrays stay (the
-awkward engine, the checks) and the lowered, padded chunks sit beside them, and the fused
-gradient's step keeps one more chunk's intermediate values per chunk. :data:`HELD_FACTOR`
-covers that (measured: peak RSS over the estimate, reference configuration at 1 M events).
+The events' size in memory is estimated from the first :data:`SAMPLE_EVENTS` events of each
+sample (read, checked, preselected and lowered as a run would): bytes per event read, times
+the events in the files. Holding events costs more than their own size: the Awkward arrays
+stay beside the lowered, padded chunks while those are made, and the fused gradient's step
+has memory of its own. :data:`HELD_FACTOR` covers that: on the reference configuration at
+1 M events the estimate is 244 MB and the in-memory run's peak RSS 874 MB, of which about
+300 MB is the process itself (2.4×).
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import NamedTuple
 
 import awkward as ak
 
 from diffana import budget, ragged
+from diffana.checks import NonFinite, NonFiniteWarning
 from diffana.config import AnalysisConfig
 from diffana.config.schema import chunked_evaluation_conflict
 
@@ -41,13 +44,24 @@ def estimated_bytes(readers, plan) -> tuple[int, int]:
             continue
         n = min(reader.entries[first], SAMPLE_EVENTS)
         size = 0
-        for events, weight in reader.read_range(first, 0, n).values():
+        for events, weight in _sample(reader, first, n).values():
             size += ak.Array(events).nbytes + weight.nbytes
             if len(weight):
                 size += sum(a.nbytes for a in _leaves(ragged.lower(events, plan, weight).buffers))
         total += size / n * entries
         sampled += n
     return int(total), sampled
+
+
+def _sample(reader, file: int, n: int) -> dict:
+    """The reader's sets of the first ``n`` entries of ``file``, leaving its NaN/inf tally
+    as it was (the run reads these events again and counts them then)."""
+    had = getattr(reader, "nonfinite", None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NonFiniteWarning)
+        sets = reader.read_range(file, 0, n)
+    reader.nonfinite = had if had is not None else NonFinite()
+    return sets
 
 
 def streaming_choice(cfg: AnalysisConfig, engine: str, readers, plan) -> StreamingChoice:

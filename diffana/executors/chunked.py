@@ -8,6 +8,8 @@ intermediate values at a time.
 
 from __future__ import annotations
 
+from collections import deque
+
 import jax
 import jax.numpy as jnp
 
@@ -28,13 +30,22 @@ jit_loss_and_cotangent = jax.jit(jax.value_and_grad(loss_of_sums, argnums=2),
                                  static_argnums=(0, 1))
 
 
-def sum_over(name: str, kernel: Kernel, args: tuple, chunks):
-    """``Σ CHUNK_FUNCTIONS[name](kernel, *args, chunk)`` over these device chunks, in order."""
+def sum_over(name: str, kernel: Kernel, args: tuple, chunks, in_flight: int | None = None):
+    """``Σ CHUNK_FUNCTIONS[name](kernel, *args, chunk)`` over these device chunks, in order.
+
+    JAX dispatches each chunk's computation and returns at once; ``in_flight`` bounds how
+    many may wait to run (each keeps its chunk alive): chunks that arrive faster than they
+    are computed (streamed from the lowered-chunk cache) would otherwise all be held.
+    """
     fn = CHUNK_FUNCTIONS[name]
-    total = None
+    total, pending = None, deque()
     for chunk in chunks:
         r = fn(kernel, *args, chunk)
         total = r if total is None else jax.tree_util.tree_map(jnp.add, total, r)
+        if in_flight is not None:
+            pending.append(total)
+            if len(pending) > in_flight:
+                jax.block_until_ready(pending.popleft())
     return total
 
 

@@ -25,6 +25,7 @@ from diffana.prefetch import prefetched
 from diffana.stages import jit_cutflow, jit_events
 
 TOUCH_S = 10.0  # how often a pass over the cache marks its entry as in use
+IN_FLIGHT = 4  # chunk computations dispatched and not finished (each holds its chunk)
 
 
 def region_parts(kernel, chunks, params: dict, hard: bool):
@@ -62,8 +63,9 @@ class StreamedExecutor(ChunkedExecutor):
         self.first_pass = found
         self.kernel = self.kernel.with_layout(_decode_layout(found["layout"]))
         limit, _ = budget.memory_limit(cfg.memory_limit)
-        # the chunk computed, the one being made and those waiting must fit the budget
-        fit = cfg.prefetch if limit is None else max(0, limit // max(found["chunk_bytes"], 1) - 2)
+        # the chunks computed, the one being made and those waiting must fit the budget
+        fit = (cfg.prefetch if limit is None
+               else max(0, limit // max(found["chunk_bytes"], 1) - 1 - IN_FLIGHT))
         self.prefetch_depth = min(cfg.prefetch, fit)
         self._writer_failed = False
 
@@ -73,7 +75,7 @@ class StreamedExecutor(ChunkedExecutor):
         n_events = [0] * len(self.setup.sets)
         sizes, chunk_bytes = [], 0
         total = sum(sum(r.entries) for r in self.setup.readers)
-        with tqdm(total=total, desc="first pass", unit="ev", unit_scale=True,
+        with tqdm(total=total, desc="first pass", unit=" ev", unit_scale=True, delay=1.0,
                   disable=not self.setup.progress, leave=False) as bar:
             for g, buffers in prefetched(self._lowered(progress=bar.update),
                                          cfg.prefetch, f"{cfg.name}: first pass"):
@@ -152,7 +154,7 @@ class StreamedExecutor(ChunkedExecutor):
                 yield g, n, ragged.to_device(host, device)
 
         total = sum(self.first_pass["n_events"])
-        with tqdm(total=total, desc="streamed pass", unit="ev", unit_scale=True,
+        with tqdm(total=total, desc="streamed pass", unit=" ev", unit_scale=True, delay=1.0,
                   disable=not self.setup.progress, leave=False) as bar:
             for item in prefetched(on_device(), self.prefetch_depth,
                                    f"{self.kernel.cfg.name}: prefetch"):
@@ -160,7 +162,8 @@ class StreamedExecutor(ChunkedExecutor):
                 bar.update(item[1])
 
     def map_reduce(self, name: str, args: tuple):
-        return sum_over(name, self.kernel, args, (chunk for _, _, chunk in self._chunks()))
+        return sum_over(name, self.kernel, args, (chunk for _, _, chunk in self._chunks()),
+                        in_flight=IN_FLIGHT)
 
     def event_parts(self, params: dict, hard: bool):
         yield from region_parts(self.kernel, self._chunks(), params, hard)

@@ -11,7 +11,10 @@ The modules, in the order the statistical part of an analysis goes through them:
   modifier type, with the interpolation codes),
 - :mod:`~diffana.stats.infer`: the bounded maximum-likelihood fit (implicitly
   differentiated), discovery significance, expected CLs, the POI uncertainty and the
-  closed-form Asimov significance.
+  closed-form Asimov significance; :mod:`~diffana.stats.limit`: the median expected upper
+  limit (implicitly differentiated at its root),
+- :mod:`~diffana.stats.hypotest`: observed and expected CLs, upper limits, the significance,
+  impacts and scans as pyhf and cabinetry report them (``diffana infer``).
 
 Importing this package switches JAX to float64 (``diffana/__init__.py`` does it).
 
@@ -26,6 +29,7 @@ Example:
 
 from diffana.stats import infer
 from diffana.stats.infer import *  # noqa: F403 (the fits and figures of merit: infer.__all__)
+from diffana.stats.limit import expected_upper_limit
 from diffana.stats.model import Model, Templates
 
-__all__ = ["Model", "Templates", *infer.__all__]
+__all__ = ["Model", "Templates", "expected_upper_limit", *infer.__all__]

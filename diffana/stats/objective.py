@@ -22,6 +22,7 @@ from diffana.stats.infer import (
     expected_cls,
     poi_uncertainty,
 )
+from diffana.stats.limit import expected_upper_limit
 from diffana.stats.model import Model
 from diffana.stats.spec import build, to_json
 
@@ -69,6 +70,8 @@ def value(objective: Objective, yields: dict):
         return discovery_significance(model, templates)
     if obj.kind == "expected_cls":
         return expected_cls(model, templates, obj.poi_value)
+    if obj.kind == "expected_upper_limit":
+        return expected_upper_limit(model, templates, obj.level)
     return poi_uncertainty(model, templates)
 
 
