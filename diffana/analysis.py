@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from diffana import executors
+from diffana import executors, learned, network
 from diffana.chunks import compute_device
 from diffana.compilation import use_compilation_cache
 from diffana.config import AnalysisConfig
@@ -131,6 +131,16 @@ class Analysis:
                          if executor.holds_events else None):
             self.executor = executor(Setup(prep.kernel, self.objective_spec, self.readers, sets,
                                            prep.set_index, self.device, base, progress))
+        logger.debug("%s engine, %s, gradient %s; %d event sets of %d samples and variations; "
+                     "%d trainable parameters", self.engine, type(self.executor).__name__,
+                     self.executor.gradient_mode, len(prep.set_index), len(self.samples),
+                     len(self.trainable))
+        self._initial = self._standardised(self.space.initial_params())
+        if cfg.init is not None:  # another run's final parameters (and networks) instead
+            found = learned.load(base / cfg.init.from_)
+            start = learned.start_from(self._initial, found, repr(cfg.init.from_))
+            self._initial = jax.tree_util.tree_map(
+                lambda v: jnp.asarray(v, dtype=jnp.float64), start)
 
     @property
     def streaming(self) -> dict:
@@ -175,8 +185,21 @@ class Analysis:
         return self.space.upper_bounds
 
     def initial_params(self) -> dict:
-        """All parameters at their configured values, as float64 JAX scalars."""
-        return self.space.initial_params()
+        """All parameters at their configured values, as float64 JAX scalars (a network's
+        group: its initial weights and the standardisation of its inputs)."""
+        return dict(self._initial)
+
+    def _standardised(self, params: dict) -> dict:
+        """``params`` with each network's inputs standardised by their weighted mean and
+        width over the training events at these parameters' cuts."""
+        if not self.space.groups:
+            return params
+        moments = jax.device_get(self.executor.input_moments(params))
+        out = dict(params)
+        for name, sums in moments.items():
+            shift, scale = network.standardisation(sums)
+            out[name] = {**params[name], "shift": jnp.asarray(shift), "scale": jnp.asarray(scale)}
+        return out
 
     def to_unit(self, params: dict) -> jax.Array:
         """Trainable parameters mapped to the unit box: ``u = (θ - lo) / (hi - lo)``."""
@@ -210,14 +233,19 @@ class Analysis:
         """Yields and ``∂yields/∂θ`` of the trainable parameters (``[region][sample][key][θ]``)."""
         return self.executor.yields_and_jacobian(params)
 
-    def hard_histograms(self, params: dict) -> dict:
-        """Hard cuts filled into ``hist.Hist`` histograms ``[region][sample]``."""
-        return self.executor.hard_histograms(params, list(self.samples))
+    def hard_histograms(self, params: dict, part: str = "test") -> dict:
+        """Hard cuts filled into ``hist.Hist`` histograms ``[region][sample]``.
 
-    def hard_yields(self, params: dict, hists: dict | None = None) -> dict:
+        ``part``: with a ``split`` in the configuration, the events filled (``test``: the
+        held-out events, weights × 1/f; ``train``: the training events, × 1/(1 − f);
+        ``all``); without one, all events whatever ``part``.
+        """
+        return self.executor.hard_histograms(params, list(self.samples), part)
+
+    def hard_yields(self, params: dict, hists: dict | None = None, part: str = "test") -> dict:
         """Yields of the hard histograms (``hists``, if already filled at ``params``), with
         the same floor as the soft ones."""
-        hists = hists or self.hard_histograms(params)
+        hists = hists or self.hard_histograms(params, part)
         return {r: {s: {"nominal": jnp.asarray(h.values()) + self.cfg.regions[r].floor,
                         "sumw2": jnp.asarray(h.variances())}
                     for s, h in hs.items()} for r, hs in hists.items()}
@@ -262,9 +290,11 @@ class Analysis:
         """Soft objective at ``params`` (differentiable: ``jax.grad(ana.objective)(params)``)."""
         return self.executor.objective(params)
 
-    def hard_objective(self, params: dict, hists: dict | None = None) -> float:
-        """The objective with hard cuts and hard histograms: the honest evaluation."""
-        return float(objectives.jit_value(self.objective_spec, self.hard_yields(params, hists)))
+    def hard_objective(self, params: dict, hists: dict | None = None, part: str = "test") -> float:
+        """The objective with hard cuts and hard histograms: the honest evaluation (on the
+        held-out events where the configuration has a ``split``; see :meth:`hard_histograms`)."""
+        return float(objectives.jit_value(self.objective_spec,
+                                          self.hard_yields(params, hists, part)))
 
     # --- what the optimiser calls -----------------------------------------------------------
 

@@ -19,7 +19,7 @@ import awkward as ak
 import numpy as np
 from scipy.special import ndtri
 
-from diffana import checks, io, ragged
+from diffana import checks, io, ragged, split
 from diffana.config import AnalysisConfig, resolve_path
 from diffana.exceptions import DataError, InputChanged
 from diffana.plan import Plan, Variant, members
@@ -154,6 +154,10 @@ class SampleReader:
         if self.cfg.preselect:  # after the normalisation, which counts every event read
             keep = ragged.structural_keep(events, self.plan, self.cfg.selection)
             events, weight, file_index, entry = events[keep], weight[keep], file_index[keep], entry[keep]
+        if self.cfg.split is not None:  # each event's part: training or test (diffana.split)
+            test = split.test_flags(self.cfg.split.seed, self.cfg.split.test_fraction,
+                                    [f.name for f in self.files], file_index, entry)
+            events = ak.with_field(events, test, split.COLUMN)
         out = {None: (events, weight)}
         for key, variation in self.computed.items():
             out[key] = (vary_branch(self.cfg, self.name, variation, events, file_index, entry),

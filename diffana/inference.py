@@ -293,7 +293,7 @@ def _scan(fits: ht.Fits, data, free: ht.FitBatch, error: float, lo: float, hi: f
     mu_hat = free.bestfit[0, poi]
     width = SCAN_SIGMAS * (error if np.isfinite(error) and error > 0 else 1.0)
     values = np.linspace(max(lo, mu_hat - width), min(hi, mu_hat + width), SCAN_POINTS)
-    fixed = fits.fixed_poi(data, values, init=free.bestfit[0])
+    fixed = fits.profile(data, values, free.bestfit[0])
     if not fixed.converged.all():
         warnings.append("scan: some fits did not converge")
     return {"poi_values": _numbers(values),

@@ -5,6 +5,10 @@ An observable is a function ``fn(ops, spec, weights, plan) -> per-event JAX arra
 ``spec`` is the :class:`~diffana.config.Observable` entry of the configuration,
 ``weights`` the per-object selection weights of every collection.
 
+A kind may take other observables as its inputs and have trainable parameters of its own
+(``reads`` and ``parameters``: the ``mlp`` kind, a learned observable); its function then
+also receives the observables computed before it and its parameter group.
+
 Every observable kind is one :class:`ObservableKind` record in :data:`KINDS`. Analyses add
 their own with :func:`register_observable`:
 
@@ -21,6 +25,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import jax.numpy as jnp
+import numpy as np
+
+from diffana import network
 from diffana.exceptions import ConfigError
 from diffana.soft import nth_selected
 
@@ -35,13 +43,20 @@ class ObservableKind:
     fields: tuple[str, ...] = ()  # fields of its collection it reads, besides ``field``
     prepare: Callable | None = None  # ``prepare(collection, spec) -> {name: NumPy array}``
     check: Callable | None = None  # ``check(name, spec, collections)``: raises ConfigError
+    # ``reads(spec) -> [observable]``: the observables it takes as inputs; its function is
+    # then ``compute(ops, spec, weights, plan, values, params)``
+    reads: Callable | None = None
+    # ``parameters(spec) -> {key: NumPy array}``: its parameter group's initial values;
+    # ``weights`` is trained, the other keys are set once (e.g. a standardisation)
+    parameters: Callable | None = None
 
 
 KINDS: dict[str, ObservableKind] = {}
 
 
 def register_observable(name: str, requires: tuple[str, ...] = (), fields: tuple[str, ...] = (),
-                        prepare: Callable | None = None, check: Callable | None = None):
+                        prepare: Callable | None = None, check: Callable | None = None,
+                        reads: Callable | None = None, parameters: Callable | None = None):
     """Register an observable function under ``name`` (usable as ``kind:`` in YAML).
 
     Args:
@@ -58,10 +73,17 @@ def register_observable(name: str, requires: tuple[str, ...] = (), fields: tuple
             :class:`~diffana.exceptions.ConfigError` for a configuration the kind cannot
             compute; ``collections`` maps each collection to its
             :class:`~diffana.plan.CollectionPlan`.
+        reads: ``reads(spec) -> [observable names]``: the observables the kind takes as
+            inputs (each defined before it); ``fn`` is then called as ``fn(ops, spec,
+            weights, plan, values, params)`` with ``values`` the observables computed so far
+            and ``params`` its parameter group.
+        parameters: ``parameters(spec) -> {key: NumPy array}``: the initial values of the
+            kind's parameter group (named after the observable); ``weights`` is trainable.
     """
 
     def deco(fn: Callable) -> Callable:
-        KINDS[name] = ObservableKind(name, fn, tuple(requires), tuple(fields), prepare, check)
+        KINDS[name] = ObservableKind(name, fn, tuple(requires), tuple(fields), prepare, check,
+                                     reads, parameters)
         return fn
 
     return deco
@@ -132,11 +154,74 @@ def event_branch(ops, spec, weights, plan):
     return ops.event_branch(str(spec.options["branch"]))
 
 
-def evaluate(cfg, plan, ops, weights: dict) -> dict:
+# --- a learned observable: a network of other observables -------------------------------------
+
+MLP_DEFAULTS = {"hidden": [32, 32], "activation": "relu", "seed": 0}
+
+
+def mlp_options(spec) -> dict:
+    """An ``mlp`` observable's options with their defaults."""
+    return {**MLP_DEFAULTS, **spec.options}
+
+
+def mlp_shape(spec) -> network.Shape:
+    o = mlp_options(spec)
+    return network.Shape(len(o["inputs"]), tuple(int(h) for h in o["hidden"]))
+
+
+def _mlp_check(name, spec, collections) -> None:
+    o = mlp_options(spec)
+    key = f"observables.{name}.options"
+    inputs = o.get("inputs")
+    if not isinstance(inputs, list) or not inputs or not all(isinstance(i, str) for i in inputs):
+        raise ConfigError(f"{key}.inputs: an mlp needs a list of one or more input observables, "
+                          f"got {inputs!r}")
+    hidden = o["hidden"]
+    if not isinstance(hidden, list) or not all(
+            isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in hidden):
+        raise ConfigError(f"{key}.hidden: expected a list of layer widths (positive integers), "
+                          f"got {hidden!r}")
+    if o["activation"] not in network.ACTIVATIONS:
+        raise ConfigError(f"{key}.activation: {o['activation']!r} is not one of "
+                          f"{sorted(network.ACTIVATIONS)}")
+    if not isinstance(o["seed"], int) or isinstance(o["seed"], bool):
+        raise ConfigError(f"{key}.seed: expected an integer, got {o['seed']!r}")
+    unknown = sorted(set(o) - {"inputs", *MLP_DEFAULTS, "name"})
+    if unknown:
+        raise ConfigError(f"{key}.{unknown[0]}: not an mlp option (expected inputs, hidden, "
+                          "activation, seed)")
+
+
+def _mlp_parameters(spec) -> dict:
+    o, shape = mlp_options(spec), mlp_shape(spec)
+    return {"weights": network.init(shape, int(o["seed"])),
+            "shift": np.zeros(shape.inputs), "scale": np.ones(shape.inputs)}
+
+
+@register_observable("mlp", requires=("options.inputs",), check=_mlp_check,
+                     reads=lambda spec: list(spec.options["inputs"]), parameters=_mlp_parameters)
+def mlp(ops, spec, weights, plan, values, params):
+    """A network's score in (0, 1) of other observables (``options.inputs``): a learned
+    observable, trained with the cuts (its weights: a parameter group named after it).
+
+    ``options``: ``inputs`` (observables defined before it), ``hidden`` (layer widths,
+    default ``[32, 32]``), ``activation`` (``relu``, ``tanh``, ``gelu``, …), ``seed`` (of
+    the initial weights, 0). The inputs are standardised with the weighted mean and width
+    of the training events at the initial cuts.
+    """
+    o = mlp_options(spec)
+    x = jnp.stack([jnp.asarray(values[i], dtype=jnp.float64) for i in o["inputs"]], axis=1)
+    return network.apply(mlp_shape(spec), o["activation"], params["weights"], x,
+                         params["shift"], params["scale"])
+
+
+def evaluate(cfg, plan, ops, weights: dict, params: dict | None = None) -> dict:
     """All observables of the configuration, in order.
 
     The function receives the configuration entry with ``options["name"]`` set to the
-    observable's name (the key of what its ``prepare`` stored).
+    observable's name (the key of what its ``prepare`` stored). A kind with inputs
+    (``reads``) also receives the observables computed before it and its parameter group,
+    ``params[name]``.
     """
     # ``nth`` observables of one collection share one scan, deep enough for all of them
     depth: dict[str, int] = {}
@@ -151,5 +236,9 @@ def evaluate(cfg, plan, ops, weights: dict) -> dict:
         if obs.kind == "nth":
             options["depth"] = depth[obs.collection]
         spec = obs.model_copy(update={"options": options})
-        out[name] = KINDS[obs.kind].compute(ops, spec, weights, plan)
+        kind = KINDS[obs.kind]
+        if kind.reads is not None:
+            out[name] = kind.compute(ops, spec, weights, plan, out, (params or {})[name])
+        else:
+            out[name] = kind.compute(ops, spec, weights, plan)
     return out

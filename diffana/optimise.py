@@ -79,6 +79,47 @@ def make_optimiser(name: str, options: dict) -> optax.GradientTransformation:
         raise ConfigError(f"optimiser.options: {options!r} are not valid for optax.{name} ({err})") from None
 
 
+def grouped(transforms: dict[str, optax.GradientTransformation],
+            slices: dict[str, slice]) -> optax.GradientTransformation:
+    """One optimiser per part of a flat parameter vector (``optax.multi_transform`` on the
+    parts as a mapping, labelled by their names).
+
+    ``slices`` are the parts, contiguous and in order (``ParameterSpace.group_slices``);
+    ``transforms`` has an optimiser for each.
+
+    >>> import jax.numpy as jnp
+    >>> opt = grouped({"cuts": optax.sgd(1.0), "nn": optax.sgd(0.1)},
+    ...               {"cuts": slice(0, 1), "nn": slice(1, 3)})
+    >>> u = jnp.zeros(3)
+    >>> updates, _ = opt.update(jnp.ones(3), opt.init(u), u)
+    >>> [round(float(x), 3) for x in updates]
+    [-1.0, -0.1, -0.1]
+    """
+    inner = optax.multi_transform(transforms, {name: name for name in slices})
+
+    def parts(v):
+        return None if v is None else {name: v[where] for name, where in slices.items()}
+
+    def init(u):
+        return inner.init(parts(u))
+
+    def update(updates, state, params=None):
+        out, state = inner.update(parts(updates), state, parts(params))
+        return jnp.concatenate([out[name] for name in slices]), state
+
+    return optax.GradientTransformation(init, update)
+
+
+def group_settings(slices: dict[str, slice], optimiser) -> dict | None:
+    """``optimise(groups=...)`` of a configuration's ``optimiser`` block: each part of ``u``
+    (``ParameterSpace.group_slices``) with its group's optimiser, or the block's own (None:
+    no ``groups``, one optimiser for all)."""
+    if not optimiser.groups:
+        return None
+    chosen = {g: optimiser.groups.get(g, optimiser) for g in slices}
+    return {g: (where, chosen[g].name, chosen[g].options) for g, where in slices.items()}
+
+
 def optimise(
     loss_and_grad: Callable,
     u0,
@@ -92,6 +133,8 @@ def optimise(
     names: list[str] | None = None,
     resume: Resume | None = None,
     on_first_gradient: Callable | None = None,
+    box: tuple | None = None,
+    groups: dict[str, tuple[slice, str, dict]] | None = None,
 ) -> OptimisationResult:
     """Minimise a loss over the unit box with an optax optimiser.
 
@@ -108,15 +151,21 @@ def optimise(
         resume: continue an interrupted loop from here (``u0`` is then ignored).
         on_first_gradient: called with the gradient at step 0 as soon as it is known (not
             on a resumed loop), e.g. to warn of parameters it does not move.
+        box: ``(lower, upper)`` of each coordinate (default: the unit box; ``±inf``: a
+            network's weights, unbounded; see ``ParameterSpace.unit_box``).
+        groups: ``{group: (where in u, optax name, options)}``: each part of ``u`` (every
+            part, in order) with the optimiser of its own (``name``, ``options``: its
+            default) — :func:`grouped`. The checkpoint holds every group's state.
 
     Raises:
         Interrupted: on ``KeyboardInterrupt`` (SIGINT, or SIGTERM turned into one), carrying
             the :class:`Resume` of the last completed update.
     """
+    lower, upper = (0.0, 1.0) if box is None else (jnp.asarray(box[0]), jnp.asarray(box[1]))
     if resume is not None:
         u = jnp.asarray(resume.u, dtype=jnp.float64)
     else:
-        u = jnp.clip(jnp.asarray(u0, dtype=jnp.float64), 0.0, 1.0)
+        u = jnp.clip(jnp.asarray(u0, dtype=jnp.float64), lower, upper)
     first = resume.step if resume is not None else 0
     history: list[tuple[int, float, np.ndarray]] = list(resume.history) if resume else []
     # The loop's state after its last completed update, (next step, u, optimiser state or its
@@ -131,10 +180,17 @@ def optimise(
         if first_gradient is not None and on_first_gradient is not None:
             on_first_gradient(first_gradient)
         opt = make_optimiser(name, dict(options or {"learning_rate": 0.02}))
+        if groups:
+            opt = grouped({g: make_optimiser(n, dict(o or {"learning_rate": 0.02}))
+                           for g, (_, n, o) in groups.items()},
+                          {g: where for g, (where, _, _) in groups.items()})
         state = opt.init(u)
         if resume is not None and resume.state is not None:
             state = _restore_state(state, resume.state, f"optax.{name}({options or ''})")
         needs_value = "lbfgs" in name  # line-search optimisers want the value and a value_fn
+        if needs_value and groups:
+            raise ConfigError(f"optimiser.groups: optax.{name} searches a line over every "
+                              "parameter at once; use one optimiser, or a first-order one")
 
         def _update(grad, state, u, loss):
             if needs_value:
@@ -142,8 +198,8 @@ def optimise(
                                             value_fn=lambda v: vg(v)[0])
             else:
                 updates, state = opt.update(grad, state, u)
-            return (optax.projections.projection_box(optax.apply_updates(u, updates), 0.0, 1.0),
-                    state)
+            return (optax.projections.projection_box(optax.apply_updates(u, updates), lower,
+                                                     upper), state)
 
         update = jax.jit(_update)  # one compiled optimiser update (line searches included)
         last_loss = history[-1][1] if history else math.inf

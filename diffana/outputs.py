@@ -10,12 +10,29 @@ from pathlib import Path
 from diffana import plot, report, tables
 
 
+class Drawing:
+    """Figures drawn one after another in one thread (matplotlib's style is global state),
+    while the caller computes."""
+
+    def __init__(self, pool: ThreadPoolExecutor):
+        self._pool, self._drawn = pool, []
+
+    def submit(self, draw, *args) -> None:
+        """Draw ``draw(*args)`` after the figures submitted before it."""
+        self._drawn.append(self._pool.submit(draw, *args))
+
+    def wait(self) -> None:
+        """Wait for every figure; re-raise what drawing one raised."""
+        for future in self._drawn:
+            future.result()
+
+
 @contextmanager
 def drawing(ana, out_dir: Path, hists: dict, params: dict):
-    """Draw ``objective_history.png`` and ``histograms.png`` (with their PDFs) in a thread
-    while the block runs (e.g. the sensitivity: XLA compiles and computes without the GIL);
-    the block's end waits for them, and re-raises what drawing raised. Yields the
-    :class:`~concurrent.futures.Future` of the figures.
+    """Start drawing ``objective_history.png`` and ``histograms.png`` (with their PDFs) in a
+    thread while the block runs (e.g. the sensitivity: XLA compiles and computes without the
+    GIL); the block's end waits for them, and re-raises what drawing raised. Yields the
+    :class:`Drawing`, for the figures the block can only draw later (the sensitivity).
 
     Args:
         ana: the :class:`~diffana.analysis.Analysis` of the run.
@@ -24,9 +41,10 @@ def drawing(ana, out_dir: Path, hists: dict, params: dict):
         params: ``{stage: parameters}``.
     """
     with ThreadPoolExecutor(1, thread_name_prefix="diffana-figures") as pool:
-        drawn = pool.submit(_figures, ana, out_dir, hists, params)
-        yield drawn  # drawn.result() waits for the figures inside the block
-        drawn.result()
+        figures = Drawing(pool)
+        figures.submit(_figures, ana, out_dir, hists, params)
+        yield figures
+        figures.wait()
 
 
 def _figures(ana, out_dir: Path, hists: dict, params: dict) -> None:
@@ -44,10 +62,10 @@ def _figures(ana, out_dir: Path, hists: dict, params: dict) -> None:
 
 
 def write(ana, out_dir: Path, hists: dict, flows: dict, final_yields: dict,
-          sensitivity: dict) -> None:
+          sensitivity: dict, figures: Drawing) -> None:
     """Write ``workspace.json`` (the final soft yields, the pseudodata as observations),
-    ``histograms.root``, ``sensitivity.png``/``.csv`` and the yield and cutflow tables (the
-    other figures: :func:`drawing`).
+    ``histograms.root``, ``sensitivity.csv``, the yield and cutflow tables, and have
+    ``figures`` draw ``sensitivity.png`` meanwhile (the other figures: :func:`drawing`).
 
     Args:
         ana: the :class:`~diffana.analysis.Analysis` of the run.
@@ -55,8 +73,11 @@ def write(ana, out_dir: Path, hists: dict, flows: dict, final_yields: dict,
         flows: ``{stage: cutflow}`` (:func:`diffana.tables.cutflow`).
         final_yields: the soft yields at the final parameters.
         sensitivity: ``{param: {template: ∂objective/∂θ}}`` (empty: none trainable).
+        figures: the :class:`Drawing` of :func:`drawing`.
     """
     cfg = ana.cfg
+    if sensitivity:
+        figures.submit(plot.sensitivity, sensitivity, out_dir / "sensitivity.png", cfg)
     data = {stage: ana.pseudodata(h) for stage, h in hists.items()}
     observations = ({r: h.values() for r, h in data["final"].items()}
                     if data["final"] is not None else None)
@@ -64,7 +85,6 @@ def write(ana, out_dir: Path, hists: dict, flows: dict, final_yields: dict,
     axis_labels = {r: plot.axis_label(cfg, r) for r in cfg.regions}
     report.write_root_histograms(out_dir / "histograms.root", hists, data, axis_labels)
     if sensitivity:
-        plot.sensitivity(sensitivity, out_dir / "sensitivity.png", cfg)
         report.write_sensitivity_csv(out_dir / report.SENSITIVITY_CSV, sensitivity, cfg)
     tables.write(out_dir, hists, flows)
 

@@ -28,6 +28,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -35,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffana import observe
+from diffana import observe, split
 from diffana.config import AnalysisConfig, ObjectCut, Observable
 from diffana.exceptions import ConfigError
 from diffana.naming import field_branch
@@ -69,14 +70,18 @@ class Plan:
 
     collections: dict[str, CollectionPlan]
     root_branches: dict[str, dict[str, str]]  # root -> field -> branch
+    # per-event branches, and the part of each event (split.COLUMN) where split: is given
     event_branches: tuple[str, ...]
     # observables whose structure is computed once when lowering
     prepared: tuple[Prepared, ...] = ()
 
     @property
     def branches(self) -> list[str]:
+        """The branches to read from the files (``event_branches`` but the columns made when
+        reading: the part of each event, :data:`diffana.split.COLUMN`)."""
         out = [b for fields in self.root_branches.values() for b in fields.values()]
-        return list(dict.fromkeys(out + list(self.event_branches)))
+        read = [b for b in self.event_branches if b != split.COLUMN]
+        return list(dict.fromkeys(out + read))
 
 
 def _is_hard(cut: ObjectCut) -> bool:
@@ -108,9 +113,11 @@ def build(cfg: AnalysisConfig) -> Plan:
 
     event_branches: list[str] = []
     prepared = []
-    for oname, obs in cfg.observables.items():
+    for i, (oname, obs) in enumerate(cfg.observables.items()):
         if observe.KINDS[obs.kind].check is not None:
             observe.KINDS[obs.kind].check(oname, obs, colls)
+        if observe.KINDS[obs.kind].reads is not None:
+            _check_inputs(oname, observe.KINDS[obs.kind].reads(obs), list(cfg.observables)[:i])
         if observe.KINDS[obs.kind].prepare is not None:
             prepared.append(Prepared(oname, obs))
         if obs.collection is not None:
@@ -121,11 +128,28 @@ def build(cfg: AnalysisConfig) -> Plan:
                 mapping[root].setdefault(f, field_branch(cfg.objects[root].source, f))
         if "branch" in obs.options:
             event_branches.append(str(obs.options["branch"]))
+    groups = ["cuts", *(n for n, obs in cfg.observables.items()
+                        if observe.KINDS[obs.kind].parameters)]
+    for group in cfg.optimiser.groups:
+        if group not in groups:
+            raise ConfigError(f"optimiser.groups.{group}: not a parameter group (the groups: "
+                              f"{', '.join(groups)})")
+    if cfg.split is not None:  # each event's part, a column made when the events are read
+        event_branches.append(split.COLUMN)
     for root, fields in mapping.items():
         if not fields:
             # A collection used only for counting still needs its multiplicity: read pT.
             fields["pt"] = field_branch(cfg.objects[root].source, "pt")
     return Plan(colls, mapping, tuple(event_branches), tuple(prepared))
+
+
+def _check_inputs(name: str, inputs: list[str], before: list[str]) -> None:
+    """An observable's inputs must be observables defined before it."""
+    for j, x in enumerate(inputs):
+        if x not in before:
+            raise ConfigError(f"observables.{name}.options.inputs[{j}]: {x!r} is not an "
+                              f"observable defined before {name!r} (defined before it: "
+                              f"{before})")
 
 
 @dataclass(frozen=True)
@@ -184,35 +208,86 @@ class ParameterSpace:
 
     ``u = (θ - lower) / (upper - lower)`` maps each trainable parameter's bounds to [0, 1]:
     the optimiser steps in ``u``, so one learning rate suits cuts in GeV and in b-tag score.
+
+    ``groups``: the parameter groups of observables that have parameters of their own (a
+    network's weights, :func:`diffana.observe.register_observable`), by observable: their
+    initial values ``{key: array}``. A group's ``weights`` are trained: they follow the
+    scalar parameters in ``u``, as they are (unbounded); its other keys are set once
+    (``params[group][key]``).
     """
 
     values: dict[str, float]  # every parameter's configured value
     trainable: list[str]
     lower_bounds: np.ndarray
     upper_bounds: np.ndarray
+    groups: dict[str, dict] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def of(cls, cfg: AnalysisConfig) -> ParameterSpace:
         trainable = [n for n, p in cfg.parameters.items() if p.trainable]
         lo = np.array([cfg.parameters[n].bounds[0] for n in trainable], dtype=np.float64)
         hi = np.array([cfg.parameters[n].bounds[1] for n in trainable], dtype=np.float64)
-        return cls({n: p.value for n, p in cfg.parameters.items()}, trainable, lo, hi)
+        groups = {name: observe.KINDS[obs.kind].parameters(obs)
+                  for name, obs in cfg.observables.items()
+                  if obs.kind in observe.KINDS and observe.KINDS[obs.kind].parameters}
+        return cls({n: p.value for n, p in cfg.parameters.items()}, trainable, lo, hi, groups)
+
+    @property
+    def size(self) -> int:
+        """The length of ``u``: the trainable scalars and every group's weights."""
+        return len(self.trainable) + sum(len(g["weights"]) for g in self.groups.values())
+
+    def group_slices(self) -> dict[str, slice]:
+        """Where each part of ``u`` is: ``{"cuts": the scalars, group: its weights}``."""
+        out, at = {"cuts": slice(0, len(self.trainable))}, len(self.trainable)
+        for name, g in self.groups.items():
+            out[name] = slice(at, at + len(g["weights"]))
+            at += len(g["weights"])
+        return out
+
+    @property
+    def unit_names(self) -> list[str]:
+        """A name for each entry of ``u`` (``nn_score[17]``: a group's weight)."""
+        return self.trainable + [f"{name}[{i}]" for name, g in self.groups.items()
+                                 for i in range(len(g["weights"]))]
+
+    def unit_box(self) -> tuple[np.ndarray, np.ndarray]:
+        """The bounds of ``u``: [0, 1] for each scalar, unbounded for the weights."""
+        free = self.size - len(self.trainable)
+        return (np.concatenate([np.zeros(len(self.trainable)), np.full(free, -np.inf)]),
+                np.concatenate([np.ones(len(self.trainable)), np.full(free, np.inf)]))
 
     def initial_params(self) -> dict:
-        """All parameters at their configured values, as float64 JAX scalars."""
-        return {n: jnp.asarray(v, dtype=jnp.float64) for n, v in self.values.items()}
+        """All parameters at their configured values, as float64 JAX scalars (and each
+        group's initial values, as float64 JAX arrays)."""
+        params = {n: jnp.asarray(v, dtype=jnp.float64) for n, v in self.values.items()}
+        for name, g in self.groups.items():
+            params[name] = {k: jnp.asarray(v, dtype=jnp.float64) for k, v in g.items()}
+        return params
 
     def to_unit(self, params: dict) -> jax.Array:
-        """Trainable parameters mapped to the unit box: ``u = (θ - lo) / (hi - lo)``."""
-        theta = jnp.stack([jnp.asarray(params[n], dtype=jnp.float64) for n in self.trainable])
-        return (theta - self.lower_bounds) / (self.upper_bounds - self.lower_bounds)
+        """Trainable parameters mapped to the unit box: ``u = (θ - lo) / (hi - lo)``,
+        then each group's weights as they are."""
+        if self.trainable:
+            theta = jnp.stack([jnp.asarray(params[n], dtype=jnp.float64) for n in self.trainable])
+            u = (theta - self.lower_bounds) / (self.upper_bounds - self.lower_bounds)
+        else:
+            u = jnp.zeros(0, dtype=jnp.float64)
+        if not self.groups:
+            return u
+        return jnp.concatenate([u, *(jnp.asarray(params[name]["weights"], dtype=jnp.float64)
+                                     for name in self.groups)])
 
     def from_unit(self, u, fixed: dict | None = None) -> dict:
         """All parameters, the trainable ones from unit-box coordinates ``u``."""
         params = dict(fixed or self.initial_params())
-        theta = self.lower_bounds + (self.upper_bounds - self.lower_bounds) * u
+        k = len(self.trainable)
+        theta = self.lower_bounds + (self.upper_bounds - self.lower_bounds) * (
+            u[:k] if self.groups else u)
         for i, n in enumerate(self.trainable):
             params[n] = theta[i]
+        for name, where in list(self.group_slices().items())[1:]:
+            params[name] = {**params[name], "weights": u[where]}
         return params
 
 

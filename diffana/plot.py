@@ -13,6 +13,7 @@ import mplhep
 import numpy as np
 from matplotlib import style
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullLocator
 
 from diffana import breakdown, files
 
@@ -260,6 +261,7 @@ def sensitivity(sens: dict[str, dict[str, float]], path: Path, cfg=None, top: in
                 ax = axes[i, j]
                 vals = [values[p] for _, values in ranked][::-1]
                 ax.barh(names, vals, color=["tab:red" if v < 0 else "tab:blue" for v in vals])
+                ax.yaxis.set_minor_locator(NullLocator())  # categories: no minor ticks
                 ax.axvline(0, color="black", lw=0.8)
                 ax.tick_params(labelsize=11)
                 ax.ticklabel_format(axis="x", style="sci", scilimits=(-2, 3))

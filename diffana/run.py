@@ -22,14 +22,14 @@ import numpy as np
 import yaml
 from tqdm.auto import tqdm
 
-from diffana import checks, guards, outputs, report, tables
+from diffana import checks, guards, learned, outputs, report, tables
 from diffana import config as configmod
 from diffana.analysis import Analysis
 from diffana.diagnose import non_finite_stage
 from diffana.events import changed_input
 from diffana.exceptions import DiffanaError, InputChanged, NumericalError, ResumableError
 from diffana.log import Phases, logger
-from diffana.optimise import Interrupted, Resume, optimise
+from diffana.optimise import Interrupted, Resume, group_settings, optimise
 from diffana.plan import ParameterSpace
 
 #: the phases timed in ``results.json`` (``timings``), besides ``total_s``
@@ -37,8 +37,8 @@ TIMINGS = ("generate_s", "read_s", "lower_s", "compile_s", "steps_s", "hard_s",
            "sensitivity_s", "outputs_s")
 
 
-def _floats(params: dict) -> dict[str, float]:
-    return {k: float(v) for k, v in params.items()}
+def _floats(params: dict) -> dict[str, float]:  # the scalars (a network's: parameters.npz)
+    return {k: float(v) for k, v in params.items() if not isinstance(v, dict)}
 
 
 def run(
@@ -211,7 +211,8 @@ def _optimise_and_write(ana: Analysis, cfg, out_dir: Path, config_file: Path | s
     history = report.HistoryWriter(out_dir / "history.csv", ana.trainable, earlier)
 
     def first_gradient(grad) -> None:  # a parameter no cut uses: said at once
-        for flag in guards.unused_parameters(np.asarray(grad), ana.trainable):
+        for flag in guards.unused_parameters(np.asarray(grad)[:len(ana.trainable)],
+                                             ana.trainable):
             logger.warning(guards.line(flag))
 
     steps_start = time.perf_counter()
@@ -226,8 +227,10 @@ def _optimise_and_write(ana: Analysis, cfg, out_dir: Path, config_file: Path | s
             progress=progress,
             on_step=lambda step, loss, u: (history.row(*row(step, loss, u)), signals.check()),
             describe=lambda v: f"{sign * v:.5g}",
-            names=ana.trainable,
+            names=ana.space.unit_names,
             resume=checkpoint,
+            box=ana.space.unit_box() if ana.space.groups else None,
+            groups=group_settings(ana.space.group_slices(), cfg.optimiser),
             on_first_gradient=first_gradient if ana.trainable else None,
         )
     finally:
@@ -272,6 +275,7 @@ def _evaluate_and_write(ana: Analysis, cfg, res, out_dir: Path, config_file: Pat
         hists = {"initial": ana.hard_histograms(p0), "final": ana.hard_histograms(p_final)}
         hard_initial = ana.hard_objective(p0, hists["initial"])
         hard_final = ana.hard_objective(p_final, hists["final"])
+        held_out = learned.held_out(ana, p0, p_final)  # hard_train beside hard, with split:
         flows = {stage: tables.cutflow(ana, p) for stage, p in (("initial", p0),
                                                                  ("final", p_final))}
     # the history and template figures are drawn meanwhile
@@ -287,8 +291,11 @@ def _evaluate_and_write(ana: Analysis, cfg, res, out_dir: Path, config_file: Pat
         results = _results(ana, res, config_file, meta, p0, p_final,
                            (objective_initial, objective_final), (hard_initial, hard_final),
                            sensitivity)
+        results.update(held_out)
+        results.update(learned.write(ana, out_dir, p_final))  # a network's weights
 
-        gradient0 = res.first_gradient if ana.trainable else None  # the optimiser's step 0
+        gradient0 = (None if not ana.trainable or res.first_gradient is None  # step 0, cuts
+                     else res.first_gradient[:len(ana.trainable)])
         flags = guards.run_flags(cfg, hists, {"final": final_yields}, gradient0, p_final,
                                  {"initial": (objective_initial, hard_initial),
                                   "final": (objective_final, hard_final)})
@@ -301,8 +308,8 @@ def _evaluate_and_write(ana: Analysis, cfg, res, out_dir: Path, config_file: Pat
                 logger.warning(guards.line(flag))
 
         with phases("outputs_s", "workspace, ROOT histograms, figures and tables"):
-            outputs.write(ana, out_dir, hists, flows, final_yields, sensitivity)
-            figures.result()
+            outputs.write(ana, out_dir, hists, flows, final_yields, sensitivity, figures)
+            figures.wait()
     stop_here()
     results["wall_seconds"] = meta["wall_seconds"] + time.perf_counter() - start
     # this process's phases (a resumed run: since it resumed), in seconds
@@ -353,7 +360,7 @@ def _results(ana: Analysis, res, config_file, meta: dict, p0: dict, p_final: dic
     if res.non_finite_u is not None:
         bad = ana.from_unit(jnp.asarray(res.non_finite_u), p0)
         i = res.non_finite_param
-        where = non_finite_stage(ana, bad, None if i is None else ana.trainable[i])
+        where = non_finite_stage(ana, bad, None if i is None else ana.space.unit_names[i])
         results["stopped"] = f"{res.stopped} ({where})"
         results["params_non_finite"] = _floats(bad)
         results["warning"] = (

@@ -19,12 +19,13 @@ and sum (yields are sums over events).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
 
-from diffana import observe, ragged, select
+from diffana import observe, ragged, select, split
 from diffana.chunks import ChunkLayout
 from diffana.config import AnalysisConfig
 from diffana.histogram import empty_histogram, hard_histogram, kde_histogram
@@ -37,7 +38,9 @@ class Kernel:
 
     ``groups[g]`` maps each sample of event set ``g`` to its :data:`~diffana.plan.Variant`;
     ``variants`` lists every per-event weight factor in use (index 0: the events as they
-    are); ``layout`` is the chunk shape (``None`` until known, and for the awkward engine).
+    are); ``layout`` is the chunk shape (``None`` until known, and for the awkward engine);
+    ``part``: the events the stages weigh where the configuration has a ``split``
+    (``train``, ``test`` or ``all``: :mod:`diffana.split`; without one, every part is all).
     """
 
     cfg: AnalysisConfig
@@ -47,6 +50,7 @@ class Kernel:
     variants: tuple[Variant, ...]
     edges: dict
     layout: ChunkLayout | None = None
+    part: str = "train"
 
     @classmethod
     def of(cls, cfg: AnalysisConfig, plan: Plan, space: ParameterSpace,
@@ -61,6 +65,10 @@ class Kernel:
     def with_layout(self, layout: ChunkLayout) -> Kernel:
         return dataclasses.replace(self, layout=layout)
 
+    def for_part(self, part: str) -> Kernel:
+        """This kernel weighing the events of ``part`` (one kernel per part: compiled once)."""
+        return self if part == self.part else _kernel_for_part(self, part)
+
     @property
     def samples(self) -> list[str]:
         """Every sample (nominal and variation), set by set."""
@@ -73,15 +81,24 @@ class Kernel:
         return self.variants.index(variant), 1.0
 
 
+@functools.lru_cache(maxsize=64)
+def _kernel_for_part(kernel: Kernel, part: str) -> Kernel:
+    if part not in split.PARTS:
+        raise ValueError(f"part {part!r}: expected one of {', '.join(split.PARTS)}")
+    return dataclasses.replace(kernel, part=part)
+
+
 def region_events(kernel: Kernel, ops, params: dict, weight, hard: bool) -> dict:
     """Select and observe once for one set of events.
 
     Returns ``{region: (x, W)}``: the observable per event and the event weights of every
-    variant (``W[m]`` for ``kernel.variants[m]``), normalisation included.
+    variant (``W[m]`` for ``kernel.variants[m]``), normalisation included (and the factor of
+    the kernel's part of the events, where the configuration has a ``split``).
     """
     cfg, plan = kernel.cfg, kernel.plan
+    weight = split.part_weight(cfg.split, kernel.part, ops, weight)
     weights = select.object_weights(cfg, plan, ops, params, hard)
-    obs = observe.evaluate(cfg, plan, ops, weights)
+    obs = observe.evaluate(cfg, plan, ops, weights, params)
     common = select.event_weights(cfg, plan, ops, cfg.selection, weights, obs, params, hard)
     factors = jnp.stack([jnp.ones_like(weight) if v is None else 1.0 + v.slope * obs[v.observable]
                          for v in kernel.variants])
@@ -89,6 +106,25 @@ def region_events(kernel: Kernel, ops, params: dict, weight, hard: bool) -> dict
                     factors * (common * weight * select.event_weights(
                         cfg, plan, ops, region.selection, weights, obs, params, hard)))
             for rname, region in cfg.regions.items()}
+
+
+def input_moments(kernel: Kernel, ops, params: dict, weight) -> dict:
+    """``{group: (Σw, Σw·x, Σw·x²)}`` of each parameter group's input observables (shape
+    ``(3, inputs)``), ``w`` the event weights after the top-level soft selection (of the
+    kernel's part of the events): what a network's input standardisation is taken from.
+    """
+    cfg, plan = kernel.cfg, kernel.plan
+    weight = split.part_weight(cfg.split, kernel.part, ops, weight)
+    weights = select.object_weights(cfg, plan, ops, params, False)
+    obs = observe.evaluate(cfg, plan, ops, weights, params)
+    w = weight * select.event_weights(cfg, plan, ops, cfg.selection, weights, obs, params, False)
+    out = {}
+    for name in kernel.space.groups:
+        spec = cfg.observables[name]
+        x = jnp.stack([jnp.asarray(obs[i], dtype=jnp.float64)
+                       for i in observe.KINDS[spec.kind].reads(spec)])
+        out[name] = jnp.stack([jnp.broadcast_to(jnp.sum(w), x.shape[:1]), x @ w, (x * x) @ w])
+    return out
 
 
 def kde(kernel: Kernel, events: dict, slots=None, num_slots: int = 1,
@@ -142,6 +178,12 @@ def chunk_yields(kernel: Kernel, params: dict, chunk: dict) -> dict:
             a.reshape(-1, *a.shape[2:]), mode="drop"), local)
 
 
+def chunk_moments(kernel: Kernel, params: dict, chunk: dict) -> dict:
+    """:func:`input_moments` of one chunk (padding events have weight 0)."""
+    ops = ragged.CompiledOps(chunk, kernel.layout.events, kernel.layout.runs)
+    return input_moments(kernel, ops, params, chunk["weight"])
+
+
 def chunk_yields_at(kernel: Kernel, u, params_fixed: dict, chunk: dict) -> dict:
     """:func:`chunk_yields` at unit-box coordinates ``u``."""
     return chunk_yields(kernel, kernel.space.from_unit(u, params_fixed), chunk)
@@ -154,6 +196,19 @@ def chunk_jacobian(kernel: Kernel, u, params_fixed: dict, chunk: dict):
         return y, y
 
     jac, y = jax.jacfwd(yields, has_aux=True)(u)
+    return y, jac
+
+
+def chunk_cut_jacobian(kernel: Kernel, u, params_fixed: dict, chunk: dict):
+    """Yields of one chunk and their Jacobian in the scalar parameters' part of ``u`` only
+    (a network's weights held: a tangent per cut, not per weight)."""
+    k = len(kernel.space.trainable)
+
+    def yields(v):
+        y = chunk_yields_at(kernel, jnp.concatenate([v, u[k:]]), params_fixed, chunk)
+        return y, y
+
+    jac, y = jax.jacfwd(yields, has_aux=True)(u[:k])
     return y, jac
 
 
@@ -178,7 +233,9 @@ def contract(cotangent, jacobian):
 
 #: The chunk functions executors map over chunks and sum, by name (a name travels to a
 #: Dask worker; the function it names is compiled there).
-CHUNK_FUNCTIONS = {"yields": jit_yields, "jacobian": jit_jacobian, "vjp": jit_vjp}
+CHUNK_FUNCTIONS = {"yields": jit_yields, "jacobian": jit_jacobian, "vjp": jit_vjp,
+                   "cut_jacobian": jax.jit(chunk_cut_jacobian, static_argnums=0),
+                   "moments": jax.jit(chunk_moments, static_argnums=0)}
 
 
 def fill_hard(kernel: Kernel, samples: list[str], parts) -> dict:
@@ -215,7 +272,7 @@ def cutflow_weights(cfg: AnalysisConfig, plan: Plan, ops, params: dict, weight) 
     without any is one step, the top-level selection).
     """
     weights = select.object_weights(cfg, plan, ops, params, True)
-    obs = observe.evaluate(cfg, plan, ops, weights)
+    obs = observe.evaluate(cfg, plan, ops, weights, params)
 
     def passing(req):
         return select.requirement_weight(cfg, plan, ops, req, weights, obs, params, True)

@@ -149,3 +149,17 @@ def test_two_writers_of_one_entry_keep_the_first(tmp_path):
     assert (g, n) == (0, 4) and got["masks"] == {}
     np.testing.assert_array_equal(got["weight"], chunk["weight"])
     assert got["events"]["__slot__"].dtype == np.int32
+
+
+def test_a_cache_that_cannot_be_written_leaves_the_run_as_without_it(inputs, monkeypatch,
+                                                                      caplog):
+    folder, data = inputs
+    blocked = folder / "not-a-directory"
+    blocked.write_text("")
+    monkeypatch.setenv("DIFFANA_CACHE", str(blocked / "cache"))  # mkdir fails
+    ana = _analysis(folder, data, seed=12)
+    with caplog.at_level("WARNING", logger="diffana"):
+        a, b = _step(ana), _step(ana)
+    assert a[0] == b[0] and not ana.executor.cache.complete
+    assert "lowered-chunk cache cannot be written" in caplog.text
+    assert caplog.text.count("cannot be written") == 1  # said once, not on every step

@@ -16,14 +16,15 @@ EVENTS = 5_000
 STEPS = 25
 
 
-def _default_sigint():  # a test runner in the background passes SIGINT on ignored
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+# a test runner started in the background passes SIGINT on ignored (and diffana leaves an
+# ignored signal ignored): the run restores it as in a terminal first
+CLI = ("import signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+       "from diffana.cli import main; sys.exit(main(sys.argv[1:]))")
 
 
 def diffana_run(*args):
-    return subprocess.Popen([sys.executable, "-m", "diffana.cli", "run", *map(str, args),
-                             "--quiet"], cwd=ROOT, text=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, preexec_fn=_default_sigint)
+    return subprocess.Popen([sys.executable, "-c", CLI, "run", *map(str, args), "--quiet"],
+                            cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
 def rows(run_dir) -> int:

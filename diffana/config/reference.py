@@ -88,7 +88,7 @@ def _block(model: type[BaseModel]) -> list[str]:
     comments = _comments(model)
     for name, field in model.model_fields.items():
         what = comments.get(name, "").replace("|", "\\|")
-        lines.append(f"| `{name}` | {_type(field.annotation).replace('|', 'or')} | "
+        lines.append(f"| `{field.alias or name}` | {_type(field.annotation).replace('|', 'or')} | "
                      f"{_default(field)} | {what} |")
     return [*lines, ""]
 

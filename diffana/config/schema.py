@@ -22,6 +22,7 @@ from pydantic import Field, StrictBool, StrictInt, field_validator, model_valida
 from diffana import budget
 from diffana.config.errors import KeyCheckError, show
 from diffana.config.statistics import ModelConfig, Objective, Optimiser
+from diffana.config.training import Init, Split
 from diffana.config.values import Number, StrictModel, Threshold, bounds_problem, exactly_one
 from diffana.naming import variation_key
 
@@ -447,6 +448,11 @@ class AnalysisConfig(StrictModel):
     device: Literal["auto", "cpu", "gpu"] = "auto"
     # the compiled chunks evaluated here or on Dask workers (see Executor)
     executor: Executor = Field(default_factory=Executor)
+    # held-out events: the optimiser trains on a part, the hard evaluations use the rest (see
+    # Split); none: every event in both
+    split: Split | None = None
+    # start from another run's final parameters (see Init); none: the configured values
+    init: Init | None = None
 
     @model_validator(mode="after")
     def _needs_luminosity(self) -> AnalysisConfig:

@@ -152,6 +152,19 @@ class Optimiser(StrictModel):
     steps: StrictInt = Field(100, ge=0)
     # stop when the objective changes by less than this, relative
     tolerance: Number | None = Field(None, gt=0)
+    # an optimiser of its own (name and options) for a parameter group: cuts (the scalar
+    # parameters) or a network observable's weights (by the observable's name); the rest
+    # keep the optimiser above (optax.multi_transform)
+    groups: dict[str, Optimiser] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _group_keys(self) -> Optimiser:
+        for group, sub in self.groups.items():
+            extra = sorted(sub.model_fields_set & {"steps", "tolerance", "groups"})
+            if extra:
+                raise KeyCheckError(f"groups.{group}.{extra[0]}", "a group takes a name and "
+                                    "options only; steps and tolerance are the whole loop's")
+        return self
 
     @field_validator("name")
     @classmethod

@@ -57,14 +57,21 @@ class Executor(Protocol):
     def objective(self, params: dict):
         """The soft objective at ``params``."""
 
+    def input_moments(self, params: dict) -> dict:
+        """``{group: (Σw, Σw·x, Σw·x²)}`` of each network's input observables over the
+        training events after the top-level soft selection (its standardisation)."""
+
     def loss_and_grad(self, u, params_fixed: dict):
         """The loss and its gradient in unit-box coordinates."""
 
-    def event_parts(self, params: dict, hard: bool):
-        """``(set, {region: (x, W)})`` for all events, in parts."""
+    def event_parts(self, params: dict, hard: bool, part: str | None = None):
+        """``(set, {region: (x, W)})`` for all events, in parts; ``part``: the events
+        weighed where the configuration has a ``split`` (default: the training events)."""
 
-    def hard_histograms(self, params: dict, samples: list[str]) -> dict:
-        """Hard cuts filled into ``hist`` histograms ``[region][sample]``."""
+    def hard_histograms(self, params: dict, samples: list[str], part: str = "test") -> dict:
+        """Hard cuts filled into ``hist`` histograms ``[region][sample]``, of the test
+        events where the configuration has a ``split`` (``part``: ``train``, ``test`` or
+        ``all``; without a split, all events whatever ``part``)."""
 
     def cutflow_parts(self, params: dict):
         """``(set, weighted and raw events after each cutflow step)``, each

@@ -12,7 +12,14 @@ import jax.numpy as jnp
 
 from diffana import ragged
 from diffana.executors.setup import Setup
-from diffana.stages import by_sample, cutflow_weights, fill_hard, kde, region_events
+from diffana.stages import (
+    by_sample,
+    cutflow_weights,
+    fill_hard,
+    input_moments,
+    kde,
+    region_events,
+)
 from diffana.stats.objective import jit_loss_and_gradient, value
 
 
@@ -26,11 +33,12 @@ class AwkwardExecutor:
         self.kernel, self.objective_spec, self.sets = setup.kernel, setup.objective, setup.sets
         ragged.enable_awkward_jax()
 
-    def _events(self, g: int, params: dict, hard: bool) -> dict:
+    def _events(self, g: int, params: dict, hard: bool, part: str | None = None) -> dict:
         # Fresh JAX-backed Awkward arrays per evaluation: arrays reused across nested
         # transforms (jacrev after a vjp) were seen to give wrong cotangents.
         lowered = self.sets[g].lowered
-        return region_events(self.kernel, ragged.AwkwardOps(lowered), params,
+        kernel = self.kernel if part is None else self.kernel.for_part(part)
+        return region_events(kernel, ragged.AwkwardOps(lowered), params,
                              jnp.asarray(lowered.weight), hard)
 
     def yields(self, params: dict) -> dict:
@@ -42,6 +50,11 @@ class AwkwardExecutor:
         y = self.yields(params)
         return y, jax.jacfwd(lambda th: self.yields({**params, **th}))(theta)
 
+    def input_moments(self, params: dict) -> dict:
+        parts = [input_moments(self.kernel, ragged.AwkwardOps(s.lowered), params,
+                               jnp.asarray(s.lowered.weight)) for s in self.sets]
+        return jax.tree_util.tree_map(lambda *a: sum(a), *parts)
+
     def objective(self, params: dict):
         # JAX-backed Awkward outputs under a transform cannot enter a jit-compiled function.
         return value(self.objective_spec, self.yields(params))
@@ -52,9 +65,9 @@ class AwkwardExecutor:
         loss, dloss_dy = jit_loss_and_gradient(self.objective_spec, y)
         return loss, pullback(dloss_dy)[0]
 
-    def event_parts(self, params: dict, hard: bool):
+    def event_parts(self, params: dict, hard: bool, part: str | None = None):
         for g in range(len(self.sets)):
-            yield g, self._events(g, params, hard)
+            yield g, self._events(g, params, hard, part)
 
     def cutflow_parts(self, params: dict):
         kernel = self.kernel
@@ -65,8 +78,8 @@ class AwkwardExecutor:
             yield g, jnp.stack([w for _, w in cutflow_weights(
                 kernel.cfg, kernel.plan, ops, params, jnp.stack([weight, jnp.ones_like(weight)]))])
 
-    def hard_histograms(self, params: dict, samples: list[str]) -> dict:
-        return fill_hard(self.kernel, samples, self.event_parts(params, hard=True))
+    def hard_histograms(self, params: dict, samples: list[str], part: str = "test") -> dict:
+        return fill_hard(self.kernel, samples, self.event_parts(params, hard=True, part=part))
 
     def close(self) -> None:
         pass

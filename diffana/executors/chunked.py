@@ -67,22 +67,28 @@ class ChunkedExecutor:
         """``Σ_chunks CHUNK_FUNCTIONS[name](kernel, *args, chunk)``."""
         raise NotImplementedError
 
-    def event_parts(self, params: dict, hard: bool):
+    def event_parts(self, params: dict, hard: bool, part: str | None = None):
         raise NotImplementedError
+
+    def part_kernel(self, part: str | None) -> Kernel:
+        """The kernel weighing ``part`` of the events (None: the training part)."""
+        return self.kernel if part is None else self.kernel.for_part(part)
 
     @property
     def gradient_mode(self) -> str:
         if self.gradient != "auto":
             return self.gradient
         # forward for few parameters, two passes (yields, VJP) for many
-        return "forward" if len(self.kernel.space.trainable) <= STREAM_FORWARD_MAX else "reverse"
+        return "forward" if self.kernel.space.size <= STREAM_FORWARD_MAX else "reverse"
 
     def yields(self, params: dict) -> dict:
         return by_sample(self.kernel, self.map_reduce("yields", (params,)))
 
     def yields_and_jacobian(self, params: dict) -> tuple[dict, dict]:
         space = self.kernel.space
-        y, jac = self.map_reduce("jacobian", (space.to_unit(params), params))
+        # with a network, the Jacobian in the cuts only (a tangent per weight is too many)
+        y, jac = self.map_reduce("cut_jacobian" if space.groups else "jacobian",
+                                 (space.to_unit(params), params))
         scale = jnp.asarray(space.upper_bounds - space.lower_bounds)
         jac = by_sample(self.kernel, jac, floor=False)
         out = {r: {s: {k: {n: jac[r][s][k][..., i] / scale[i]
@@ -92,6 +98,11 @@ class ChunkedExecutor:
 
     def objective(self, params: dict):
         return jit_value(self.objective_spec, self.yields(params))
+
+    def input_moments(self, params: dict) -> dict:
+        """``{group: (Σw, Σw·x, Σw·x²)}`` of each network's inputs over the training events
+        (see :func:`diffana.stages.input_moments`)."""
+        return self.map_reduce("moments", (params,))
 
     def loss_and_grad(self, u, params_fixed: dict):
         if self.gradient_mode == "reverse":
@@ -106,8 +117,8 @@ class ChunkedExecutor:
         """The loss of summed chunk yields and its gradient in them."""
         return jit_loss_and_cotangent(self.kernel, self.objective_spec, stacked)
 
-    def hard_histograms(self, params: dict, samples: list[str]) -> dict:
-        return fill_hard(self.kernel, samples, self.event_parts(params, hard=True))
+    def hard_histograms(self, params: dict, samples: list[str], part: str = "test") -> dict:
+        return fill_hard(self.kernel, samples, self.event_parts(params, hard=True, part=part))
 
     def close(self) -> None:
         pass

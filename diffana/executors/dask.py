@@ -129,8 +129,8 @@ def _run(key: str, name: str, args: tuple, chunks: list):
     return jax.device_get(sum_over(name, _context(key).kernel, args, (c for _, _, c in chunks)))
 
 
-def _hard(key: str, params: dict, samples: list[str], chunks: list) -> dict:
-    kernel = _context(key).kernel
+def _hard(key: str, params: dict, samples: list[str], part: str, chunks: list) -> dict:
+    kernel = _context(key).kernel.for_part(part)
     return fill_hard(kernel, samples, region_parts(kernel, chunks, params, True))
 
 
@@ -263,16 +263,17 @@ class DaskExecutor(ChunkedExecutor):
     def cutflow_parts(self, params: dict):
         return None  # the events are on the workers
 
-    def event_parts(self, params: dict, hard: bool):
+    def event_parts(self, params: dict, hard: bool, part: str | None = None):
         raise DiffanaError("the events of each sample are on the Dask workers; per-event "
                            "values need executor: local")
 
-    def hard_histograms(self, params: dict, samples: list[str]) -> dict:
+    def hard_histograms(self, params: dict, samples: list[str], part: str = "test") -> dict:
         params = jax.device_get(params)
         with self.connection():
             self._watch_workers()
             futures = self.client.map(_hard, [self.key] * self.tasks, [params] * self.tasks,
-                                      [samples] * self.tasks, self.chunks, pure=False)
+                                      [samples] * self.tasks, [part] * self.tasks, self.chunks,
+                                      pure=False)
             return self._reduce(futures)
 
     def close(self) -> None:

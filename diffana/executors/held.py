@@ -108,8 +108,9 @@ class HeldExecutor(ChunkedExecutor):
                              self.chunks.stacked)
         return super().loss_and_grad(u, params_fixed)
 
-    def event_parts(self, params: dict, hard: bool):
-        parts = [jit_events(self.kernel, params, chunk, hard) for chunk in self.chunks]
+    def event_parts(self, params: dict, hard: bool, part: str | None = None):
+        kernel = self.part_kernel(part)
+        parts = [jit_events(kernel, params, chunk, hard) for chunk in self.chunks]
         stream = {r: tuple(jnp.concatenate([c[r][i] for c in parts], axis=-1) for i in (0, 1))
                   for r in self.kernel.cfg.regions}
         for g, (a, b) in self._set_ranges():

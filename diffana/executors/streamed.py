@@ -11,6 +11,7 @@ passes after it map flat arrays instead of reading the files.
 
 from __future__ import annotations
 
+import logging
 import time
 
 from tqdm.auto import tqdm
@@ -23,6 +24,8 @@ from diffana.generate import cache_dir
 from diffana.lowered_cache import LoweredCache, cache_key
 from diffana.prefetch import prefetched
 from diffana.stages import jit_cutflow, jit_events
+
+log = logging.getLogger("diffana")
 
 TOUCH_S = 10.0  # how often a pass over the cache marks its entry as in use
 IN_FLIGHT = 4  # chunk computations dispatched and not finished (each holds its chunk)
@@ -100,12 +103,7 @@ class StreamedExecutor(ChunkedExecutor):
         """``(set, events, host chunk)`` of each chunk, read and lowered from the files (the
         first ``skip`` left out); written into the cache where it has no entry yet."""
         kernel, n_sets = self.kernel, len(self.kernel.groups)
-        writer = None
-        if self.cache is not None and not self.cache.complete and not skip \
-                and not self._writer_failed:
-            writer = self.cache.writer(self.first_pass["n_chunks"],
-                                       self.first_pass["chunk_bytes"] * 2, self.first_pass)
-            self._writer_failed = writer is None  # no room: do not ask on every pass
+        writer = self._cache_writer() if not skip else None
         try:
             for i, (g, buffers) in enumerate(self._lowered()):
                 if i < skip:
@@ -113,14 +111,40 @@ class StreamedExecutor(ChunkedExecutor):
                 item = one_set_host_chunk(kernel.layout, kernel.plan, g, buffers, n_sets,
                                           kernel.cfg.name)
                 if writer is not None:
-                    writer.add(*item)
+                    writer = self._written(writer, writer.add, *item)
                 yield item
             if writer is not None:
-                writer.finish()
+                self._written(writer, writer.finish)
                 writer = None
         finally:
             if writer is not None:  # the pass stopped early: no partial entry
                 writer.abandon()
+
+    def _cache_writer(self):
+        """A writer of the cache's entry, where it has none yet and one can be written."""
+        if self.cache is None or self.cache.complete or self._writer_failed:
+            return None
+        try:
+            writer = self.cache.writer(self.first_pass["n_chunks"],
+                                       self.first_pass["chunk_bytes"] * 2, self.first_pass)
+        except OSError as err:
+            writer = None
+            log.warning("%s: the lowered-chunk cache cannot be written (%s); every step reads "
+                        "the files", self.kernel.cfg.name, err)
+        self._writer_failed = writer is None  # no room: do not ask on every pass
+        return writer
+
+    def _written(self, writer, write, *args):
+        """``write(*args)``; the writer, or None where the disk refused (then no entry)."""
+        try:
+            write(*args)
+            return writer
+        except OSError as err:
+            writer.abandon()
+            self._writer_failed = True
+            log.warning("%s: the lowered-chunk cache cannot be written (%s); every step reads "
+                        "the files", self.kernel.cfg.name, err)
+            return None
 
     def _from_cache(self):
         """``(set, events, host chunk)`` of each chunk, mapped from the cache; the files
@@ -165,8 +189,8 @@ class StreamedExecutor(ChunkedExecutor):
         return sum_over(name, self.kernel, args, (chunk for _, _, chunk in self._chunks()),
                         in_flight=IN_FLIGHT)
 
-    def event_parts(self, params: dict, hard: bool):
-        yield from region_parts(self.kernel, self._chunks(), params, hard)
+    def event_parts(self, params: dict, hard: bool, part: str | None = None):
+        yield from region_parts(self.part_kernel(part), self._chunks(), params, hard)
 
     def cutflow_parts(self, params: dict):
         for g, n, chunk in self._chunks():

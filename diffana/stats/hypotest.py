@@ -169,6 +169,42 @@ class Fits:
         lower[:, poi] = upper[:, poi] = init[:, poi] = poi_values
         return self.run(data, init, lower, upper)
 
+    def profile(self, data: np.ndarray, poi_values, start: np.ndarray) -> FitBatch:
+        """Fits of ``data`` with the POI held at each of ``poi_values`` (a profile scan).
+
+        With a batch of one (CPU), the values are walked outwards from ``start``'s POI, each
+        fit started from the previous ones extrapolated linearly to its value (a predictor
+        step), so each needs few Newton iterations; otherwise one batch from ``start``.
+
+        Args:
+            data: Main and auxiliary data (one row).
+            poi_values: The POI values.
+            start: Parameters to start from (the best fit).
+
+        Returns:
+            A :class:`FitBatch` in the order of ``poi_values``.
+        """
+        values = np.atleast_1d(np.asarray(poi_values, dtype=np.float64))
+        if self.batch > 1:
+            return self.fixed_poi(data, values, init=start)
+        poi = self.model.poi_index
+        rows: list = [None] * values.size
+        for order in (np.flatnonzero(values >= start[poi]),
+                      np.flatnonzero(values < start[poi])[::-1]):
+            order = order[np.argsort(np.abs(values[order] - start[poi]), kind="stable")]
+            path = [(float(start[poi]), np.asarray(start, dtype=np.float64))]
+            for i in order:
+                init = path[-1][1]
+                if len(path) > 1:  # linear predictor from the last two solutions
+                    (v0, x0), (v1, x1) = path[-2], path[-1]
+                    if v1 != v0:
+                        init = x1 + (x1 - x0) * (values[i] - v1) / (v1 - v0)
+                        init = np.clip(init, self.lower, self.upper)
+                result = self.fixed_poi(data, values[i], init=init)
+                rows[i] = result
+                path.append((float(values[i]), result.bestfit[0]))
+        return FitBatch(*(np.concatenate(column) for column in zip(*rows, strict=True)))
+
     def expected_data(self, pars: np.ndarray) -> np.ndarray:
         """Expected main and auxiliary data at ``pars`` (the Asimov data)."""
         return np.asarray(_jit_expected_data(self.model, jnp.asarray(pars), self.templates))
