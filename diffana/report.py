@@ -301,6 +301,8 @@ def summary(results: dict, cfg=None, top: int = 2) -> str:
     kind = results["objective"]
     executor = results.get("executor", "local")
     where = "" if executor == "local" else f" on {executor}"
+    if results.get("streaming", {}).get("streamed"):  # why: in results.json
+        where += ", streamed"
     lines = [f"{results['config']}: {kind} ({results['engine']} engine{where}, "
              f"{results['steps_done']} steps, stopped: {results['stopped']}, "
              f"{results['wall_seconds']:.1f} s)"]

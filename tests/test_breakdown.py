@@ -86,6 +86,9 @@ def test_summary_fits_a_screen_and_csv_holds_every_row(agc, tmp_path):
     assert report.SENSITIVITY_CSV in text and f"run directory: {tmp_path}" in text
     assert all(f"\n{s} " in text for s in agc.nominal_samples)  # each sample's yields
     assert text.count("warning [parameter-at-bound]") == 2
+    assert "streamed" not in text.splitlines()[0]
+    results["streaming"] = {"streamed": True, "why": "streamed: streaming: true"}
+    assert "(compiled engine, streamed, 3 steps" in report.summary(results, agc)
     path = tmp_path / report.SENSITIVITY_CSV
     report.write_sensitivity_csv(path, sens, agc)
     with open(path, newline="") as f:
