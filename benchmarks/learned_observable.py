@@ -46,15 +46,19 @@ ROOT = Path(__file__).resolve().parents[1]
 INPUTS = ["ht", "m_bjj", "jet0_pt", "jet1_pt", "jet2_pt", "jet3_pt"]
 
 
+HIDDEN = [32, 32]  # the network's hidden layers (--hidden)
+
+
 def config(name: str, events: int, seed: int, steps: int, **extra) -> dict:
-    """A shipped AGC configuration with ``events`` generated, a split seeded by ``seed``."""
+    """A shipped AGC configuration with ``events`` generated, a split seeded by ``seed``
+    (the network's hidden layers: :data:`HIDDEN`)."""
     data = yaml.safe_load((ROOT / "configs" / f"{name}.yaml").read_text())
     data["imports"] = [str((ROOT / "configs" / i).resolve()) for i in data["imports"]]
     data["generate"]["events"] = events
     data["split"] = {"test_fraction": 0.5, "seed": seed}
     data["optimiser"]["steps"] = steps
     if "nn_score" in data["observables"]:
-        data["observables"]["nn_score"]["options"]["seed"] = seed
+        data["observables"]["nn_score"]["options"].update(seed=seed, hidden=list(HIDDEN))
     data.update(extra)
     return data
 
@@ -131,12 +135,16 @@ def main(argv=None) -> dict:
     ap.add_argument("--json", type=Path)
     ap.add_argument("--quick", action="store_true", help="20 k events, 1 seed, 10 steps")
     ap.add_argument("--out", type=Path, help="where the run directories go (default: temporary)")
+    ap.add_argument("--hidden", type=int, nargs="+", default=HIDDEN,
+                    help="the network's hidden layer widths (default 32 32)")
     args = ap.parse_args(argv)
+    HIDDEN[:] = args.hidden
     if args.quick:
         args.events, args.seeds, args.steps, args.epochs = 20_000, 1, 10, 200
     folder = args.out or Path(tempfile.mkdtemp(prefix="learned-observable-"))
     variants = ("cuts_mbjj", "nn_bce", "nn_end_to_end")
     out: dict = {"events": args.events, "seeds": list(range(args.seeds)), "steps": args.steps,
+                 "hidden": list(HIDDEN),
                  **{v: {k: [] for k in ("test_sigma", "train_sigma", "test_sigma_initial",
                                         "cuts", "run_dirs")} for v in variants}}
     step_s: dict = {"cuts": [], "nn": []}

@@ -5,8 +5,9 @@ Events are lowered chunk by chunk; each chunk's buffers are padded to the capaci
 chunks are held once, stacked (:class:`HeldChunks`); streamed or on Dask workers each chunk
 is read from a :class:`WorkItem` (a range of entries of one file of one sample).
 
-A chunk may hold events of several event sets: each event has a *slot* among the sets of
-its histogram block (``__slot__``), and ``slots`` maps a block's slots to the sets.
+A chunk may hold events of several event sets (in memory and streamed, the sets are laid end to
+end: :func:`packed`): each event has a *slot* among the sets of its histogram block
+(``__slot__``), and ``slots`` maps a block's slots to the sets.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
+import awkward as ak
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -88,6 +90,87 @@ def single_set_layout(sizes: list[dict], chunk_size: int, name: str) -> ChunkLay
         raise DataError(f"{name}: no events left to analyse (after preselection)")
     # a block holds events of its chunk's one set, and padding: two slots
     return ChunkLayout(*capacity_of(sizes, -(-chunk_size // ROUND) * ROUND), slots=2)
+
+
+def packed_layout(sizes: list[dict], segments: list, chunk_size: int, n_sets: int,
+                  name: str) -> ChunkLayout:
+    """The layout of packed chunks (streamed: :func:`packed`) from their axis sizes and
+    their sets' ``segments``: each axis's largest size, rounded up, and the most sets (padding
+    included) that one histogram block holds."""
+    if not sizes:
+        raise DataError(f"{name}: no events left to analyse (after preselection)")
+    capacity, runs = capacity_of(sizes, -(-chunk_size // ROUND) * ROUND)
+    n_chunk = capacity["event"]
+    slots = max(len(np.unique(b)) for segs in segments
+                for b in padded_groups(set_groups(segs), n_chunk, n_sets)
+                .reshape(-1, block_size(n_chunk)))
+    return ChunkLayout(capacity, runs, slots)
+
+
+def set_groups(segments) -> np.ndarray:
+    """Each event's set in a packed chunk of ``segments`` ``[(set, first, stop)]``."""
+    return np.repeat(np.array([g for g, _, _ in segments], np.int32),
+                     [b - a for _, a, b in segments])
+
+
+def packed(pieces, size: int):
+    """Consecutive pieces of event sets laid end to end and cut into chunks of ``size``
+    events (the last may hold fewer), as the in-memory executor lays its sets: a chunk may
+    hold the end of one set and the start of the next, so small sets cost no padding.
+
+    Args:
+        pieces: ``(set, events, weight)`` in order (Awkward events, NumPy weights).
+        size: events per chunk.
+
+    Yields:
+        ``(segments, events, weight)`` of each chunk, ``segments`` ``((set, first, stop),
+        ...)`` where its events of each set lie. No more than one chunk's events wait.
+
+    Example:
+        >>> import awkward as ak, numpy as np
+        >>> parts = [(g, ak.Array({"x": np.arange(n)}), np.ones(n)) for g, n in ((0, 3), (1, 4))]
+        >>> [s for s, _, _ in packed(parts, 5)]
+        [((0, 0, 3), (1, 3, 5)), ((1, 0, 2),)]
+    """
+    waiting, n_waiting = [], 0
+    for g, events, weight in pieces:
+        if not len(weight):
+            continue
+        waiting.append((g, events, weight))
+        n_waiting += len(weight)
+        while n_waiting >= size:
+            chunk, waiting = _take(waiting, size)
+            n_waiting -= size
+            yield chunk
+    if n_waiting:
+        yield _take(waiting, n_waiting)[0]
+
+
+def _take(waiting: list, size: int) -> tuple[tuple, list]:
+    """The first ``size`` events of the waiting pieces as one chunk, and what is left."""
+    taken, segments, n = [], [], 0
+    while n < size:
+        g, events, weight = waiting.pop(0)
+        k = min(size - n, len(weight))
+        if k < len(weight):  # the rest of this piece starts the next chunk
+            waiting.insert(0, (g, events[k:], weight[k:]))
+            events, weight = events[:k], weight[:k]
+        if segments and segments[-1][0] == g:  # a set read in several pieces
+            segments[-1] = (g, segments[-1][1], n + k)
+        else:
+            segments.append((g, n, n + k))
+        taken.append((events, weight))
+        n += k
+    events = taken[0][0] if len(taken) == 1 else ak.concatenate([e for e, _ in taken])
+    weight = taken[0][1] if len(taken) == 1 else np.concatenate([w for _, w in taken])
+    return (tuple(segments), events, weight), waiting
+
+
+def packed_host_chunk(layout: ChunkLayout, plan: Plan, segments, buffers: dict, n_sets: int,
+                      name: str) -> tuple[tuple, int, dict]:
+    """``(segments, events, padded host chunk)`` of a lowered packed chunk."""
+    groups = padded_groups(set_groups(segments), layout.events, n_sets)
+    return segments, segments[-1][2], host_chunk(layout, plan, buffers, groups, n_sets, name)
 
 
 def lower_sets(plan: Plan, set_index: dict, reader: str, sets: dict) -> list:

@@ -13,6 +13,7 @@
         [--n-total SAMPLE=N ...] [--nanoaod-inputs FILE --files-per-process N]
     diffana infer WORKSPACE.json --out DIR [--measurement NAME] [--poi-value MU] [--level 0.05]
         [--interpolation TYPE:CODE ...] [--no-plots]
+    diffana evaluate RUN_DIR FILES... --out scores.root
 
 Errors a user can fix print one line (file, key path or branch, value, what is expected)
 and exit with code 2; there is no traceback. So does a run that stopped at a NaN or inf
@@ -126,6 +127,13 @@ def _parser() -> argparse.ArgumentParser:
                      help="interpolation code per modifier type: normsys:code1|code4, "
                           "histosys:code0|code4p (default code4, code4p); repeatable")
     inf.add_argument("--no-plots", action="store_true", help="write inference.json only")
+
+    ev = sub.add_parser("evaluate", parents=[talk],
+                        help="score the events of new files with a finished run's networks")
+    ev.add_argument("run_dir", type=Path, help="a finished run with a network (kind: mlp)")
+    ev.add_argument("files", type=Path, nargs="+", help="ROOT files of the run's tree")
+    ev.add_argument("--out", type=Path, required=True,
+                    help="ROOT file: per event, each network's score and selected_<region>")
     return ap
 
 
@@ -217,6 +225,12 @@ def _main(args) -> int:
 
             fit_histograms(args.config, args.histograms, args.out, data=args.data,
                            n_total=_n_total(args), echo=print)
+        elif args.command == "evaluate":
+            from diffana.evaluate import evaluate
+
+            branches = evaluate(args.run_dir, args.files, args.out)
+            print(f"{args.out}: {len(next(iter(branches.values())))} events, branches "
+                  f"{', '.join(branches)}")
         elif args.command == "infer":
             from diffana.inference import load_workspace, parse_interpolation, write_inference
 

@@ -155,7 +155,7 @@ class SampleReader:
             keep = ragged.structural_keep(events, self.plan, self.cfg.selection)
             events, weight, file_index, entry = events[keep], weight[keep], file_index[keep], entry[keep]
         if self.cfg.split is not None:  # each event's part: training or test (diffana.split)
-            test = split.test_flags(self.cfg.split.seed, self.cfg.split.test_fraction,
+            test = split.is_test(self.cfg.split.seed, self.cfg.split.test_fraction,
                                     [f.name for f in self.files], file_index, entry)
             events = ak.with_field(events, test, split.COLUMN)
         out = {None: (events, weight)}

@@ -46,7 +46,7 @@ import numpy as np
 
 from diffana.locks import exclusive
 
-FORMAT = 1
+FORMAT = 2  # 2: chunks packed with several event sets each
 ALIGN = 64
 DEFAULT_LIMIT_GB = 20.0
 IN_USE_S = 60.0  # an entry used this recently is never evicted
@@ -150,20 +150,21 @@ class LoweredCache:
         _touch(self.path / "used")
 
     def chunks(self):
-        """``(set, events, host chunk)`` of each chunk, memory-mapped (read-only arrays).
+        """``(segments, events, host chunk)`` of each chunk, memory-mapped (read-only arrays);
+        ``segments``: ``((set, first, stop), ...)``, where each event set's events lie.
 
         Raises:
             OSError: the entry went away (another run evicted it): read the files instead.
         """
         self.touch()
         leaves = self.manifest["leaves"]
-        for i, (g, n) in enumerate(self.manifest["chunks"]):
+        for i, (segments, n) in enumerate(self.manifest["chunks"]):
             with open(self.path / f"chunk_{i:06d}.bin", "rb") as f:
                 buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
             arrays = [np.frombuffer(buf, dtype=leaf["dtype"], count=int(np.prod(leaf["shape"])),
                                     offset=leaf["offset"]).reshape(leaf["shape"])
                       for leaf in leaves]
-            yield g, n, _fill(self.manifest["skeleton"], arrays)
+            yield tuple(tuple(s) for s in segments), n, _fill(self.manifest["skeleton"], arrays)
 
     def writer(self, n_chunks: int, chunk_bytes: int, first_pass: dict) -> EntryWriter | None:
         """A writer of this entry, or None where it cannot fit the cache's bound."""
@@ -185,8 +186,9 @@ class EntryWriter:
         self.leaves: list | None = None
         self.skeleton: dict | None = None
 
-    def add(self, g: int, n: int, host: dict) -> None:
-        """Write chunk ``(set g, n events)``: its padded host arrays, in order."""
+    def add(self, segments, n: int, host: dict) -> None:
+        """Write a chunk of ``n`` events, its sets' ``segments`` ``((set, first, stop), ...)``:
+        its padded host arrays, in order."""
         pairs = list(_leaves(host))
         offset, table = 0, []
         for path, a in pairs:
@@ -203,7 +205,7 @@ class EntryWriter:
                 f.seek(leaf["offset"])
                 f.write(np.ascontiguousarray(a).data)
             f.truncate(offset)
-        self.chunks.append((int(g), int(n)))
+        self.chunks.append(([[int(g), int(a), int(b)] for g, a, b in segments], int(n)))
 
     def finish(self) -> None:
         """Put the entry in place (if every chunk was written; the first writer wins)."""

@@ -76,7 +76,8 @@ def make_optimiser(name: str, options: dict) -> optax.GradientTransformation:
     try:
         return factory(**options)
     except TypeError as err:
-        raise ConfigError(f"optimiser.options: {options!r} are not valid for optax.{name} ({err})") from None
+        raise ConfigError(f"optimiser.options: {options!r} are not valid for optax.{name} "
+                          f"({err})") from None
 
 
 def grouped(transforms: dict[str, optax.GradientTransformation],

@@ -16,7 +16,8 @@ Example:
     ...                  "regions": {"SR": {"observable": "ht",
     ...                              "binning": {"bins": 3, "low": 0, "high": 300},
     ...                              "selection": [{"observable": "ht", "above": "ht_min"}]}},
-    ...                  "observables": {"ht": {"kind": "sum", "collection": "jets", "field": "pt"}},
+    ...                  "observables": {"ht": {"kind": "sum", "collection": "jets",
+    ...                                         "field": "pt"}},
     ...                  "objects": {"jets": {"source": "Jet"}},
     ...                  "model": {"signal": ["sig"]}, "luminosity": 1.0})
     >>> build(cfg).branches
@@ -123,7 +124,8 @@ def build(cfg: AnalysisConfig) -> Plan:
         if obs.collection is not None:
             root = colls[obs.collection].root
             if obs.field is not None:
-                mapping[root].setdefault(obs.field, field_branch(cfg.objects[root].source, obs.field))
+                mapping[root].setdefault(obs.field,
+                                         field_branch(cfg.objects[root].source, obs.field))
             for f in [*observe.KINDS[obs.kind].fields, *obs.options.get("fields", [])]:
                 mapping[root].setdefault(f, field_branch(cfg.objects[root].source, f))
         if "branch" in obs.options:
@@ -287,7 +289,8 @@ class ParameterSpace:
         for i, n in enumerate(self.trainable):
             params[n] = theta[i]
         for name, where in list(self.group_slices().items())[1:]:
-            params[name] = {**params[name], "weights": u[where]}
+            group = params.get(name) or {k: jnp.asarray(v) for k, v in self.groups[name].items()}
+            params[name] = {**group, "weights": u[where]}
         return params
 
 

@@ -312,6 +312,12 @@ def summary(results: dict, cfg=None, top: int = 2) -> str:
         ["objective (hard cuts)", f"{results['hard']['objective_initial']:.6g}",
          f"{results['hard']['objective_final']:.6g}"],
     ]
+    if "hard_train" in results:  # split: hard is on the test events; beside it the training's
+        rows[0][0], rows[1][0] = ("objective (soft cuts, training events)",
+                                  "objective (hard cuts, test events)")
+        rows.append(["objective (hard cuts, training events)",
+                     f"{results['hard_train']['objective_initial']:.6g}",
+                     f"{results['hard_train']['objective_final']:.6g}"])
     for name, v0 in results["params_initial"].items():
         rows.append([name, f"{v0:.6g}", f"{results['params_final'][name]:.6g}"])
     lines.append(table(rows, ["", "initial", "final"]).rstrip("\n"))

@@ -399,9 +399,10 @@ def _load_resume(run_dir: Path):
     base_dir = Path(meta["base_dir"])
     cfg = configmod.load_dict(yaml.safe_load(resolved.read_text()), source=str(resolved),
                               base_dir=base_dir)
-    trainable = ParameterSpace.of(cfg).trainable
+    space = ParameterSpace.of(cfg)  # u: the trainable scalars, then any network's weights
+    trainable = space.trainable
     if trainable != meta["trainable"] or (checkpoint is not None
-                                          and checkpoint.u.shape != (len(trainable),)):
+                                          and checkpoint.u.shape != (space.size,)):
         raise DiffanaError(f"{path}: its parameters {meta['trainable']} are not the "
                            f"configuration's trainable ones {trainable}")
     if checkpoint is not None:

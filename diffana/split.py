@@ -13,10 +13,10 @@ part estimates the yields of all the events. Without ``split:`` there is no colu
 weights are as read.
 
 Example:
-    >>> flags = test_flags(0, 0.5, ["a.root"], np.zeros(10_000, int), np.arange(10_000))
+    >>> flags = is_test(0, 0.5, ["a.root"], np.zeros(10_000, int), np.arange(10_000))
     >>> bool(0.48 < flags.mean() < 0.52)
     True
-    >>> test_flags(0, 0.5, ["a.root"], [0], [7]) == test_flags(0, 0.5, ["a.root"], [0], [7])
+    >>> is_test(0, 0.5, ["a.root"], [0], [7]) == is_test(0, 0.5, ["a.root"], [0], [7])
     array([ True])
 """
 
@@ -58,7 +58,7 @@ def uniform(seed: int, file_names: list[str], file_index, entry) -> np.ndarray:
     return (h >> np.uint64(11)).astype(np.float64) * 2.0**-53
 
 
-def test_flags(seed: int, fraction: float, file_names: list[str], file_index,
+def is_test(seed: int, fraction: float, file_names: list[str], file_index,
                entry) -> np.ndarray:
     """1.0 for each event in the test part, 0.0 for each training event (float64)."""
     return (uniform(seed, file_names, file_index, entry) < fraction).astype(np.float64)

@@ -128,11 +128,17 @@ def input_moments(kernel: Kernel, ops, params: dict, weight) -> dict:
 
 
 def kde(kernel: Kernel, events: dict, slots=None, num_slots: int = 1,
-        block: int | None = None) -> dict:
+        block: int | None = None, params: dict | None = None) -> dict:
     """``{region: (yields, sumw2)}`` of :func:`region_events`, each ``(variants, bins)``, or
-    ``(blocks, slots, variants, bins)`` given each event's slot in its block."""
-    return {r: kde_histogram(x, w, kernel.edges[r], kernel.cfg.regions[r].bandwidth,
-                             slots, num_slots, block)
+    ``(blocks, slots, variants, bins)`` given each event's slot in its block.
+
+    A region's ``bandwidth`` that names a parameter is ``params[name]`` (differentiable).
+    """
+    def bandwidth(r):
+        h = kernel.cfg.regions[r].bandwidth
+        return params[h] if isinstance(h, str) else h
+
+    return {r: kde_histogram(x, w, kernel.edges[r], bandwidth(r), slots, num_slots, block)
             for r, (x, w) in events.items()}
 
 
@@ -171,7 +177,7 @@ def chunk_yields(kernel: Kernel, params: dict, chunk: dict) -> dict:
     """``{region: (yields, sumw2)}`` of one chunk, each ``(sets, variants, bins)``."""
     layout = kernel.layout
     local = kde(kernel, chunk_region_events(kernel, params, chunk, False),
-                chunk["events"]["__slot__"], layout.slots, layout.block)
+                chunk["events"]["__slot__"], layout.slots, layout.block, params)
     n_sets, slots = len(kernel.groups), chunk["slots"].reshape(-1)
     return jax.tree_util.tree_map(
         lambda a: jnp.zeros((n_sets, *a.shape[2:]), a.dtype).at[slots].add(

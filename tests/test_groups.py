@@ -78,3 +78,39 @@ def test_a_group_takes_no_steps():
     data["optimiser"]["groups"] = {"nn_score": {"name": "sgd", "steps": 3}}
     with pytest.raises(ConfigError, match="optimiser.groups.nn_score.steps"):
         load_dict(data, source="g.yaml")
+
+
+def test_run_with_a_network_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
+    """A run with per-group optimisers interrupted at step 2, resumed: the same numbers and
+    weights as a run never interrupted (the checkpoint holds u with the weights and every
+    group's optimiser state)."""
+    import json
+
+    from conftest import write_config
+
+    from diffana import learned, report
+    from diffana.optimise import Interrupted
+    from diffana.run import run
+
+    data = mlp_config()
+    data["optimiser"].update(steps=4, groups={"nn_score": {"name": "sgd", "options": {
+        "learning_rate": 0.002, "momentum": 0.9}}})
+    path = write_config(tmp_path / "nn.yaml", data)
+    whole = run(path, out=tmp_path / "whole", progress=False)
+    row = report.HistoryWriter.row
+
+    def interrupt_at_2(self, step, *args):
+        row(self, step, *args)
+        if step == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(report.HistoryWriter, "row", interrupt_at_2)
+    with pytest.raises(Interrupted):
+        run(path, out=tmp_path / "cut", progress=False)
+    monkeypatch.setattr(report.HistoryWriter, "row", row)
+    resumed = run(resume=tmp_path / "cut", progress=False)
+    for key in ("objective_final", "params_final", "hard", "hard_train"):
+        assert resumed[key] == whole[key], key
+    np.testing.assert_array_equal(learned.load(tmp_path / "cut")["nn_score"]["weights"],
+                                  learned.load(tmp_path / "whole")["nn_score"]["weights"])
+    assert json.loads((tmp_path / "cut" / "results.json").read_text())["resumed_from_steps"]

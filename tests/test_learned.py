@@ -28,7 +28,8 @@ def test_run_directory_holds_the_network(nn_run):
     run_dir, res = nn_run
     written = json.loads((run_dir / "results.json").read_text())
     assert written["parameter_groups"]["file"] == "parameters.npz"
-    sizes = written["parameter_groups"]["groups"]["nn_score"]
+    sizes = dict(written["parameter_groups"]["groups"]["nn_score"])
+    assert sizes.pop("gradient_norm") > 0
     assert sizes == {"weights": 4 * 6 + 6 + 6 * 5 + 5 + 5 + 1, "shift": 4, "scale": 4}
     assert set(written["params_final"]) == {"jet_pt_min", "btag_threshold", "lepton_pt_min"}
     found = learned.load(run_dir)
@@ -79,3 +80,31 @@ def test_init_from_a_cut_only_run_takes_its_final_cuts(tmp_path):
     data["init"] = {"from": str(tmp_path)}
     p = Analysis(load_dict(data), ROOT / "configs", progress=False).initial_params()
     assert float(p["jet_pt_min"]) == 41.5 and float(p["btag_threshold"]) == 0.4
+
+
+def test_evaluate_scores_new_files_with_the_trained_network(nn_run, tmp_path):
+    import uproot
+
+    from diffana.evaluate import evaluate
+    from diffana.generate import ensure_generated
+
+    run_dir, _ = nn_run
+    files = [ensure_generated("ttbar_vs_wjets", 3_000, 1) / "ttbar.root"]
+    out = tmp_path / "scores.root"
+    branches = evaluate(run_dir, files, out)
+    with uproot.open(out) as f:
+        tree = f["Events"]
+        assert tree.num_entries == uproot.open(files[0])["Events"].num_entries
+        score = tree["nn_score"].array(library="np")
+        selected = tree["selected_signal_region"].array(library="np")
+    np.testing.assert_array_equal(score, branches["nn_score"])
+    assert np.all((score > 0) & (score < 1)) and 0 < selected.sum() < len(selected)
+    # the same scores as the run's own hard evaluation of these events (its training and
+    # test parts together: all events of the sample)
+    data = mlp_config()
+    data["init"] = {"from": str(run_dir)}
+    ana = Analysis(load_dict(data), ROOT / "configs", progress=False)
+    events = dict(ana.executor.event_parts(ana.initial_params(), True, part="all"))
+    x, w = events[0]["signal_region"]  # set 0: ttbar
+    np.testing.assert_allclose(score, np.asarray(x), rtol=1e-12)
+    np.testing.assert_array_equal(selected, (np.asarray(w[0]) > 0).astype(np.int8))

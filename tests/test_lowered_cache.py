@@ -140,13 +140,13 @@ def test_two_writers_of_one_entry_keep_the_first(tmp_path):
     entry = LoweredCache(tmp_path, "k")
     writers = [EntryWriter(entry, 1, {"n_events": [4]}) for _ in range(2)]
     for i, w in enumerate(writers):
-        w.add(0, 4 - i, chunk)
+        w.add(((0, 0, 2), (1, 2, 4 - i)), 4 - i, chunk)
     writers[0].finish()
     writers[1].finish()  # the entry is there: this one is dropped
     read = LoweredCache(tmp_path, "k")
     assert read.complete and [p.name for p in tmp_path.iterdir()] == ["k"]
-    ((g, n, got),) = list(read.chunks())
-    assert (g, n) == (0, 4) and got["masks"] == {}
+    ((sets, n, got),) = list(read.chunks())
+    assert (sets, n) == (((0, 0, 2), (1, 2, 4)), 4) and got["masks"] == {}
     np.testing.assert_array_equal(got["weight"], chunk["weight"])
     assert got["events"]["__slot__"].dtype == np.int32
 

@@ -32,14 +32,14 @@ def held():
 
 def test_flags_are_addressed_not_sequential():
     entries = np.arange(20_000)
-    whole = split.test_flags(1, 0.25, ["dir/a.root", "b.root"], np.zeros(20_000, int), entries)
-    pieces = np.concatenate([split.test_flags(1, 0.25, ["other/dir/a.root"],
+    whole = split.is_test(1, 0.25, ["dir/a.root", "b.root"], np.zeros(20_000, int), entries)
+    pieces = np.concatenate([split.is_test(1, 0.25, ["other/dir/a.root"],
                                               np.zeros(len(entries[a:a + 700]), int),
                                               entries[a:a + 700]) for a in range(0, 20_000, 700)])
     np.testing.assert_array_equal(whole, pieces)  # chunking and directory do not matter
     assert abs(whole.mean() - 0.25) < 0.01
-    other_seed = split.test_flags(2, 0.25, ["a.root"], np.zeros(20_000, int), entries)
-    other_file = split.test_flags(1, 0.25, ["c.root"], np.zeros(20_000, int), entries)
+    other_seed = split.is_test(2, 0.25, ["a.root"], np.zeros(20_000, int), entries)
+    other_file = split.is_test(1, 0.25, ["c.root"], np.zeros(20_000, int), entries)
     assert (whole != other_seed).mean() > 0.3 and (whole != other_file).mean() > 0.3
 
 
@@ -56,7 +56,7 @@ def _hard_by_numpy(ana: Analysis, params: dict) -> dict:
             reader = next(r for r in ana.readers if r.name == sample)
             for r, (x, w) in regions.items():
                 x, w = np.asarray(x), np.asarray(w)
-                test = split.test_flags(3, FRACTION, [reader.files[0].name],
+                test = split.is_test(3, FRACTION, [reader.files[0].name],
                                         np.zeros(len(x), int), np.arange(len(x)))
                 np.testing.assert_allclose(np.asarray(training[sample][r][1]),
                                            w * (1 - test) / (1 - FRACTION), rtol=1e-15)
@@ -160,6 +160,10 @@ def test_run_reports_test_and_training_hard_objectives(tmp_path, held):
         held.hard_objective(p, part="train"), rel=1e-12)
     assert res["hard"]["objective_initial"] != res["hard_train"]["objective_initial"]
     assert res["objective_initial"] == pytest.approx(float(held.objective(p)), rel=1e-10)
+    from diffana.report import summary
+
+    text = summary(res)
+    assert "hard cuts, test events" in text and "hard cuts, training events" in text
 
 
 @pytest.mark.parametrize("fraction", [0, 1, 1.5, -0.2])

@@ -127,6 +127,34 @@ def test_any_prefetch_depth_and_chunk_size_give_the_in_memory_numbers(in_memory,
     _close(runs[0].params, runs[1].params)
 
 
+def test_streamed_chunks_hold_several_sets(pair):
+    """As in memory, the sets are laid end to end: every chunk but the last is full."""
+    _, streamed = pair
+    found = streamed.executor.first_pass
+    assert found["n_chunks"] == -(-sum(found["n_events"]) // 1024)
+    assert streamed.executor.kernel.layout.slots >= 2
+
+
+def test_packing_lays_sets_end_to_end():
+    import awkward as ak
+
+    from diffana.chunks import packed, set_groups
+
+    def piece(g, first, n):
+        return g, ak.Array({"x": np.arange(first, first + n)}), np.arange(first, first + n) * 1.0
+
+    pieces = [piece(0, 0, 3), piece(1, 3, 0), piece(1, 3, 2), piece(1, 5, 6), piece(2, 11, 1)]
+    chunks = list(packed(iter(pieces), 4))
+    assert [s for s, _, _ in chunks] == [((0, 0, 3), (1, 3, 4)), ((1, 0, 4),),
+                                         ((1, 0, 3), (2, 3, 4))]
+    np.testing.assert_array_equal(np.concatenate([w for _, _, w in chunks]), np.arange(12.0))
+    np.testing.assert_array_equal(np.concatenate([ak.to_numpy(e.x) for _, e, _ in chunks]),
+                                  np.arange(12))
+    np.testing.assert_array_equal(set_groups(chunks[0][0]), [0, 0, 0, 1])
+    assert [s for s, _, _ in packed(iter(pieces[:1]), 4)] == [((0, 0, 3),)]
+    assert list(packed(iter([]), 4)) == []
+
+
 # --- streaming: auto ------------------------------------------------------------------------
 
 

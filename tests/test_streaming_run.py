@@ -76,3 +76,15 @@ def test_streaming_flag_overrides_and_auto_holds_small_events(tmp_path):
     proc = diffana_run("--resume", out, "--streaming", "false")
     _, err = proc.communicate(timeout=120)
     assert proc.returncode != 0 and "drop streaming" in err, err
+
+
+def test_streaming_true_with_the_fused_gradient_is_a_configuration_error(tmp_path):
+    """``--streaming true`` cannot stream ``gradient: fused`` (every chunk at once): one line,
+    exit 2, before an event is read (``auto`` holds the events instead)."""
+    cfg = write_config(tmp_path / "c.yaml", default_config_dict(EVENTS) | {"gradient": "fused"})
+    proc = diffana_run(cfg, "--steps", 1, "--streaming", "true", "--out", tmp_path / "run")
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 2, err
+    (line,) = err.strip().splitlines()
+    assert "c.yaml" in line and "streaming: true" in line and "gradient: fused" in line
+    assert not (tmp_path / "run" / "results.json").exists()

@@ -133,6 +133,12 @@ def _check(cfg: AnalysisConfig, unchecked: set[str]) -> None:
     for rname, region in cfg.regions.items():
         for i, req in enumerate(region.selection):
             requirement(f"regions.{rname}.selection[{i}]", req)
+        threshold(f"regions.{rname}.bandwidth", region.bandwidth)
+        if isinstance(region.bandwidth, str) and cfg.parameters[region.bandwidth].bounds[0] <= 0:
+            raise _RefError(f"regions.{rname}.bandwidth",
+                            f"parameter {region.bandwidth!r} has bounds "
+                            f"{list(cfg.parameters[region.bandwidth].bounds)}; a bandwidth needs a "
+                            "lower bound above 0")
         if region.observable not in cfg.observables:
             raise _RefError(
                 f"regions.{rname}.observable",

@@ -14,7 +14,7 @@ Example:
 from __future__ import annotations
 
 import os
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import Field, StrictBool, StrictInt, field_validator, model_validator
@@ -337,8 +337,9 @@ class Region(StrictModel):
     observable: str
     # its bins
     binning: Binning
-    # the KDE bandwidth, in the observable's units (the soft histogram's smoothing)
-    bandwidth: Number = Field(1.0, gt=0)
+    # the KDE bandwidth, in the observable's units (the soft histogram's smoothing): a number,
+    # or the name of a parameter (trainable with the cuts; its bounds above 0)
+    bandwidth: Annotated[Number, Field(gt=0)] | str = 1.0
     # expected events added to every bin of every sample: > 0, so that an empty bin or a
     # vanishing background cannot give an infinite significance or a NaN gradient
     floor: Number = Field(1e-3, gt=0)

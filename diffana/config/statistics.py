@@ -135,8 +135,9 @@ def _first_non_finite(value: Any, path: str) -> tuple[str, float] | None:
     return next(filter(None, (_first_non_finite(v, p) for p, v in items)), None)
 
 
-class Optimiser(StrictModel):
-    """Any optax optimiser by name, its keyword arguments, and when to stop.
+class OptaxChoice(StrictModel):
+    """An optax optimiser by name and its keyword arguments (a parameter group's own, see
+    ``optimiser.groups``).
 
     ``options`` are checked against the signature of ``optax.<name>``: each an argument it
     takes, the ones it needs given (unless ``options`` is empty: the optimisation loop then
@@ -148,23 +149,6 @@ class Optimiser(StrictModel):
     name: str = "adam"
     # its keyword arguments, checked against its signature
     options: dict[str, Any] = Field(default_factory=lambda: {"learning_rate": 0.02})
-    # optimiser steps at most
-    steps: StrictInt = Field(100, ge=0)
-    # stop when the objective changes by less than this, relative
-    tolerance: Number | None = Field(None, gt=0)
-    # an optimiser of its own (name and options) for a parameter group: cuts (the scalar
-    # parameters) or a network observable's weights (by the observable's name); the rest
-    # keep the optimiser above (optax.multi_transform)
-    groups: dict[str, Optimiser] = Field(default_factory=dict)
-
-    @model_validator(mode="after")
-    def _group_keys(self) -> Optimiser:
-        for group, sub in self.groups.items():
-            extra = sorted(sub.model_fields_set & {"steps", "tolerance", "groups"})
-            if extra:
-                raise KeyCheckError(f"groups.{group}.{extra[0]}", "a group takes a name and "
-                                    "options only; steps and tolerance are the whole loop's")
-        return self
 
     @field_validator("name")
     @classmethod
@@ -186,7 +170,7 @@ class Optimiser(StrictModel):
         return options
 
     @model_validator(mode="after")
-    def _arguments(self) -> Optimiser:
+    def _arguments(self) -> OptaxChoice:
         try:
             parameters = inspect.signature(optax_optimiser(self.name)).parameters.values()
         except (TypeError, ValueError):  # no signature to check against
@@ -205,3 +189,23 @@ class Optimiser(StrictModel):
         if self.options and missing:
             raise KeyCheckError("options", f"optax.{self.name} needs {', '.join(missing)}")
         return self
+
+
+class Optimiser(OptaxChoice):
+    """Any optax optimiser by name, its keyword arguments, and when to stop (see
+    :class:`OptaxChoice` for the checks of ``options``); ``groups`` gives a parameter group
+    an optimiser of its own.
+    """
+
+    # any optax optimiser by name (adam, sgd, adamw, lbfgs, ...)
+    name: str = "adam"
+    # its keyword arguments, checked against its signature
+    options: dict[str, Any] = Field(default_factory=lambda: {"learning_rate": 0.02})
+    # optimiser steps at most
+    steps: StrictInt = Field(100, ge=0)
+    # stop when the objective changes by less than this, relative
+    tolerance: Number | None = Field(None, gt=0)
+    # an optimiser of its own (name and options) for a parameter group: cuts (the scalar
+    # parameters) or a network observable's weights (by the observable's name); the rest
+    # keep the optimiser above (optax.multi_transform)
+    groups: dict[str, OptaxChoice] = Field(default_factory=dict)

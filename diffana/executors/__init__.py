@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from typing import ClassVar, Protocol
 
-from diffana.config import AnalysisConfig
+from diffana.config import AnalysisConfig, chunked_evaluation_conflict
 from diffana.exceptions import ConfigError
 from diffana.executors.awkward import AwkwardExecutor
 from diffana.executors.choice import StreamingChoice, streaming_choice
@@ -100,7 +100,16 @@ EXECUTORS = {"held": lambda: HeldExecutor, "streamed": lambda: StreamedExecutor,
 
 def choose(cfg: AnalysisConfig, engine: str, streamed: bool | None = None) -> type:
     """The executor class of a configuration (and engine); ``streamed``: what
-    :func:`streaming_choice` chose (default: ``streaming: true`` streams, ``auto`` does not)."""
+    :func:`streaming_choice` chose (default: ``streaming: true`` streams, ``auto`` does not).
+
+    Raises:
+        ConfigError: ``streaming: true`` (a ``--streaming true`` too) with ``gradient:
+            fused``, which holds every chunk at once (``auto`` holds the events instead).
+    """
+    if (cfg.streaming is True and engine != "awkward"
+            and chunked_evaluation_conflict(engine, cfg.gradient) == "gradient"):
+        raise ConfigError("streaming: true needs gradient: auto, forward or reverse (got "
+                          "gradient: fused, which holds every chunk at once)")
     if engine == "awkward":
         name = "awkward"
     elif cfg.executor.kind == "dask":

@@ -42,7 +42,8 @@ class AwkwardExecutor:
                              jnp.asarray(lowered.weight), hard)
 
     def yields(self, params: dict) -> dict:
-        per_set = [kde(self.kernel, self._events(g, params, False)) for g in range(len(self.sets))]
+        per_set = [kde(self.kernel, self._events(g, params, False), params=params)
+                   for g in range(len(self.sets))]
         return by_sample(self.kernel, jax.tree_util.tree_map(lambda *a: jnp.stack(a), *per_set))
 
     def yields_and_jacobian(self, params: dict) -> tuple[dict, dict]:

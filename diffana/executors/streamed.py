@@ -14,10 +14,11 @@ from __future__ import annotations
 import logging
 import time
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from diffana import budget, ragged
-from diffana.chunks import ChunkLayout, lower_sets, one_set_host_chunk, single_set_layout
+from diffana.chunks import ChunkLayout, packed, packed_host_chunk, packed_layout
 from diffana.executors.chunked import ChunkedExecutor, sum_over
 from diffana.executors.setup import Setup
 from diffana.generate import cache_dir
@@ -32,15 +33,24 @@ IN_FLIGHT = 4  # chunk computations dispatched and not finished (each holds its 
 
 
 def region_parts(kernel, chunks, params: dict, hard: bool):
-    """``(set, {region: (x, W)})`` of each ``(set, events, device chunk)``."""
-    for g, n, chunk in chunks:
-        yield g, {r: (x[:n], w[:, :n]) for r, (x, w)
-                  in jit_events(kernel, params, chunk, hard).items()}
+    """``(set, {region: (x, W)})`` of each set in each ``(sets, events, device chunk)``;
+    ``sets``: the chunk's one set (its events first), or its ``((set, first, stop), ...)``."""
+    for sets, n, chunk in chunks:
+        parts = jit_events(kernel, params, chunk, hard)
+        for g, a, b in _segments(sets, n):
+            yield g, {r: (x[a:b], w[:, a:b]) for r, (x, w) in parts.items()}
+
+
+def _segments(sets, n: int) -> tuple:
+    return ((sets, 0, n),) if isinstance(sets, (int, np.integer)) else sets
 
 
 class StreamedExecutor(ChunkedExecutor):
-    """Chunks of one event set each, read from the files (or the lowered-chunk cache) on
-    every evaluation, ``prefetch_depth`` chunks ahead.
+    """Chunks read from the files (or the lowered-chunk cache) on every evaluation,
+    ``prefetch_depth`` chunks ahead. As in memory, the event sets are laid end to end in the
+    order they are read and cut into chunks of ``chunk_size`` events (:func:`packed`): a chunk
+    may hold the end of one set and the start of the next, so many small sets (the AGC's
+    samples and variations) cost no padding and no extra chunks.
 
     Attributes:
         prefetch_depth: chunks made ahead of the one computed (``prefetch``, fewer where
@@ -76,40 +86,49 @@ class StreamedExecutor(ChunkedExecutor):
         """Count the events of each set and find the chunk shape, reading every file."""
         cfg = self.kernel.cfg
         n_events = [0] * len(self.setup.sets)
-        sizes, chunk_bytes = [], 0
+        sizes, segments, chunk_bytes = [], [], 0
         total = sum(sum(r.entries) for r in self.setup.readers)
         with tqdm(total=total, desc="first pass", unit=" ev", unit_scale=True, delay=1.0,
                   disable=not self.setup.progress, leave=False) as bar:
-            for g, buffers in prefetched(self._lowered(progress=bar.update),
-                                         cfg.prefetch, f"{cfg.name}: first pass"):
-                n_events[g] += len(buffers["weight"])
+            for sets, buffers in prefetched(self._lowered(progress=bar.update),
+                                            cfg.prefetch, f"{cfg.name}: first pass"):
+                for g, a, b in sets:
+                    n_events[g] += b - a
+                segments.append(sets)
                 sizes.append(ragged.axis_sizes(buffers, self.kernel.plan))
                 chunk_bytes = max(chunk_bytes, sum(a.nbytes for a in _leaves(buffers)))
-        layout = single_set_layout(sizes, cfg.chunk_size, cfg.name)
+        layout = packed_layout(sizes, segments, cfg.chunk_size, len(n_events), cfg.name)
         return {"n_events": n_events, "n_chunks": len(sizes), "chunk_bytes": chunk_bytes,
                 "layout": _encode_layout(layout)}
 
-    def _lowered(self, progress=None):
-        """``(set, lowered buffers)`` of each chunk read from the files."""
-        plan, index = self.kernel.plan, self.setup.set_index
+    def _pieces(self, progress=None):
+        """``(set, events, weight)`` of each set of each range of entries read."""
+        index, size = self.setup.set_index, self.kernel.cfg.chunk_size
         for reader in self.setup.readers:
             reader.check_unchanged()  # read again every pass: the files must be the same
-            for n_read, sets in reader.chunks(self.kernel.cfg.chunk_size):
-                yield from lower_sets(plan, index, reader.name, sets)
+            for n_read, sets in reader.chunks(size):
+                for key, (events, weight) in sets.items():
+                    yield index[(reader.name, key)], events, weight
                 if progress is not None:
                     progress(n_read)
 
+    def _lowered(self, progress=None):
+        """``(segments, lowered buffers)`` of each packed chunk read from the files."""
+        plan = self.kernel.plan
+        for sets, events, weight in packed(self._pieces(progress), self.kernel.cfg.chunk_size):
+            yield sets, ragged.lower(events, plan, weight).buffers
+
     def _from_files(self, skip: int = 0):
-        """``(set, events, host chunk)`` of each chunk, read and lowered from the files (the
-        first ``skip`` left out); written into the cache where it has no entry yet."""
+        """``(segments, events, host chunk)`` of each chunk, read and lowered from the files
+        (the first ``skip`` left out); written into the cache where it has no entry yet."""
         kernel, n_sets = self.kernel, len(self.kernel.groups)
         writer = self._cache_writer() if not skip else None
         try:
-            for i, (g, buffers) in enumerate(self._lowered()):
+            for i, (sets, buffers) in enumerate(self._lowered()):
                 if i < skip:
                     continue
-                item = one_set_host_chunk(kernel.layout, kernel.plan, g, buffers, n_sets,
-                                          kernel.cfg.name)
+                item = packed_host_chunk(kernel.layout, kernel.plan, sets, buffers, n_sets,
+                                         kernel.cfg.name)
                 if writer is not None:
                     writer = self._written(writer, writer.add, *item)
                 yield item
@@ -147,7 +166,7 @@ class StreamedExecutor(ChunkedExecutor):
             return None
 
     def _from_cache(self):
-        """``(set, events, host chunk)`` of each chunk, mapped from the cache; the files
+        """``(segments, events, host chunk)`` of each chunk, mapped from the cache; the files
         take over where the entry went away (another run evicted it)."""
         done, touched = 0, time.monotonic()
         try:
@@ -169,13 +188,13 @@ class StreamedExecutor(ChunkedExecutor):
         return self._from_files()
 
     def _chunks(self):
-        """``(set, events, device chunk)`` of each chunk, made ``prefetch_depth`` ahead in a
+        """``(segments, events, device chunk)`` of each chunk, made ``prefetch_depth`` ahead in a
         thread (uproot, Awkward, NumPy and XLA release the GIL), with a progress bar."""
         device = self.setup.device
 
         def on_device():
-            for g, n, host in self._host_chunks():
-                yield g, n, ragged.to_device(host, device)
+            for sets, n, host in self._host_chunks():
+                yield sets, n, ragged.to_device(host, device)
 
         total = sum(self.first_pass["n_events"])
         with tqdm(total=total, desc="streamed pass", unit=" ev", unit_scale=True, delay=1.0,
@@ -193,8 +212,10 @@ class StreamedExecutor(ChunkedExecutor):
         yield from region_parts(self.part_kernel(part), self._chunks(), params, hard)
 
     def cutflow_parts(self, params: dict):
-        for g, n, chunk in self._chunks():
-            yield g, jit_cutflow(self.kernel, params, chunk)[..., :n]
+        for sets, _, chunk in self._chunks():
+            flow = jit_cutflow(self.kernel, params, chunk)
+            for g, a, b in sets:
+                yield g, flow[..., a:b]
 
 
 def _leaves(tree):

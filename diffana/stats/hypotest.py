@@ -482,10 +482,23 @@ def impacts(fits: Fits, data: np.ndarray, free: FitBatch, postfit: np.ndarray
     out = np.zeros((fits.model.n_pars, 4))
     if not jobs:
         return out, True
+    # Each fit starts from the linear response of the others to the held parameter (the
+    # covariance column: one Newton step from the best fit, known from its Hessian).
+    free_index = fits.free
+    try:
+        covariance = np.linalg.inv(free.hessian[0][np.ix_(free_index, free_index)])
+    except np.linalg.LinAlgError:
+        covariance = np.zeros((free_index.size, free_index.size))
+    position = {int(i): k for k, i in enumerate(free_index)}
     init = np.repeat(bestfit[None], len(jobs), axis=0)
     lower = np.repeat(fits.lower[None], len(jobs), axis=0)
     upper = np.repeat(fits.upper[None], len(jobs), axis=0)
     for row, (index, _, value) in enumerate(jobs):
+        k = position[int(index)]
+        if np.isfinite(covariance).all() and covariance[k, k] > 0:
+            response = covariance[:, k] / covariance[k, k] * (value - bestfit[index])
+            init[row, free_index] = np.clip(bestfit[free_index] + response,
+                                            fits.lower[free_index], fits.upper[free_index])
         init[row, index] = lower[row, index] = upper[row, index] = value
     result = fits.run(data, init, lower, upper)
     for row, (index, column, _) in enumerate(jobs):
