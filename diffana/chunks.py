@@ -101,10 +101,15 @@ def packed_layout(sizes: list[dict], segments: list, chunk_size: int, n_sets: in
         raise DataError(f"{name}: no events left to analyse (after preselection)")
     capacity, runs = capacity_of(sizes, -(-chunk_size // ROUND) * ROUND)
     n_chunk = capacity["event"]
-    slots = max(len(np.unique(b)) for segs in segments
-                for b in padded_groups(set_groups(segs), n_chunk, n_sets)
-                .reshape(-1, block_size(n_chunk)))
+    slots = max(_most_sets(padded_groups(set_groups(s), n_chunk, n_sets), block_size(n_chunk))
+                for s in segments)
     return ChunkLayout(capacity, runs, slots)
+
+
+def _most_sets(groups: np.ndarray, block: int) -> int:
+    """The most distinct sets in one block of ``block`` events of a chunk's ``groups``."""
+    blocks = np.sort(groups.reshape(-1, block), axis=1)
+    return int(1 + (np.diff(blocks, axis=1) != 0).sum(axis=1).max())
 
 
 def set_groups(segments) -> np.ndarray:

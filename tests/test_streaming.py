@@ -75,7 +75,8 @@ def test_later_steps_never_recompile(pair, caplog):
 
 def test_smearing_does_not_depend_on_chunks():
     whole = addressed_normal("0/ttbar/jer_up", np.zeros(6, int), np.arange(6), np.zeros(6, int))
-    parts = np.concatenate([addressed_normal("0/ttbar/jer_up", np.zeros(3, int), e, np.zeros(3, int))
+    parts = np.concatenate([addressed_normal("0/ttbar/jer_up", np.zeros(3, int), e,
+                                             np.zeros(3, int))
                             for e in (np.arange(3), np.arange(3, 6))])
     np.testing.assert_array_equal(whole, parts)
     draws = addressed_normal("k", np.zeros(20000, int), np.arange(20000), np.zeros(20000, int))

@@ -16,6 +16,7 @@ import warnings
 from typing import NamedTuple
 
 import awkward as ak
+import jax
 
 from diffana import budget, ragged
 from diffana.checks import NonFinite, NonFiniteWarning
@@ -47,7 +48,8 @@ def estimated_bytes(readers, plan) -> tuple[int, int]:
         for events, weight in _sample(reader, first, n).values():
             size += ak.Array(events).nbytes + weight.nbytes
             if len(weight):
-                size += sum(a.nbytes for a in _leaves(ragged.lower(events, plan, weight).buffers))
+                buffers = ragged.lower(events, plan, weight).buffers
+                size += sum(a.nbytes for a in jax.tree_util.tree_leaves(buffers))
         total += size / n * entries
         sampled += n
     return int(total), sampled
@@ -87,11 +89,3 @@ def streaming_choice(cfg: AnalysisConfig, engine: str, readers, plan) -> Streami
         f"{where}: the events need about {budget.human_bytes(need)} in memory (estimated from "
         f"their first {sampled} events), {'within' if fits else 'more than'} the "
         f"{budget.human_bytes(limit)} of {how}"))
-
-
-def _leaves(tree):
-    if isinstance(tree, dict):
-        for v in tree.values():
-            yield from _leaves(v)
-    else:
-        yield tree

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import time
 
+import jax
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -96,7 +97,8 @@ class StreamedExecutor(ChunkedExecutor):
                     n_events[g] += b - a
                 segments.append(sets)
                 sizes.append(ragged.axis_sizes(buffers, self.kernel.plan))
-                chunk_bytes = max(chunk_bytes, sum(a.nbytes for a in _leaves(buffers)))
+                chunk_bytes = max(chunk_bytes,
+                                  sum(a.nbytes for a in jax.tree_util.tree_leaves(buffers)))
         layout = packed_layout(sizes, segments, cfg.chunk_size, len(n_events), cfg.name)
         return {"n_events": n_events, "n_chunks": len(sizes), "chunk_bytes": chunk_bytes,
                 "layout": _encode_layout(layout)}
@@ -216,14 +218,6 @@ class StreamedExecutor(ChunkedExecutor):
             flow = jit_cutflow(self.kernel, params, chunk)
             for g, a, b in sets:
                 yield g, flow[..., a:b]
-
-
-def _leaves(tree):
-    if isinstance(tree, dict):
-        for v in tree.values():
-            yield from _leaves(v)
-    else:
-        yield tree
 
 
 def _encode_key(key):
