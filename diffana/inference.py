@@ -38,6 +38,7 @@ import numpy as np
 from diffana import files
 from diffana.exceptions import DiffanaError
 from diffana.stats import hypotest as ht
+from diffana.stats import ranking
 from diffana.stats.model import Model
 from diffana.stats.modifiers import modifier_settings
 
@@ -152,7 +153,7 @@ def _at_bounds(fits: ht.Fits, bestfit: np.ndarray) -> list[str]:
 
 def _ranking(fits: ht.Fits, data, free: ht.FitBatch, errors: np.ndarray, warnings: list) -> list:
     model = fits.model
-    shifts, converged = ht.impacts(fits, data, free, errors)
+    shifts, converged = ranking.impacts(fits, data, free, errors)
     if not converged:
         warnings.append("ranking: some impact fits did not converge")
     prefit = ht.prefit_uncertainties(model)

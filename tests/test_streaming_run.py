@@ -11,6 +11,7 @@ import sys
 import time
 
 from conftest import ROOT, default_config_dict, write_config
+from test_resumable_stops import finish, rows
 
 EVENTS = 5_000
 STEPS = 25
@@ -25,18 +26,6 @@ CLI = ("import signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
 def diffana_run(*args):
     return subprocess.Popen([sys.executable, "-c", CLI, "run", *map(str, args), "--quiet"],
                             cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-
-
-def rows(run_dir) -> int:
-    try:
-        return (run_dir / "history.csv").read_text().count("\n") - 1
-    except FileNotFoundError:
-        return 0
-
-
-def finish(proc) -> None:
-    _, err = proc.communicate(timeout=600)
-    assert proc.returncode == 0, err
 
 
 def final(run_dir) -> dict:
