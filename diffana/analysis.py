@@ -50,7 +50,6 @@ class Prepared(NamedTuple):
     plan: Plan
     space: ParameterSpace
     device: jax.Device
-    executor: type  # the executor class (:func:`diffana.executors.choose`)
     set_index: dict  # (sample, event set) -> set number (:func:`diffana.plan.event_sets`)
     objective: objectives.Objective  # the figure of merit and its model
     kernel: Kernel
@@ -59,8 +58,10 @@ class Prepared(NamedTuple):
 def prepare(cfg: AnalysisConfig, engine: str | None = None, source: str | None = None
             ) -> Prepared:
     """Everything of an analysis that does not need its events: the plan (collections,
-    branches, every observable's own check), the parameter space, the device, the executor,
-    the event sets, the model's structure and the stages' kernel.
+    branches, every observable's own check), the parameter space, the device, the event sets,
+    the model's structure and the stages' kernel; and the executor's own checks (its optional
+    dependencies, the gradient mode it allows: which executor runs is chosen with the events,
+    ``streaming: auto``).
 
     :class:`Analysis` starts with it, and ``diffana validate`` runs it, so a configuration
     that the preparation refuses is refused by both, before an event is read.
@@ -72,14 +73,14 @@ def prepare(cfg: AnalysisConfig, engine: str | None = None, source: str | None =
     try:
         plan = build(cfg)
         device = compute_device(cfg.device)
-        executor = executors.choose(cfg, engine or cfg.engine)
+        executors.choose(cfg, engine or cfg.engine)  # refuses what no executor can run
     except ConfigError as err:
         raise ConfigError(f"{source}: {err}" if source else str(err)) from None
     space = ParameterSpace.of(cfg)
     groups, set_index = event_sets(cfg)
     templates = [m.sample for name in cfg.samples for m in members(cfg, name)]
     objective = objectives.Objective.of(cfg, templates)
-    return Prepared(plan, space, device, executor, set_index, objective,
+    return Prepared(plan, space, device, set_index, objective,
                     Kernel.of(cfg, plan, space, groups))
 
 

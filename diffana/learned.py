@@ -117,16 +117,20 @@ def held_out(ana, initial: dict, final: dict) -> dict:
             "split": ana.cfg.split.model_dump()}
 
 
-def write(ana, run_dir: Path, final: dict) -> dict:
+def write(ana, run_dir: Path, final: dict, gradient=None) -> dict:
     """With a network, its final weights into the run directory, and what ``results.json``
     says of them (``parameter_groups``: the file, each group's sizes and the norm of the
-    objective's gradient in its weights at the end, ``gradient_norm``); else nothing."""
+    objective's gradient in its weights at the end, ``gradient_norm``); else nothing.
+
+    ``gradient``: the loss's gradient in ``u`` at ``final``, where the optimiser has it
+    (evaluated again otherwise)."""
     if not ana.space.groups:
         return {}
     save(run_dir, final)
     out = summary(final)
     # the sensitivity of a group: one row, the norm of the objective's gradient in its weights
-    grad = np.asarray(ana.loss_and_grad(ana.to_unit(final), final)[1])
+    grad = np.asarray(gradient if gradient is not None
+                      else ana.loss_and_grad(ana.to_unit(final), final)[1])
     for name, where in ana.space.group_slices().items():
         if name in out["groups"]:
             out["groups"][name]["gradient_norm"] = float(np.linalg.norm(grad[where]))

@@ -57,6 +57,7 @@ class OptimisationResult(NamedTuple):
     non_finite_u: np.ndarray | None = None  # where the non-finite value appeared, if one did
     non_finite_param: int | None = None  # the first parameter whose derivative was non-finite
     first_gradient: np.ndarray | None = None  # the gradient at step 0 (None when resumed later)
+    gradient: np.ndarray | None = None  # the gradient at ``params`` (None: no good step)
 
 
 class Interrupted(KeyboardInterrupt):
@@ -208,6 +209,7 @@ def optimise(
         non_finite_u = non_finite_param = None
         best_u = jnp.asarray(history[-1][2]) if history else u
         best_loss = history[-1][1] if history else float(loss)
+        best_grad = None
         describe = describe or (lambda v: f"{v:.6g}")
         with tqdm(total=steps, initial=min(first, steps), desc="optimising",
                   disable=not progress, leave=False) as bar:
@@ -226,7 +228,7 @@ def optimise(
                     non_finite_u = np.asarray(u)
                     break
                 history.append((step, loss_f, np.asarray(u)))
-                best_u, best_loss = u, loss_f
+                best_u, best_loss, best_grad = u, loss_f, grad
                 if on_step is not None:
                     on_step(step, loss_f, np.asarray(u))
                 bar.set_postfix_str(f"objective {describe(loss_f)}")
@@ -252,7 +254,8 @@ def optimise(
         raise
     return OptimisationResult(best_u, best_loss, history, stopped, first_call_seconds,
                               _resume_at(mark, history), non_finite_u, non_finite_param,
-                              first_gradient)
+                              first_gradient,
+                              None if best_grad is None else np.asarray(best_grad))
 
 
 def _restore_state(template, leaves: list, what: str):

@@ -292,7 +292,7 @@ def _evaluate_and_write(ana: Analysis, cfg, res, out_dir: Path, config_file: Pat
                            (objective_initial, objective_final), (hard_initial, hard_final),
                            sensitivity)
         results.update(held_out)
-        results.update(learned.write(ana, out_dir, p_final))  # a network's weights
+        results.update(learned.write(ana, out_dir, p_final, res.gradient))  # a network's
 
         gradient0 = (None if not ana.trainable or res.first_gradient is None  # step 0, cuts
                      else res.first_gradient[:len(ana.trainable)])

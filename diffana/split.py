@@ -59,7 +59,7 @@ def uniform(seed: int, file_names: list[str], file_index, entry) -> np.ndarray:
 
 
 def is_test(seed: int, fraction: float, file_names: list[str], file_index,
-               entry) -> np.ndarray:
+            entry) -> np.ndarray:
     """1.0 for each event in the test part, 0.0 for each training event (float64)."""
     return (uniform(seed, file_names, file_index, entry) < fraction).astype(np.float64)
 
