@@ -29,6 +29,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 from collections.abc import Sequence
 from contextlib import ExitStack, contextmanager
@@ -320,6 +321,10 @@ def summary(results: dict, cfg=None, top: int = 2) -> str:
                      f"{results['hard_train']['objective_final']:.6g}"])
     for name, v0 in results["params_initial"].items():
         rows.append([name, f"{v0:.6g}", f"{results['params_final'][name]:.6g}"])
+    groups = results.get("parameter_groups", {})
+    for name, sizes in groups.get("groups", {}).items():  # a network: one row, its gradient
+        rows.append([f"{name}: {sizes.get('weights', 0)} weights, |∂objective/∂w|", "",
+                     f"{sizes.get('gradient_norm', math.nan):.4g}"])
     lines.append(table(rows, ["", "initial", "final"]).rstrip("\n"))
     sens = results["sensitivity"]
     if sens:

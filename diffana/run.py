@@ -11,9 +11,7 @@ from __future__ import annotations
 import hashlib
 import math
 import signal
-import threading
 import time
-from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
@@ -31,6 +29,7 @@ from diffana.exceptions import DiffanaError, InputChanged, NumericalError, Resum
 from diffana.log import Phases, logger
 from diffana.optimise import Interrupted, Resume, group_settings, optimise
 from diffana.plan import ParameterSpace
+from diffana.signals import Signals
 
 #: the phases timed in ``results.json`` (``timings``), besides ``total_s``
 TIMINGS = ("generate_s", "read_s", "lower_s", "compile_s", "steps_s", "hard_s",
@@ -146,7 +145,7 @@ def _run(config_path, *, steps, out, engine, streaming, seed, progress, echo, re
 
     if resume is not None and executor is not None:
         cfg = _with_executor(cfg, executor, config_file)
-    signals = _Signals()
+    signals = Signals()
     ana = None
     phases = Phases()
     with signals.installed():
@@ -195,7 +194,7 @@ def _run(config_path, *, steps, out, engine, streaming, seed, progress, echo, re
 
 def _optimise_and_write(ana: Analysis, cfg, out_dir: Path, config_file: Path | str,
                         checkpoint: Resume | None, meta: dict, start: float, progress: bool,
-                        signals: _Signals):
+                        signals: Signals):
     """The optimisation, the hard-cut evaluation and the run directory's files.
 
     A signal during the evaluation and the files stops the run at ``signals.check()`` (the
@@ -296,9 +295,12 @@ def _evaluate_and_write(ana: Analysis, cfg, res, out_dir: Path, config_file: Pat
 
         gradient0 = (None if not ana.trainable or res.first_gradient is None  # step 0, cuts
                      else res.first_gradient[:len(ana.trainable)])
+        # the soft objective is of the training events: held against their hard objective
+        hard = held_out.get("hard_train", {"objective_initial": hard_initial,
+                                           "objective_final": hard_final})
         flags = guards.run_flags(cfg, hists, {"final": final_yields}, gradient0, p_final,
-                                 {"initial": (objective_initial, hard_initial),
-                                  "final": (objective_final, hard_final)})
+                                 {"initial": (objective_initial, hard["objective_initial"]),
+                                  "final": (objective_final, hard["objective_final"])})
         if flows["final"] is None:
             flags.append(guards.Flag("cutflow-skipped", "no cutflow with the Dask executor (the "
                                      "events are on the workers)", tables.CUTFLOW))
@@ -408,58 +410,6 @@ def _load_resume(run_dir: Path):
     if checkpoint is not None:
         meta["resumed_from_steps"] = [*meta["resumed_from_steps"], checkpoint.step]
     return run_dir, meta["config_file"], base_dir, cfg, checkpoint, meta
-
-
-class _Signals:
-    """SIGINT and SIGTERM raise :class:`Interrupted` in the main thread (not while ``hold``).
-
-    While ``deferred`` (the hard-cut evaluation, the plots and the files after the last step),
-    and inside a finaliser (``__del__``, where Python ignores the exception), a signal is kept
-    as ``pending`` and raised by ``check()`` at the next point where stopping is safe: an
-    exception raised in the middle of a JAX compilation leaves XLA in a state that crashes the
-    interpreter as it exits (a segmentation fault instead of exit 130).
-    """
-
-    def __init__(self):
-        self.hold = False
-        self.pending: int | None = None
-        self._deferred = False
-
-    def _handler(self, signum, frame):
-        if self.hold:
-            return
-        if self._deferred or (frame is not None and frame.f_code.co_name == "__del__"):
-            self.pending = self.pending or signum
-            return
-        raise Interrupted(signum=signum)
-
-    def check(self) -> None:
-        """Raise :class:`Interrupted` for a signal that arrived while it could not be raised."""
-        if self.pending is not None and not self.hold:
-            raise Interrupted(signum=self.pending)
-
-    @contextmanager
-    def deferred(self):
-        """Signals within are ``pending`` until ``check()``."""
-        self._deferred = True
-        try:
-            yield
-        finally:
-            self._deferred = False
-
-    @contextmanager
-    def installed(self):
-        if threading.current_thread() is not threading.main_thread():
-            yield  # signals reach the main thread only
-            return
-        # a signal the process was told to ignore (SIGINT under nohup or `cmd &`) stays ignored
-        previous = {s: signal.signal(s, self._handler) for s in (signal.SIGINT, signal.SIGTERM)
-                    if signal.getsignal(s) is not signal.SIG_IGN}
-        try:
-            yield
-        finally:
-            for s, handler in previous.items():
-                signal.signal(s, signal.SIG_DFL if handler is None else handler)
 
 
 def _with_executor(cfg, executor: dict, source) -> configmod.AnalysisConfig:

@@ -309,9 +309,18 @@ def chunk_cutflow(kernel: Kernel, params: dict, chunk: dict):
     """The weighted and raw events of one chunk after each cutflow step, per event:
     ``(steps, 2, events)``."""
     ops = ragged.CompiledOps(chunk, kernel.layout.events, kernel.layout.runs)
-    weight = jnp.stack([chunk["weight"], jnp.ones_like(chunk["weight"])])
     return jnp.stack([w for _, w in cutflow_weights(kernel.cfg, kernel.plan, ops, params,
-                                                      weight)])
+                                                      cutflow_start(kernel.cfg, ops,
+                                                                    chunk["weight"]))])
+
+
+def cutflow_start(cfg: AnalysisConfig, ops, weight):
+    """The weighted and raw events a cutflow starts from, ``(2, events)``: all the events, or
+    with a ``split`` the test events (weights × 1/f, as the hard evaluations count them)."""
+    raw = jnp.ones_like(weight)
+    if cfg.split is not None:
+        raw = raw * ops.event_branch(split.COLUMN)
+    return jnp.stack([split.part_weight(cfg.split, "test", ops, weight), raw])
 
 
 jit_cutflow = jax.jit(chunk_cutflow, static_argnums=0)

@@ -65,7 +65,8 @@ def cutflow(ana, params: dict) -> dict[str, list[tuple[str, float, int]]] | None
     """``{sample: [(step, weighted, raw)]}`` of every nominal sample at ``params``.
 
     Evaluated where the events are (:meth:`diffana.executors.Executor.cutflow_parts`: the
-    compiled chunk function in memory or streamed); None with the Dask executor.
+    compiled chunk function in memory or streamed); None with the Dask executor. With a
+    ``split`` the cutflow counts the test events (weights × 1/f), as the hard evaluations do.
     """
     parts = ana.executor.cutflow_parts(params)
     if parts is None:

@@ -62,8 +62,11 @@ def validate(config_path: str | Path, imports: bool = True) -> str:
             checked += 1
         if not entries:  # run reads no event of the sample
             raise io.no_events(paths, tree)
+    space = ParameterSpace.of(cfg)
     counts = [(len(cfg.samples), "sample"), (len(cfg.regions), "region"),
-              (len(ParameterSpace.of(cfg).trainable), "trainable parameter"),
+              (len(space.trainable), "trainable parameter"),
+              *((len(g["weights"]), f"{name} weight") for name, g in space.groups.items()),
               (checked, "input file")]
-    said = ", ".join(f"{n} {what}{'' if n == 1 else 's'}" for n, what in counts)
+    said = ", ".join(f"{n:,} {what}{'' if n == 1 else 's'}".replace(",", " ")
+                     for n, what in counts)
     return f"{config_path}: valid ({said} checked{''.join(f'; {n}' for n in notes)})"

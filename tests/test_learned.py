@@ -31,6 +31,11 @@ def test_run_directory_holds_the_network(nn_run):
     sizes = dict(written["parameter_groups"]["groups"]["nn_score"])
     assert sizes.pop("gradient_norm") > 0
     assert sizes == {"weights": 4 * 6 + 6 + 6 * 5 + 5 + 5 + 1, "shift": 4, "scale": 4}
+    from diffana.report import summary
+
+    norm = written["parameter_groups"]["groups"]["nn_score"]["gradient_norm"]
+    assert any(line.startswith(f"nn_score: {sizes['weights']} weights, |∂objective/∂w|")
+               and line.rstrip().endswith(f"{norm:.4g}") for line in summary(written).splitlines())
     assert set(written["params_final"]) == {"jet_pt_min", "btag_threshold", "lepton_pt_min"}
     found = learned.load(run_dir)
     for name, value in written["params_final"].items():

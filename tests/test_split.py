@@ -147,11 +147,49 @@ def test_dask_equals_held(held):
         ana.close()
 
 
-def test_run_reports_test_and_training_hard_objectives(tmp_path, held):
+def test_cutflow_counts_the_test_events(held):
+    """The cutflow follows the hard evaluations: test events, weights × 1/f, raw counts of
+    test events; a region's last step equals its hard histograms' total."""
+    from diffana import tables
+
+    p = held.initial_params()
+    flows = tables.cutflow(held, p)
+    hists = held.hard_histograms(p)
+    numpy_hists = _hard_by_numpy(held, p)["test"]
+    from diffana.stages import samples_of
+
+    counts = {sample: len(regions["signal_region"][0])
+              for g, events in held.executor.event_parts(p, True, part="all")
+              for sample, regions in samples_of(held.executor.kernel, g, events)}
+    for sample, steps in flows.items():
+        reader = next(r for r in held.readers if r.name == sample)
+        n = counts[sample]
+        test = split.is_test(3, FRACTION, [reader.files[0].name], np.zeros(n, int), np.arange(n))
+        assert steps[0][2] == int(test.sum())  # all events: the test events, counted
+        last = dict((step, w) for step, w, _ in steps)["signal_region"]
+        assert last == pytest.approx(hists["signal_region"][sample].values().sum(), rel=1e-12)
+        assert last == pytest.approx(numpy_hists["signal_region"][sample].sum(), rel=1e-12)
+
+
+def test_run_reports_test_and_training_hard_objectives(tmp_path, held, monkeypatch):
     from conftest import write_config
 
+    from diffana import guards
+
+    compared = {}
+    run_flags = guards.run_flags
+
+    def spy(*args):
+        compared.update(args[-1])
+        return run_flags(*args)
+
+    monkeypatch.setattr(guards, "run_flags", spy)
     path = write_config(tmp_path / "split.yaml", split_config())
     res = run(path, steps=2, out=tmp_path / "run", progress=False)
+    # the soft objective (training events) is held against the training events' hard one
+    assert compared["initial"] == (res["objective_initial"],
+                                   res["hard_train"]["objective_initial"])
+    assert compared["final"] == (res["objective_final"], res["hard_train"]["objective_final"])
     written = json.loads((tmp_path / "run" / "results.json").read_text())
     assert written["split"] == {"test_fraction": FRACTION, "seed": 3}
     p = held.initial_params()

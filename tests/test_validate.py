@@ -98,3 +98,15 @@ def test_the_unbroken_configuration_is_valid(files, tmp_path, capsys):
     Analysis(load(path), base_dir=tmp_path, progress=False)
     assert main(["validate", str(path)]) == 0
     assert "2 input files checked" in capsys.readouterr().out
+
+
+def test_a_network_is_counted_with_its_weights(files, tmp_path, capsys):
+    data = config([files["s"]], [files["b"]])
+    data["observables"]["score"] = {"kind": "mlp", "options": {"inputs": ["ht", "met"],
+                                                               "hidden": [4], "seed": 0}}
+    data["regions"]["MET"] = {"observable": "score", "binning": {"bins": 4, "low": 0, "high": 1},
+                              "bandwidth": 0.1}
+    path = write_config(tmp_path / "nn.yaml", data)
+    assert main(["validate", str(path)]) == 0
+    # (2 inputs + 1) × 4 + (4 + 1) × 1 weights
+    assert "1 trainable parameter, 17 score weights, 2 input files" in capsys.readouterr().out

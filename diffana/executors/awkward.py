@@ -14,6 +14,7 @@ from diffana import ragged
 from diffana.executors.setup import Setup
 from diffana.stages import (
     by_sample,
+    cutflow_start,
     cutflow_weights,
     fill_hard,
     input_moments,
@@ -75,9 +76,9 @@ class AwkwardExecutor:
         for g in range(len(self.sets)):
             lowered = self.sets[g].lowered
             ops = ragged.CompiledOps(ragged.to_device(lowered.buffers), lowered.n_events)
-            weight = jnp.asarray(lowered.weight)
-            yield g, jnp.stack([w for _, w in cutflow_weights(
-                kernel.cfg, kernel.plan, ops, params, jnp.stack([weight, jnp.ones_like(weight)]))])
+            start = cutflow_start(kernel.cfg, ops, jnp.asarray(lowered.weight))
+            yield g, jnp.stack([w for _, w in cutflow_weights(kernel.cfg, kernel.plan, ops,
+                                                               params, start)])
 
     def hard_histograms(self, params: dict, samples: list[str], part: str = "test") -> dict:
         return fill_hard(self.kernel, samples, self.event_parts(params, hard=True, part=part))
