@@ -16,7 +16,9 @@ still writing it fails to decompress it, warns ("Error reading persistent compil
 entry") and compiles for itself. Its numbers do not change. Removing the directory is always
 safe.
 
-This module only sets JAX's own configuration (``jax.config``); the cache is JAX's.
+This module only sets JAX's own configuration (``jax.config``); the cache is JAX's. The same
+switch keeps traced functions in ``$DIFFANA_CACHE/jax-exported`` (:mod:`diffana.exported`):
+:func:`exported_dir` says where, or ``None`` when off.
 
 Example:
     >>> from diffana.compilation import compilation_cache_dir
@@ -39,11 +41,22 @@ from diffana.generate import cache_dir
 MIN_COMPILE_SECONDS = 0.0
 
 _ours: str | None = None  # the directory diffana set, if it set one
+_exported: Path | None = None  # where traced functions are kept (diffana.exported), if on
 
 
 def compilation_cache_dir() -> Path:
     """``$DIFFANA_CACHE/jax-compilation`` (``~/.cache/diffana/jax-compilation``)."""
     return cache_dir() / "jax-compilation"
+
+
+def exported_cache_dir() -> Path:
+    """``$DIFFANA_CACHE/jax-exported``: traced functions (:mod:`diffana.exported`)."""
+    return cache_dir() / "jax-exported"
+
+
+def exported_dir() -> Path | None:
+    """Where traced functions are kept now, or ``None`` (the cache is off)."""
+    return _exported
 
 
 def use_compilation_cache(enabled: bool = True, directory: str | Path | None = None
@@ -61,7 +74,9 @@ def use_compilation_cache(enabled: bool = True, directory: str | Path | None = N
     Returns:
         The directory compilations go to, or ``None`` when there is none.
     """
-    global _ours
+    global _ours, _exported
+    # traced functions follow the switch, always in diffana's own cache directory
+    _exported = exported_cache_dir() if enabled else None
     current = jax.config.jax_compilation_cache_dir
     if current is not None and current != _ours:
         return Path(current)  # configured for JAX itself: not diffana's to change

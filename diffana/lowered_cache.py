@@ -83,7 +83,7 @@ def _lowering_sources() -> set[str]:
 
     files = {getattr(sys.modules.get(m), "__file__", None) for m in LOWERING_MODULES}
     for kind in KINDS.values():
-        for fn in (getattr(kind, "function", None), getattr(kind, "prepare", None)):
+        for fn in (kind.compute, kind.prepare):
             if callable(fn):
                 try:
                     files.add(inspect.getsourcefile(fn))

@@ -1,0 +1,299 @@
+"""Traced functions kept across runs: ``jax.export`` artefacts beside the compilation cache.
+
+JAX's persistent compilation cache (:mod:`diffana.compilation`) saves XLA's work, but to find
+its entry a run must still trace each function in Python and lower it to StableHLO: for the
+AGC, the fused gradient step, the model's fits and the final evaluations take seconds of
+tracing on every run. A function wrapped with :func:`persistent` is traced once, exported
+(``jax.export``: serialised StableHLO) into ``$DIFFANA_CACHE/jax-exported``, and a later run
+with the same key deserialises it and calls it: no tracing; XLA's compilation of it comes from
+the compilation cache as before. The numbers are the same (the same StableHLO is compiled).
+
+The key is a SHA-256 of
+
+* the function's name and the content of its static arguments (a :class:`~diffana.stages.Kernel`,
+  an :class:`~diffana.stats.objective.Objective`: configuration, plan, bin edges, chunk layout,
+  model — everything a trace reads from them, by value, not by identity);
+* the shapes, dtypes and tree structure of the other arguments;
+* the source of every module of diffana and of every module that defines an observable kind
+  (an analysis's own, through ``imports:``): an edit to the code is another key;
+* the versions of JAX, jaxlib, NumPy and pyhf, JAX's backend and its 64-bit setting.
+
+A static argument whose content cannot be read (an object of a kind :func:`fingerprint` does not
+know) is traced as usual, never guessed at. Entries are written under a temporary name and
+renamed into place, so runs sharing the directory see whole entries or none; an unreadable
+entry is traced again (with one debug line). The directory is bounded by
+``$DIFFANA_EXPORTED_CACHE_MB`` (default 512 MB; an AGC entry is 0.2 MB): after a write that
+passes it, the entries used longest ago are removed, under the directory's lock. It follows
+``compilation_cache`` (``--no-compilation-cache`` turns both off); removing it is always safe.
+
+Hand-written because no maintained library keys ``jax.export`` artefacts by the content of
+static arguments; serialising them needs ``flatbuffers`` (JAX's own optional dependency).
+
+Example:
+    >>> import jax, jax.numpy as jnp
+    >>> f = persistent(jax.jit(lambda n, x: x * n, static_argnums=0), "scale", (0,))
+    >>> float(f(3, jnp.float64(2.0)))
+    6.0
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import functools
+import hashlib
+import importlib.metadata
+import os
+import sys
+import time
+import types
+from pathlib import Path
+
+import jax
+import numpy as np
+from pydantic import BaseModel
+
+from diffana import compilation
+from diffana.locks import exclusive
+from diffana.log import logger
+
+DEFAULT_LIMIT_MB = 512.0
+MEMO = 64  # functions held per wrapped function in a process
+SUFFIX = ".exported"
+_VERSIONS = ("jax", "jaxlib", "numpy", "pyhf")
+
+
+class Unreadable(Exception):
+    """A static argument whose content :func:`fingerprint` cannot read."""
+
+
+def fingerprint(obj) -> str:
+    """A SHA-256 of ``obj``'s content: equal for equal configurations, plans, kernels and
+    models built in different processes (not their identity, not ``hash()``, which Python
+    salts per process for strings)."""
+    h = hashlib.sha256()
+    _feed(h, obj, set())
+    return h.hexdigest()
+
+
+def _feed(h, obj, path: set[int]) -> None:  # noqa: C901 - one case per kind of value
+    if obj is None or isinstance(obj, (bool, int, float, complex, str, bytes, enum.Enum, slice,
+                                       range)):
+        h.update(f"{type(obj).__name__}:{obj!r};".encode())
+        return
+    if isinstance(obj, (np.ndarray, np.generic, jax.Array)):
+        a = np.asarray(obj)
+        h.update(f"nd:{a.dtype.str}:{a.shape};".encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+        return
+    if isinstance(obj, (types.FunctionType, types.BuiltinFunctionType, type, types.ModuleType,
+                        functools.partial)):
+        if isinstance(obj, functools.partial):
+            h.update(b"partial(")
+            _feed(h, (obj.func, obj.args, obj.keywords), path)
+            h.update(b")")
+            return
+        if getattr(obj, "__name__", "") == "<lambda>" or "<locals>" in getattr(
+                obj, "__qualname__", ""):
+            raise Unreadable(f"a local function {obj!r}")  # its closure is not in its name
+        h.update(f"fn:{getattr(obj, '__module__', '')}.{getattr(obj, '__qualname__', obj)};"
+                 .encode())
+        return
+    if id(obj) in path:
+        raise Unreadable(f"a cycle through {type(obj).__name__}")
+    path.add(id(obj))
+    try:
+        h.update(f"<{type(obj).__module__}.{type(obj).__qualname__}".encode())
+        if isinstance(obj, (list, tuple)):
+            for x in obj:
+                _feed(h, x, path)
+        elif isinstance(obj, dict):
+            for k, v in obj.items():  # insertion order: iterating them is part of a trace
+                _feed(h, k, path)
+                _feed(h, v, path)
+        elif isinstance(obj, (set, frozenset)):
+            for item in sorted(fingerprint(x) for x in obj):
+                h.update(item.encode())
+        elif isinstance(obj, BaseModel):
+            _feed(h, {name: getattr(obj, name) for name in type(obj).model_fields}, path)
+        elif dataclasses.is_dataclass(obj):
+            _feed(h, {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}, path)
+        elif hasattr(obj, "__dict__") or hasattr(obj, "__slots__"):
+            _feed(h, _attributes(obj), path)
+        else:
+            raise Unreadable(f"an object of type {type(obj).__name__}")
+        h.update(b">")
+    finally:
+        path.discard(id(obj))
+
+
+def _attributes(obj) -> dict:
+    out = dict(getattr(obj, "__dict__", {}))
+    for cls in type(obj).__mro__:
+        for name in getattr(cls, "__slots__", ()):
+            if hasattr(obj, name) and name not in out:
+                out[name] = getattr(obj, name)
+    return out
+
+
+@functools.cache
+def _environment() -> str:
+    """The versions, the backend and diffana's own source (with every observable kind's)."""
+    h = hashlib.sha256()
+    for name in _VERSIONS:
+        try:
+            h.update(f"{name}={importlib.metadata.version(name)};".encode())
+        except importlib.metadata.PackageNotFoundError:
+            h.update(f"{name}=none;".encode())
+    h.update(f"{jax.default_backend()};x64={jax.config.jax_enable_x64};".encode())
+    package = Path(__file__).resolve().parent
+    for path in sorted(package.rglob("*.py")):
+        h.update(str(path.relative_to(package)).encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def _kind_sources() -> str:
+    """The source of every module that defines an observable kind outside diffana (read at
+    each new key: an analysis's ``imports:`` may register kinds at any time)."""
+    from diffana.observe import KINDS
+
+    h = hashlib.sha256()
+    files = set()
+    for kind in KINDS.values():
+        for fn in (kind.compute, kind.prepare, kind.check, kind.parameters):
+            module = sys.modules.get(getattr(fn, "__module__", None) or "")
+            if module is not None and not module.__name__.startswith("diffana."):
+                files.add(getattr(module, "__file__", None))
+    for f in sorted(f for f in files if f and Path(f).is_file()):
+        h.update(f.encode())
+        h.update(Path(f).read_bytes())
+    return h.hexdigest()
+
+
+def _limit() -> int:
+    return int(float(os.environ.get("DIFFANA_EXPORTED_CACHE_MB", DEFAULT_LIMIT_MB)) * 1e6)
+
+
+class Persistent:
+    """A ``jax.jit`` function whose traced form is kept across runs (see the module's notes).
+
+    Called like the jitted function. Calls under a trace (its arguments tracers), with a
+    Python scalar among the traced arguments, or while the cache is off go to the jitted
+    function itself. Anything else (``.lower``, ``.trace``) is the jitted function's.
+    """
+
+    def __init__(self, jitted, name: str, static_argnums: tuple[int, ...] = ()):
+        self._jitted, self._name, self._static = jitted, name, tuple(static_argnums)
+        self._calls: dict = {}  # (static objects, avals) → the deserialised function, jitted
+        functools.update_wrapper(self, jitted)
+
+    def __getattr__(self, name):
+        return getattr(self._jitted, name)
+
+    def __call__(self, *args):
+        directory = compilation.exported_dir()
+        if directory is None:
+            return self._jitted(*args)
+        static = tuple(args[i] for i in self._static)
+        dynamic = tuple(a for i, a in enumerate(args) if i not in self._static)
+        leaves, tree = jax.tree_util.tree_flatten(dynamic)
+        if any(isinstance(x, jax.core.Tracer) or not hasattr(x, "dtype") for x in leaves):
+            return self._jitted(*args)
+        avals = tuple((x.shape, str(x.dtype), bool(getattr(x, "weak_type", False)))
+                      for x in leaves)
+        try:
+            memo = (*static, tree, avals)
+            call = self._calls.get(memo)
+        except TypeError:  # an unhashable static argument: jit would refuse it too
+            return self._jitted(*args)
+        if call is None:
+            call = self._load_or_export(directory, static, tree, avals, args)
+            if len(self._calls) >= MEMO:  # the oldest: its kernel is likely gone
+                self._calls.pop(next(iter(self._calls)))
+            self._calls[memo] = call
+        return call(*dynamic)
+
+    def _load_or_export(self, directory: Path, static: tuple, tree, avals, args):
+        try:
+            content = [fingerprint(s) for s in static]
+        except Unreadable as why:
+            logger.debug("%s: traced each run (%s)", self._name, why)
+            return self._with_static(static)
+        h = hashlib.sha256(f"{self._name};{tree};{avals};".encode())
+        for part in (*content, _environment(), _kind_sources()):
+            h.update(part.encode())
+        path = directory / f"{self._name}-{h.hexdigest()[:32]}{SUFFIX}"
+        exported = _read(path)
+        if exported is None:
+            exported = jax.export.export(self._jitted)(*args)
+            try:
+                _write(path, exported.serialize())
+            except ImportError as why:  # no flatbuffers: the function is used, not kept
+                logger.debug("%s: not kept (%s)", self._name, why)
+        return jax.jit(exported.call)
+
+    def _with_static(self, static: tuple):
+        def call(*dynamic):
+            given, rest = iter(static), iter(dynamic)
+            return self._jitted(*(next(given) if i in self._static else next(rest)
+                                  for i in range(len(static) + len(dynamic))))
+        return call
+
+
+def persistent(jitted, name: str, static_argnums: tuple[int, ...] = ()) -> Persistent:
+    """Wrap ``jitted`` (``jax.jit(f, static_argnums=...)``, the same ``static_argnums``) so
+    that its traced form is kept across runs under ``name`` (unique among diffana's)."""
+    return Persistent(jitted, name, static_argnums)
+
+
+def _read(path: Path):
+    try:
+        blob = path.read_bytes()
+    except OSError:
+        return None
+    try:
+        exported = jax.export.deserialize(bytearray(blob))
+    except Exception as err:  # noqa: BLE001 - any damage: trace again
+        logger.debug("%s: unreadable (%s); traced again", path, err)
+        return None
+    try:
+        os.utime(path)  # used now: the last to be evicted
+    except OSError:
+        pass
+    return exported
+
+
+def _write(path: Path, blob: bytes) -> None:
+    """Into place by rename (a reader sees all of it or nothing); then within the bound."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(blob)
+        os.replace(tmp, path)
+    except OSError as err:
+        logger.debug("%s: not written (%s)", path, err)
+        tmp.unlink(missing_ok=True)
+        return
+    _evict(path.parent, _limit())
+
+
+def _evict(directory: Path, limit: int) -> None:
+    """Remove the entries used longest ago until the directory holds at most ``limit``."""
+    entries = []
+    for p in directory.glob(f"*{SUFFIX}"):
+        try:
+            st = p.stat()
+        except OSError:
+            continue
+        entries.append((st.st_mtime, st.st_size, p))
+    held = sum(size for _, size, _ in entries)
+    if held <= limit:
+        return
+    with exclusive(directory / "exported.lock"):
+        for _, size, p in sorted(entries):
+            if held <= limit * 0.8:
+                break
+            p.unlink(missing_ok=True)
+            held -= size
+
