@@ -9,8 +9,15 @@
   here, scaled to the full AGC input (``--agc-events``, ~1 billion events) on ``--nodes``
   workers: compute ``chunks × time per chunk / workers``, plus Dask's per-task overhead
   and a tree reduction of ``log2(tasks)`` hops.
+* ``--streaming``: for each N also the same events streamed on the workers (``streaming:
+  true``: each worker streams its own part of the files every step, from its lowered-chunk
+  cache after the first), one task per worker per step and one per work item, in the same
+  run: setup (cluster and first pass), the first step (the files read again, the caches
+  written), the median step after it, and the ratio of the streamed step to the in-memory one.
 
     python benchmarks/dask_steps.py --json benchmarks/results/dask.json
+    python benchmarks/dask_steps.py --streaming --events 1000000 --workers 2 --no-estimate \
+        --json benchmarks/results/dask_streaming.json
 """
 
 from __future__ import annotations
@@ -48,7 +55,30 @@ def _steps(ana, repeat: int) -> tuple[float, float]:
     return first, statistics.median(times)
 
 
-def steps(n_events: int, workers: list[int], repeat: int) -> dict:
+def _dask(cfg, n: int, repeat: int, streaming: bool = False) -> dict:
+    """One Dask configuration's setup, first step and median step."""
+    from diffana.analysis import Analysis
+
+    t0 = time.perf_counter()
+    executor = cfg.executor.model_copy(update={"kind": "dask", "workers": n})
+    ana = Analysis(cfg.model_copy(update={"streaming": streaming, "executor": executor}), HERE,
+                   progress=False)
+    setup = time.perf_counter() - t0
+    try:
+        first, step = _steps(ana, repeat)
+        out = {"workers": n, "setup_s": setup, "first_step_s": first, "step_s": step,
+               "tasks_per_step": ana.executor.tasks, "bytes_per_step": ana.executor.bytes_per_step}
+        if streaming:
+            read = ana.executor.parts_read()
+            out.update(cached_first_pass=all(r["cached_first_pass"] for r in read.values()),
+                       prefetch_depth=min(r["prefetch_depth"] for r in read.values()),
+                       chunks_per_task=max(r["chunks"] for r in read.values()))
+        return out
+    finally:
+        ana.close()
+
+
+def steps(n_events: int, workers: list[int], repeat: int, streaming: bool = False) -> dict:
     from diffana.analysis import Analysis
     from diffana.config import load
 
@@ -60,17 +90,21 @@ def steps(n_events: int, workers: list[int], repeat: int) -> dict:
     out["local_first_step_s"], out["local_step_s"] = _steps(local, repeat)
     del local
     for n in workers:
-        t0 = time.perf_counter()
-        ana = Analysis(cfg.model_copy(update={"executor": cfg.executor.model_copy(
-            update={"kind": "dask", "workers": n})}), HERE, progress=False)
-        setup = time.perf_counter() - t0
+        out[f"dask_{n}"] = _dask(cfg, n, repeat)
+        if not streaming:
+            continue
+        from diffana.executors.dask_streamed import DaskStreamedExecutor
+
+        out[f"dask_{n}_streamed"] = _dask(cfg, n, repeat, streaming=True)
+        DaskStreamedExecutor.parts_per_worker = 10**9  # a part per work item
         try:
-            first, step = _steps(ana, repeat)
-            out[f"dask_{n}"] = {"workers": n, "setup_s": setup, "first_step_s": first,
-                                "step_s": step, "tasks_per_step": ana.executor.tasks,
-                                "bytes_per_step": ana.executor.bytes_per_step}
+            out[f"dask_{n}_streamed_per_item"] = _dask(cfg, n, repeat, streaming=True)
         finally:
-            ana.close()
+            DaskStreamedExecutor.parts_per_worker = 1
+        held = out[f"dask_{n}"]["step_s"]
+        out[f"dask_{n}_streamed_over_in_memory"] = out[f"dask_{n}_streamed"]["step_s"] / held
+        out[f"dask_{n}_per_item_over_in_memory"] = (
+            out[f"dask_{n}_streamed_per_item"]["step_s"] / held)
     return out
 
 
@@ -96,8 +130,9 @@ def estimate(agc_events: float, nodes: int, repeat: int) -> dict:
     def task(item):
         reader = ana.readers[item.reader]
         sets = reader.read_range(item.file, item.start, item.stop)
+        lowered = lower_sets(ana.plan, set_index, reader.name, sets)
         return [one_set_chunk(kernel.layout, ana.plan, g, b, len(kernel.groups), ana.device,
-                              cfg.name) for g, b in lower_sets(ana.plan, set_index, reader.name, sets)]
+                              cfg.name) for g, b in lowered]
 
     tasks_here = [task(item) for item in specs]
     p0 = ana.initial_params()
@@ -140,14 +175,18 @@ def main(argv=None) -> dict:
     ap.add_argument("--agc-events", type=float, default=1e9)
     ap.add_argument("--nodes", type=int, default=100)
     ap.add_argument("--no-steps", action="store_true", help="only the paper estimate")
+    ap.add_argument("--no-estimate", action="store_true", help="only the steps")
+    ap.add_argument("--streaming", action="store_true",
+                    help="also stream on the workers (one task per worker, and per work item)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     from run import report
 
     result = {}
     if not args.no_steps:
-        result["steps"] = steps(args.events, args.workers, args.repeat)
-    result["estimate"] = estimate(args.agc_events, args.nodes, args.repeat)
+        result["steps"] = steps(args.events, args.workers, args.repeat, args.streaming)
+    if not args.no_estimate:
+        result["estimate"] = estimate(args.agc_events, args.nodes, args.repeat)
     return report(result, args.json)
 
 

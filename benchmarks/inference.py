@@ -13,12 +13,18 @@ the medians of ``--repeat`` calls of:
   pyhf; pyhf's time is measured on ``--ranking-subset`` parameters and scaled to all),
 - ``scan``: ``--scan-points`` fits with the POI held (both started at the best fit),
 
-and diffana's compilation (``compile_s``: the first call of everything on a fresh model).
-pyhf uses scipy's SLSQP (its default optimiser). Prints JSON with ``ratio`` = pyhf's faster
+and diffana's compilation: ``compile_s``, the first call of everything ``diffana infer``
+computes (the items above, the significance and the ``CLs`` scan of the Brazil band) on a
+fresh model, and ``infer_s``, a whole :func:`diffana.inference.infer` on a model of its own
+(what ``diffana infer`` and a run's inference take: compilation, model and every fit); each
+also as the process's CPU seconds (``compile_cpu_s``, ``infer_cpu_s``: steadier than the wall
+clock on a shared machine). pyhf
+uses scipy's SLSQP (its default optimiser). Prints JSON with ``ratio`` = pyhf's faster
 backend / diffana per item:
 
     python benchmarks/inference.py --json benchmarks/results/inference_cpu.json
     python benchmarks/inference.py --backends jax --repeat 3       # skip pyhf's NumPy backend
+    python benchmarks/inference.py --backends --repeat 1          # diffana only
 """
 
 from __future__ import annotations
@@ -48,10 +54,12 @@ def diffana_times(workspace: dict, repeat: int, scan_points: int) -> tuple[dict,
     """diffana's times per item and the numbers they produced."""
     import jax
 
+    from diffana.inference import infer
     from diffana.stats import Model
     from diffana.stats import hypotest as ht
+    from diffana.stats import ranking as rk
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     model = Model(workspace)
     fits = ht.Fits(model, model.templates())
     import pyhf
@@ -77,7 +85,14 @@ def diffana_times(workspace: dict, repeat: int, scan_points: int) -> tuple[dict,
 
     def ranking():
         free = fit()
-        return ht.impacts(fits, data, free, errors(free))
+        return rk.impacts(fits, data, free, errors(free))
+
+    def significance():
+        return ht.significance(fits, data, ht.reference(fits, data, fit()))
+
+    def cls_scan():
+        return ht.cls_scan(fits, data, np.linspace(0.0, 2.0, 41)[1:],
+                           ht.reference(fits, data, fit()))
 
     free = fit()
     grid = np.linspace(free.bestfit[0, poi] - 2 * errors(free)[poi],
@@ -89,10 +104,15 @@ def diffana_times(workspace: dict, repeat: int, scan_points: int) -> tuple[dict,
     items = {"fit": fit, "cls_band": cls_band, "upper_limit": upper_limit,
              "ranking": ranking, "scan": scan}
     results = {name: function() for name, function in items.items()}  # compiles
+    significance()
+    cls_scan()
     jax.block_until_ready(jax.numpy.zeros(1))
-    compile_s = time.perf_counter() - start
+    compile_s, compile_cpu_s = time.perf_counter() - start, time.process_time() - cpu
     times = {name: _median_time(function, repeat) for name, function in items.items()}
-    times["compile_s"] = compile_s
+    times.update(compile_s=compile_s, compile_cpu_s=compile_cpu_s)
+    start, cpu = time.perf_counter(), time.process_time()
+    infer(workspace, details={})
+    times.update(infer_s=time.perf_counter() - start, infer_cpu_s=time.process_time() - cpu)
     numbers = {"poi_hat": float(results["fit"].bestfit[0, poi]),
                "cls_observed": results["cls_band"].cls_observed,
                "cls_expected": results["cls_band"].cls_expected.tolist(),
@@ -187,7 +207,8 @@ def pyhf_times(workspace: dict, backend: str, repeat: int, scan_points: int,
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workspace", type=Path, default=WORKSPACE)
-    ap.add_argument("--backends", nargs="+", default=["numpy", "jax"])
+    ap.add_argument("--backends", nargs="*", default=["numpy", "jax"],
+                    help="pyhf's backends to time (none: diffana only)")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--pyhf-repeat", type=int, default=1)
     ap.add_argument("--scan-points", type=int, default=11)

@@ -7,19 +7,26 @@ the training half and evaluated with hard cuts and hard histograms on the test h
 * ``cuts_mbjj``: ``configs/agc_ttbar.yaml`` as it is (4j2b histograms m_bjj), the cuts
   optimised on σ(ttbar_norm);
 * ``nn_bce``: ``configs/agc_ttbar_nn.yaml`` (4j2b histograms ``nn_score``, a network of
-  H_T, m_bjj and the four leading jets' pT), the network first trained as a classifier
-  (event-weighted binary cross-entropy, ttbar against every other nominal sample, on the
-  training events of 4j2b at the initial cuts), then frozen while the cuts are optimised;
+  H_T, m_bjj and the four leading jets' pT), the network first trained as a classifier in a
+  diffana run of its own (``objective: {kind: binary_cross_entropy, signal: [ttbar],
+  observable: nn_score, region: 4j2b, balanced: true}``: ttbar against every other nominal
+  sample, each class weighted to the same total, on the training events of 4j2b, the cuts
+  held at their initial values), then, from that run (``init: {from: RUN_DIR}``), frozen
+  while the cuts are optimised;
 * ``nn_end_to_end``: ``nn_bce``'s end point, then the network and the cuts trained
   together on σ(ttbar_norm) (``init: {from: RUN_DIR}``).
 
 Writes ``{"events", "seeds", "<variant>": {"test_sigma": [...], "train_sigma": [...],
-"cuts": [...], "run_dirs": [...]}, "step_s": {"cuts": s, "nn": s}}`` (σ: the relative
-uncertainty of ttbar_norm, the hard evaluation; each run directory holds the hard
-histograms, ``histograms.root``).
+"cuts": [...], "run_dirs": [...]}, "classifier": {"test_bce": [...], "train_bce": [...],
+...}, "step_s": {"cuts": s, "nn": s}}`` (σ: the relative uncertainty of ttbar_norm, the hard
+evaluation; each run directory holds the hard histograms, ``histograms.root``;
+``classifier``: the classifier run's hard cross-entropy on the test and training events).
 
     python benchmarks/learned_observable.py --events 200000 --seeds 3 --json out.json
     python benchmarks/learned_observable.py --quick    # 20 k events, 1 seed, a few minutes
+
+The classifier's run (``bce`` in each seed's folder) is ``--epochs`` optimiser steps of the
+network alone (Adam, learning rate 3e-3).
 """
 
 from __future__ import annotations
@@ -31,15 +38,9 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 import yaml
 
-from diffana import learned, network
-from diffana.analysis import Analysis
-from diffana.config import load_dict
-from diffana.observe import mlp_shape
 from diffana.run import run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,61 +64,32 @@ def config(name: str, events: int, seed: int, steps: int, **extra) -> dict:
     return data
 
 
-def bce_pretrain(events: int, seed: int, out: Path, epochs: int) -> Path:
-    """Train the network as a classifier on the training events of 4j2b at the initial cuts
-    and write its weights (and the inputs' standardisation) as a run directory's
-    ``parameters.npz``."""
-    data = config("agc_ttbar_nn", events, seed, 0)
-    sr = data["regions"]["4j2b"]
-    # one region per input, with the 4j2b selection: each event's inputs and weight
-    data["regions"] = {f"in_{x}": {**sr, "observable": x,
-                                   "binning": {"bins": 4, "low": 0.0, "high": 2000.0}}
-                       for x in INPUTS}
+def bce_pretrain(events: int, seed: int, folder: Path, epochs: int) -> dict:
+    """Train the network as a classifier in a diffana run (``folder/bce``): the binary
+    cross-entropy of ``nn_score`` on the training events of 4j2b, the cuts held, ``epochs``
+    steps. Its run directory (``parameters.npz``: the weights and the inputs'
+    standardisation) starts the next runs; its hard objective is the cross-entropy of the
+    test events (``test_sigma`` of :func:`one_run`: here a cross-entropy)."""
+    data = config("agc_ttbar_nn", events, seed, epochs)
+    data["objective"] = {"kind": "binary_cross_entropy", "signal": ["ttbar"],
+                         "observable": "nn_score", "region": "4j2b", "balanced": True}
+    data["optimiser"] = {"name": "adam", "options": {"learning_rate": 3e-3}, "steps": epochs,
+                         "groups": {"cuts": {"name": "sgd", "options": {"learning_rate": 0.0}}}}
+    # the classifier needs the nominal samples only: no variations, no systematics
+    data["samples"] = {n: s for n, s in data["samples"].items() if "variation_of" not in s}
+    data.pop("variations", None)
     data["model"]["systematics"] = []
     data["model"].pop("pseudodata", None)
-    ana = Analysis(load_dict(data, base_dir=ROOT / "configs"), ROOT / "configs", progress=False)
-    p = ana.initial_params()
-    events_of = ana.region_events(p)  # the training part: weights × 2
-    xs, ws, ys = [], [], []
-    for sample in ana.cfg.nominal_samples:
-        per = events_of[sample]
-        xs.append(np.stack([np.asarray(per[f"in_{x}"][0]) for x in INPUTS], axis=1))
-        ws.append(np.asarray(per[f"in_{INPUTS[0]}"][1]))
-        ys.append(np.full(len(ws[-1]), float(sample == "ttbar")))
-    x, w, y = np.concatenate(xs), np.concatenate(ws), np.concatenate(ys)
-    shift = np.average(x, axis=0, weights=w)
-    scale = np.sqrt(np.average((x - shift) ** 2, axis=0, weights=w))
-    # the classes weighted equally (event weights within each)
-    w = np.where(y == 1, w / w[y == 1].sum(), w / w[y == 0].sum())
-    shape = mlp_shape(ana.cfg.observables["nn_score"])
-    weights = jnp.asarray(p["nn_score"]["weights"])
-    standard = jnp.asarray((x - shift) / scale)
-
-    def loss(v):  # event-weighted binary cross-entropy of the logit
-        z = network.logit(shape, "relu", v, standard)
-        return jnp.sum(w * (jax.nn.softplus(-z) * y + jax.nn.softplus(z) * (1 - y)))
-
-    opt = optax.adam(3e-3)
-
-    @jax.jit
-    def step(v, state):
-        updates, state = opt.update(jax.grad(loss)(v), state, v)
-        return optax.apply_updates(v, updates), state
-
-    state = opt.init(weights)
-    for _ in range(epochs):
-        weights, state = step(weights, state)
-    out.mkdir(parents=True, exist_ok=True)
-    scalars = {n: float(v) for n, v in p.items() if not isinstance(v, dict)}
-    learned.save(out, {**scalars, "nn_score": {"weights": np.asarray(weights), "shift": shift,
-                                               "scale": scale}})
-    return out
+    return one_run(data, folder, "bce")
 
 
 def one_run(data: dict, folder: Path, name: str) -> dict:
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     res = run(path, out=folder / name, progress=False)
+    # each run compiles its own functions (its kernel is a static argument): let them go, or
+    # a process of a dozen runs exhausts the memory XLA's CPU compiler maps its code into
+    jax.clear_caches()
     steps = max(res["steps_done"], 1)
     return {"test_sigma": res["hard"]["objective_final"],
             "train_sigma": res["hard_train"]["objective_final"],
@@ -146,13 +118,21 @@ def main(argv=None) -> dict:
     out: dict = {"events": args.events, "seeds": list(range(args.seeds)), "steps": args.steps,
                  "hidden": list(HIDDEN),
                  **{v: {k: [] for k in ("test_sigma", "train_sigma", "test_sigma_initial",
-                                        "cuts", "run_dirs")} for v in variants}}
+                                        "cuts", "run_dirs")} for v in variants},
+                 # the classifier's own run: its cross-entropy (hard cuts) before and after
+                 "classifier": {k: [] for k in ("test_bce", "train_bce", "test_bce_initial",
+                                                "step_s")}}
     step_s: dict = {"cuts": [], "nn": []}
     start = time.perf_counter()
     for seed in range(args.seeds):
         here = folder / f"seed{seed}"
         here.mkdir(parents=True, exist_ok=True)
-        pre = bce_pretrain(args.events, seed, here / "bce", args.epochs)
+        bce = bce_pretrain(args.events, seed, here, args.epochs)
+        out["classifier"]["test_bce"].append(bce["test_sigma"])
+        out["classifier"]["train_bce"].append(bce["train_sigma"])
+        out["classifier"]["test_bce_initial"].append(bce["test_sigma_initial"])
+        out["classifier"]["step_s"].append(bce["step_s"])
+        pre = bce["run_dir"]
         frozen = {"name": "adam", "options": {"learning_rate": 0.02},
                   "groups": {"nn_score": {"name": "sgd", "options": {"learning_rate": 0.0}}},
                   "steps": args.steps}

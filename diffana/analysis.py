@@ -139,7 +139,8 @@ class Analysis:
         self._initial = self._standardised(self.space.initial_params())
         if cfg.init is not None:  # another run's final parameters (and networks) instead
             found = learned.load(base / cfg.init.from_)
-            start = learned.start_from(self._initial, found, repr(cfg.init.from_))
+            start = learned.start_from(self._initial, found, repr(cfg.init.from_),
+                                       optional=self.space.binnings.values())
             self._initial = jax.tree_util.tree_map(
                 lambda v: jnp.asarray(v, dtype=jnp.float64), start)
 
@@ -193,7 +194,7 @@ class Analysis:
     def _standardised(self, params: dict) -> dict:
         """``params`` with each network's inputs standardised by their weighted mean and
         width over the training events at these parameters' cuts."""
-        if not self.space.groups:
+        if not self.space.networks:
             return params
         moments = jax.device_get(self.executor.input_moments(params))
         out = dict(params)
@@ -293,7 +294,11 @@ class Analysis:
 
     def hard_objective(self, params: dict, hists: dict | None = None, part: str = "test") -> float:
         """The objective with hard cuts and hard histograms: the honest evaluation (on the
-        held-out events where the configuration has a ``split``; see :meth:`hard_histograms`)."""
+        held-out events where the configuration has a ``split``; see :meth:`hard_histograms`).
+        A classifier's loss (``binary_cross_entropy``): with hard cuts, on those events."""
+        if self.objective_spec.of_events:
+            return float(objectives.jit_value(self.objective_spec, None,
+                                              self.executor.classifier_sums(params, True, part)))
         return float(objectives.jit_value(self.objective_spec,
                                           self.hard_yields(params, hists, part)))
 
@@ -315,6 +320,10 @@ class Analysis:
         rule ``∂objective/∂yields · ∂yields/∂θ`` summed over bins, nominal and Σw² together).
         ``yields_and_jacobian``: what :meth:`yields_and_jacobian` gave at ``params``, if at hand.
         """
+        if self.objective_spec.of_events:
+            logger.info("no sensitivity by template: the objective %s is a sum over events, "
+                        "not a function of the yields", self.cfg.objective.kind)
+            return {}
         y, dy_dtheta = yields_and_jacobian or self.yields_and_jacobian(params)
         dobj_dy = objectives.jit_gradient(self.objective_spec, y)
         return objectives.sensitivity(dobj_dy, dy_dtheta, self.trainable, list(self.samples))

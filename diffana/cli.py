@@ -4,13 +4,14 @@
 
     diffana run configs/ttbar_vs_wjets.yaml [--steps N] [--out DIR [--force]]
         [--engine compiled|awkward] [--streaming true|false|auto] [--seed S]
-        [--no-compilation-cache]
+        [--no-compilation-cache] [--no-inference]
         [--executor local|dask [--address tcp://host:8786 | --workers N]]
     diffana run --resume DIR
     diffana validate configs/ttbar_vs_wjets.yaml [--no-imports]
     diffana generate ttbar_vs_wjets --events N --seed S --out DIR
     diffana fit configs/agc_ttbar.yaml --histograms FILE [--out DIR] [--data pseudodata]
         [--n-total SAMPLE=N ...] [--nanoaod-inputs FILE --files-per-process N]
+        [--no-inference]
     diffana infer WORKSPACE.json --out DIR [--measurement NAME] [--poi-value MU] [--level 0.05]
         [--interpolation TYPE:CODE ...] [--no-plots]
     diffana evaluate RUN_DIR FILES... --out scores.root
@@ -73,6 +74,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="compile everything afresh and keep nothing in JAX's persistent "
                           "compilation cache ($DIFFANA_CACHE/jax-compilation; overrides "
                           "compilation_cache)")
+    run.add_argument("--no-inference", action="store_true",
+                     help="no inference.json (limits, impacts, scans of the final hard-cut "
+                          "workspace; overrides inference.enabled)")
     run.add_argument("--executor", choices=["local", "dask"],
                      help="where the chunks are evaluated (overrides executor.kind)")
     run.add_argument("--address", help="with --executor dask: the scheduler, tcp://host:8786")
@@ -112,6 +116,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="AGC nanoaod_inputs.json: N_total per sample from its file list")
     fit.add_argument("--files-per-process", type=int, metavar="N",
                      help="with --nanoaod-inputs: the first N files per process were used")
+    fit.add_argument("--no-inference", action="store_true",
+                     help="no inference.json (limits, impacts, scans; overrides "
+                          "inference.enabled)")
 
     inf = sub.add_parser("infer", parents=[talk],
                          help="limits with bands, impacts, scans and the significance of a "
@@ -200,7 +207,8 @@ def _main(args) -> int:
                 streaming=args.streaming, seed=args.seed,
                 progress=not args.quiet, resume=args.resume, executor=executor,
                 force=args.force, echo=print,
-                compilation_cache=False if args.no_compilation_cache else None)
+                compilation_cache=False if args.no_compilation_cache else None,
+                inference=False if args.no_inference else None)
         elif args.command == "generate":
             from diffana.generate import GENERATORS
 
@@ -224,7 +232,8 @@ def _main(args) -> int:
             from diffana.histfit import fit_histograms
 
             fit_histograms(args.config, args.histograms, args.out, data=args.data,
-                           n_total=_n_total(args), echo=print)
+                           n_total=_n_total(args), echo=print,
+                           inference=False if args.no_inference else None)
         elif args.command == "evaluate":
             from diffana.evaluate import evaluate
 
@@ -232,8 +241,10 @@ def _main(args) -> int:
             print(f"{args.out}: {len(next(iter(branches.values())))} events, branches "
                   f"{', '.join(branches)}")
         elif args.command == "infer":
+            from diffana.compilation import use_compilation_cache
             from diffana.inference import load_workspace, parse_interpolation, write_inference
 
+            use_compilation_cache()  # a second call loads the fits instead of compiling them
             codes = parse_interpolation(args.interpolation)
             write_inference(load_workspace(args.workspace), args.out,
                             measurement=args.measurement, poi_value=args.poi_value,

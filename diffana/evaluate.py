@@ -44,8 +44,9 @@ def evaluation_config(data: dict, files: list[Path]) -> dict:
     data["executor"] = {"kind": "local"}
     regions = {f"score_{n}": {"observable": n, "binning": {"bins": 1, "low": 0.0, "high": 1.0}}
                for n in networks}
-    for name, region in data["regions"].items():
-        regions[f"selected_{name}"] = {**region, "observable": networks[0]}
+    for name, region in data["regions"].items():  # the selection (the binning unused)
+        regions[f"selected_{name}"] = {**region, "observable": networks[0],
+                                       "binning": {"bins": 1, "low": 0.0, "high": 1.0}}
     data["regions"] = regions
     data["model"] = {"signal": [SAMPLE], "poi": data["model"].get("poi", "mu")}
     data["objective"] = {"kind": "poi_uncertainty"}

@@ -38,6 +38,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import functools
@@ -229,8 +230,8 @@ class Persistent:
             exported = jax.export.export(self._jitted)(*args)
             try:
                 _write(path, exported.serialize())
-            except ImportError as why:  # no flatbuffers: the function is used, not kept
-                logger.debug("%s: not kept (%s)", self._name, why)
+            except (ImportError, ValueError) as why:  # no flatbuffers, or an output type
+                logger.debug("%s: not kept (%s)", self._name, why)  # jax cannot serialise
         return jax.jit(exported.call)
 
     def _with_static(self, static: tuple):
@@ -271,9 +272,10 @@ def _write(path: Path, blob: bytes) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp.write_bytes(blob)
         os.replace(tmp, path)
-    except OSError as err:
+    except OSError as err:  # no cache directory (DIFFANA_CACHE not a directory, no space)
         logger.debug("%s: not written (%s)", path, err)
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
         return
     _evict(path.parent, _limit())
 

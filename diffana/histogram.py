@@ -39,10 +39,11 @@ def kde_histogram(x, weights, edges, bandwidth, slots=None, num_slots: int = 1,
         x: per-event observable, shape ``(events,)``.
         weights: per-event weights (normalisation × soft selection), shape ``(events,)``,
             or ``(sets, events)`` for several weight sets of the same events.
-        edges: bin edges, shape ``(bins + 1,)``.
+        edges: bin edges, shape ``(bins + 1,)``: constants, or traced (trainable edges,
+            :func:`trainable_edges`: then differentiated, by autodiff through the kernel).
         bandwidth: Gaussian kernel width, in the units of ``x``. A number is a constant
             (the derivatives in ``x`` and ``weights`` then come from one rule that evaluates
-            the kernel once); an array may be differentiated too.
+            the kernel once, with constant edges); an array may be differentiated too.
         slots: optional per-event index in ``[0, num_slots)`` within its block of ``block``
             consecutive events (default: all events one block): events of several samples
             in one array, histogrammed apart; an index out of range drops the event.
@@ -52,11 +53,11 @@ def kde_histogram(x, weights, edges, bandwidth, slots=None, num_slots: int = 1,
         ``(blocks, num_slots, [sets,] bins)``): ``Σ w·p_k`` and ``Σ (w·p_k)²`` with ``p_k``
         the kernel fraction in bin ``k``.
     """
-    edges = jnp.asarray(edges)
-    if isinstance(bandwidth, numbers.Real):
+    if isinstance(bandwidth, numbers.Real) and not isinstance(edges, jax.core.Tracer):
+        edges = jnp.asarray(edges)
         return _kde_constant_bandwidth(x, weights, edges, slots, float(bandwidth), num_slots,
                                        block)
-    return _kde(x, weights, edges, slots, bandwidth, num_slots, block)
+    return _kde(x, weights, jnp.asarray(edges), slots, bandwidth, num_slots, block)
 
 
 def _cdf(x, edges, bandwidth):
@@ -105,6 +106,13 @@ def _sums(weights, frac, slots, num_slots: int, block: int | None):
     return jnp.matmul(ws, f).reshape(shape)
 
 
+def weighted_sums(weights, values, slots=None, num_slots: int = 1, block: int | None = None):
+    """``Σ_events weights × values`` per column of ``values`` (``(events, columns)``): the
+    sums a histogram makes of its bin fractions, of any per-event values, by slot as
+    :func:`kde_histogram` sorts events (``(blocks, slots, [sets,] columns)``)."""
+    return _sums(weights, values, slots, num_slots, block)
+
+
 def _kde(x, weights, edges, slots, bandwidth, num_slots, block):
     _, cdf = _cdf(x, edges, bandwidth)
     frac = _differences(cdf)
@@ -142,6 +150,27 @@ def _kde_constant_bandwidth_jvp(bandwidth, num_slots, block, primals, tangents):
                sums(2.0 * weights * dweights, frac * frac) + sums(2.0 * weights * moved,
                                                                   frac * slope))
     return primal, tangent
+
+
+def trainable_edges(widths, low: float, high: float):
+    """Bin edges from unbounded parameters, one per bin: ``low``, then
+    ``low + (high − low) · cumsum(softmax(widths))`` (the inner edges), then ``high``. Every
+    parameter value gives strictly increasing edges between fixed ``low`` and ``high``
+    (a bin may narrow, never close); adding a constant to every parameter changes nothing.
+
+    Example:
+        >>> [round(float(e), 6) for e in trainable_edges(width_parameters([0, 1, 3]), 0, 3)]
+        [0.0, 1.0, 3.0]
+    """
+    inner = low + (high - low) * jnp.cumsum(jax.nn.softmax(widths))[:-1]
+    return jnp.concatenate([jnp.full(1, low, inner.dtype), inner, jnp.full(1, high, inner.dtype)])
+
+
+def width_parameters(edges) -> np.ndarray:
+    """The parameters of :func:`trainable_edges` that give ``edges``: the logarithms of the
+    bins' widths as fractions of the whole range."""
+    widths = np.diff(np.asarray(edges, dtype=np.float64))
+    return np.log(widths / widths.sum())
 
 
 def empty_histogram(edges, label: str = "x") -> hist.Hist:

@@ -12,8 +12,10 @@ the asymptotic formulae of :mod:`diffana.stats.hypotest`:
 
 and says in ``warnings`` what a number should not be trusted for (a fit that did not
 converge, a parameter at a bound, zero expected background, a test outside the POI's bounds).
-:func:`write_inference` writes ``inference.json`` and its figures; ``diffana run`` and
-``diffana fit`` can call it with the workspace they wrote.
+:func:`write_inference` writes ``inference.json`` and its figures. ``diffana run`` (for its
+final hard-cut workspace, :mod:`diffana.outputs`) and ``diffana fit`` write the same, with the
+arguments their configuration gives (:func:`settings`); :func:`digest` and :func:`headline`
+are what they quote of it.
 
 Example:
     >>> import pyhf
@@ -42,7 +44,11 @@ from diffana.stats import ranking
 from diffana.stats.model import Model
 from diffana.stats.modifiers import modifier_settings
 
-__all__ = ["infer", "load_workspace", "parse_interpolation", "write_inference"]
+__all__ = ["digest", "headline", "infer", "load_workspace", "parse_interpolation", "settings",
+           "write_inference"]
+
+#: The file :func:`write_inference` writes (beside it, its figures).
+FILE = "inference.json"
 
 #: Points of the likelihood scan, over the best fit ± this many standard deviations.
 SCAN_POINTS, SCAN_SIGMAS = 31, 3.0
@@ -324,20 +330,71 @@ def write_inference(workspace: dict, out_dir: str | Path, *, measurement: str | 
     details: dict = {}
     result = infer(workspace, measurement=measurement, poi_value=poi_value, level=level,
                    interpolation=interpolation, details=details)
+    write_json(result, out_dir)
+    if plots:
+        figures(result, details, out_dir)
+    if echo is not None:
+        echo(summary(result))
+        echo(f"wrote {Path(out_dir) / FILE}" + (" and its figures" if plots else ""))
+    return result
+
+
+def write_json(result: dict, out_dir: str | Path) -> None:
+    """Write ``out_dir/inference.json`` (``out_dir`` created)."""
     out_dir = Path(out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise files.cannot("create", out_dir, err) from None
-    files.write_atomic(out_dir / "inference.json", json.dumps(result, indent=2) + "\n")
-    if plots:
-        from diffana import plot_inference
+    files.write_atomic(out_dir / FILE, json.dumps(result, indent=2) + "\n")
 
-        plot_inference.all_figures(result, details, out_dir)
-    if echo is not None:
-        echo(summary(result))
-        echo(f"wrote {out_dir}/inference.json" + (" and its figures" if plots else ""))
-    return result
+
+def figures(result: dict, details: dict, out_dir: str | Path) -> None:
+    """The figures of :func:`infer`'s ``result`` and ``details`` into ``out_dir``."""
+    from diffana import plot_inference
+
+    plot_inference.all_figures(result, details, Path(out_dir))
+
+
+def settings(cfg) -> dict:
+    """The keyword arguments of :func:`infer` that a configuration gives (``inference:``
+    and ``model.interpolation``)."""
+    return {"level": cfg.inference.level, "poi_value": cfg.inference.poi_value,
+            "interpolation": cfg.model.interpolation.codes()}
+
+
+def digest(result: dict) -> dict:
+    """The numbers of ``result`` a run quotes (``results.json``'s ``inference``): the file,
+    the POI's best fit, the upper limits and the significance."""
+    poi = result["poi"]
+    best = result["bestfit"][poi]
+    return {"file": FILE, "poi": poi, "bestfit": [best["value"], best["error"]],
+            "upper_limit": result["upper_limit"], "significance": result["significance"]}
+
+
+def headline(quoted: dict) -> list[str]:
+    """Two lines of a :func:`digest`: the upper limits, the best fit and the significance.
+
+    Example:
+        >>> print("\\n".join(headline({"file": "inference.json", "poi": "mu",
+        ...     "bestfit": [1.0, 0.1], "significance": {"observed": 3.0, "expected": 2.5},
+        ...     "upper_limit": {"level": 0.05, "observed": 1.2,
+        ...                     "expected": [0.5, 0.7, 1.0, 1.4, 1.9]}})))
+        upper limit on mu (95% CL): observed 1.2, expected 1 (±1σ: 0.7 to 1.4); mu = 1 ± 0.1
+        significance: observed 3.000σ, expected 2.500σ (inference.json)
+    """
+
+    def fmt(x, spec=".4g"):
+        return "n/a" if x is None else format(x, spec)
+
+    poi, limit, z = quoted["poi"], quoted["upper_limit"], quoted["significance"]
+    expected = limit["expected"] or [None] * 5
+    return [f"upper limit on {poi} ({100 * (1 - limit['level']):g}% CL): observed "
+            f"{fmt(limit['observed'])}, expected {fmt(expected[2])} (±1σ: {fmt(expected[1])} "
+            f"to {fmt(expected[3])}); {poi} = {fmt(quoted['bestfit'][0])} ± "
+            f"{fmt(quoted['bestfit'][1])}",
+            f"significance: observed {fmt(z['observed'], '.3f')}σ, expected "
+            f"{fmt(z['expected'], '.3f')}σ ({quoted['file']})"]
 
 
 def summary(result: dict) -> str:

@@ -28,6 +28,7 @@ import numpy as np
 
 from diffana.exceptions import ConfigError
 from diffana.files import write_atomic
+from diffana.stages import region_edges
 
 #: the file in a run directory that holds its final parameters
 PARAMETERS_FILE = "parameters.npz"
@@ -80,17 +81,20 @@ def load(run_dir: Path, key: str = "init.from") -> dict:
     return out
 
 
-def start_from(params: dict, found: dict, source: str, key: str = "init.from") -> dict:
+def start_from(params: dict, found: dict, source: str, key: str = "init.from",
+               optional=()) -> dict:
     """``params`` with the values ``found`` in another run: every scalar parameter both
-    have, and every group whole (a group of another shape is an error).
+    have, and every group whole (a group of another shape is an error). The groups named in
+    ``optional`` (trainable bin edges) keep their values where the other run has none.
 
     Raises:
-        ConfigError: a group of ``params`` is missing from ``found`` or has other shapes.
+        ConfigError: a group of ``params`` (but ``optional``) is missing from ``found``, or
+            has other shapes.
     """
     out = dict(params)
     for name, value in params.items():
         if name not in found:
-            if isinstance(value, dict):
+            if isinstance(value, dict) and name not in optional:
                 raise ConfigError(f"{key}: {source} has no parameters of the network {name!r}")
             continue
         if isinstance(value, dict):
@@ -118,9 +122,10 @@ def held_out(ana, initial: dict, final: dict) -> dict:
 
 
 def write(ana, run_dir: Path, final: dict, gradient=None) -> dict:
-    """With a network, its final weights into the run directory, and what ``results.json``
-    says of them (``parameter_groups``: the file, each group's sizes and the norm of the
-    objective's gradient in its weights at the end, ``gradient_norm``); else nothing.
+    """With a network or trainable bin edges, the final parameters into the run directory,
+    and what ``results.json`` says of them (``parameter_groups``: the file, each group's
+    sizes and the norm of the objective's gradient in its weights at the end,
+    ``gradient_norm``; trainable edges, ``edges``); else nothing.
 
     ``gradient``: the loss's gradient in ``u`` at ``final``, where the optimiser has it
     (evaluated again otherwise)."""
@@ -128,6 +133,9 @@ def write(ana, run_dir: Path, final: dict, gradient=None) -> dict:
         return {}
     save(run_dir, final)
     out = summary(final)
+    for region, group in ana.space.binnings.items():  # trainable edges, readable
+        out["groups"][group]["edges"] = [float(e) for e in region_edges(ana.executor.kernel,
+                                                                         region, final)]
     # the sensitivity of a group: one row, the norm of the objective's gradient in its weights
     grad = np.asarray(gradient if gradient is not None
                       else ana.loss_and_grad(ana.to_unit(final), final)[1])

@@ -30,7 +30,7 @@ import numpy as np
 
 from diffana import network
 from diffana.exceptions import ConfigError
-from diffana.soft import nth_selected
+from diffana.soft import SHORT_RUN, nth_selected, nth_selected_dense
 
 
 @dataclass(frozen=True)
@@ -143,7 +143,11 @@ def nth(ops, spec, weights, plan):
     key = ("nth", spec.collection, depth)
     if key not in cache:
         w = ops.flat(root, weights[spec.collection])
-        cache[key] = nth_selected(w, ops.starts(root), depth, ops.max_run(root))
+        run = ops.max_run(root)
+        if hasattr(ops, "segments") and run is not None and run <= SHORT_RUN:
+            cache[key] = nth_selected_dense(w, ops.segments(root), depth, run)
+        else:  # no layout of events (the awkward engine) or long runs
+            cache[key] = nth_selected(w, ops.starts(root), depth, run)
     p = cache[key][:, index]
     return ops.sum_flat(root, p * ops.flat(root, ops.field(root, spec.field)))
 

@@ -1,21 +1,32 @@
 """The files of a run directory besides ``results.json``: the workspace, the ROOT histograms,
-the figures and the tables, all from numbers the run has already evaluated."""
+the figures and the tables, all from numbers the run has already evaluated, and the inference
+of the final hard-cut workspace (``inference.json``, computed in a thread of its own)."""
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
-from diffana import plot, report, tables
+from diffana import guards, inference, plot, report, tables
+from diffana.exceptions import DiffanaError
+from diffana.log import logger
+
+#: The pyhf workspace of the final cuts with hard cuts (what ``inference.json`` is of).
+HARD_WORKSPACE = "workspace_hard.json"
+#: The lines of the summary a run prints at its end, where it can (one screen).
+SCREEN_LINES = 30
 
 
 class Drawing:
     """Figures drawn one after another in one thread (matplotlib's style is global state),
-    while the caller computes."""
+    while the caller computes; and the inference computed meanwhile (``inference``: its
+    future, ``None`` when the configuration has ``inference: false``)."""
 
     def __init__(self, pool: ThreadPoolExecutor):
         self._pool, self._drawn = pool, []
+        self.inference: Future | None = None
 
     def submit(self, draw, *args) -> None:
         """Draw ``draw(*args)`` after the figures submitted before it."""
@@ -34,17 +45,67 @@ def drawing(ana, out_dir: Path, hists: dict, params: dict):
     GIL); the block's end waits for them, and re-raises what drawing raised. Yields the
     :class:`Drawing`, for the figures the block can only draw later (the sensitivity).
 
+    Before that, write ``workspace_hard.json`` (:func:`hard_workspace` of the final cuts) and,
+    with ``inference.enabled``, start its inference in a thread of its own
+    (:func:`add_inference` waits for it). Its numbers do not depend on the threads.
+
     Args:
         ana: the :class:`~diffana.analysis.Analysis` of the run.
         hists: ``{stage: {region: {sample: hist.Hist}}}``, the hard histograms (``initial``,
             ``final``).
         params: ``{stage: parameters}``.
     """
-    with ThreadPoolExecutor(1, thread_name_prefix="diffana-figures") as pool:
+    with (ThreadPoolExecutor(1, thread_name_prefix="diffana-figures") as pool,
+          ThreadPoolExecutor(1, thread_name_prefix="diffana-inference") as computing):
         figures = Drawing(pool)
+        workspace = hard_workspace(ana, hists["final"], params["final"])
+        report.write_json(out_dir / HARD_WORKSPACE, workspace)
+        if ana.cfg.inference.enabled:  # compiles and fits while the sensitivity is computed
+            figures.inference = computing.submit(_infer, ana.cfg, workspace, out_dir)
         figures.submit(_figures, ana, out_dir, hists, params)
         yield figures
         figures.wait()
+
+
+def hard_workspace(ana, hists: dict, params: dict) -> dict:
+    """The pyhf workspace of the hard histograms ``hists`` (filled at ``params``), with the
+    pseudodata as observations (without ``model.pseudodata``: the Asimov data)."""
+    data = ana.pseudodata(hists)
+    observations = {r: h.values() for r, h in data.items()} if data is not None else None
+    return ana.workspace(ana.hard_yields(params, hists), observations)
+
+
+def _infer(cfg, workspace: dict, out_dir: Path) -> tuple[dict, dict, float]:
+    """``inference.json`` of ``workspace``: ``(result, details, seconds)``."""
+    start = time.perf_counter()
+    details: dict = {}
+    result = inference.infer(workspace, details=details, **inference.settings(cfg))
+    inference.write_json(result, out_dir)
+    return result, details, time.perf_counter() - start
+
+
+def add_inference(results: dict, ana, out_dir: Path, figures: Drawing) -> None:
+    """Wait for the inference of :func:`drawing`, have ``figures`` draw its figures, and add
+    it to ``results``: ``inference`` (the file, the workspace, the numbers quoted and its
+    seconds; ``None`` without), and a warning (logged at once) per warning it has. Its
+    seconds are also the phase ``inference_s`` (in a thread: besides the others)."""
+    results["inference"] = None
+    if figures.inference is None:
+        return
+    try:
+        result, details, seconds = figures.inference.result()
+    except (DiffanaError, ValueError, ArithmeticError) as err:  # the run's results stand
+        found = [guards.Flag("inference-failed", f"no inference.json: {err}", HARD_WORKSPACE)]
+    else:
+        if ana.cfg.inference.plots:
+            figures.submit(inference.figures, result, details, out_dir)
+        results["inference"] = {**inference.digest(result), "workspace": HARD_WORKSPACE,
+                                "seconds": seconds}
+        ana.phases.seconds["inference_s"] = seconds
+        found = [guards.Flag("inference", w, inference.FILE) for w in result["warnings"]]
+    for flag in found:
+        logger.warning(guards.line(flag))
+    results["warnings"] += [flag._asdict() for flag in found]
 
 
 def _figures(ana, out_dir: Path, hists: dict, params: dict) -> None:
@@ -62,10 +123,11 @@ def _figures(ana, out_dir: Path, hists: dict, params: dict) -> None:
 
 
 def write(ana, out_dir: Path, hists: dict, flows: dict, final_yields: dict,
-          sensitivity: dict, figures: Drawing) -> None:
+          sensitivity: dict, figures: Drawing, results: dict) -> None:
     """Write ``workspace.json`` (the final soft yields, the pseudodata as observations),
     ``histograms.root``, ``sensitivity.csv``, the yield and cutflow tables, and have
-    ``figures`` draw ``sensitivity.png`` meanwhile (the other figures: :func:`drawing`).
+    ``figures`` draw ``sensitivity.png`` meanwhile (the other figures: :func:`drawing`);
+    then add the inference to ``results`` (:func:`add_inference`).
 
     Args:
         ana: the :class:`~diffana.analysis.Analysis` of the run.
@@ -74,6 +136,7 @@ def write(ana, out_dir: Path, hists: dict, flows: dict, final_yields: dict,
         final_yields: the soft yields at the final parameters.
         sensitivity: ``{param: {template: ∂objective/∂θ}}`` (empty: none trainable).
         figures: the :class:`Drawing` of :func:`drawing`.
+        results: ``results.json``'s content, its ``warnings`` included.
     """
     cfg = ana.cfg
     if sensitivity:
@@ -87,10 +150,27 @@ def write(ana, out_dir: Path, hists: dict, flows: dict, final_yields: dict,
     if sensitivity:
         report.write_sensitivity_csv(out_dir / report.SENSITIVITY_CSV, sensitivity, cfg)
     tables.write(out_dir, hists, flows)
+    add_inference(results, ana, out_dir, figures)
+
+
+def with_inference(cfg, enabled: bool | None):
+    """``cfg`` with ``inference.enabled`` set to ``enabled`` (``None``: ``cfg``)."""
+    if enabled is None:
+        return cfg
+    return cfg.model_copy(update={"inference": cfg.inference.model_copy(
+        update={"enabled": enabled})})
 
 
 def summary(results: dict, cfg, out_dir: Path) -> str:
-    """What a run prints at its end (one screen): the objective and the parameters, the
-    sensitivity's leading groups, the warnings, the nominal samples' hard-cut yields and where
-    the run directory is."""
-    return "\n".join([report.summary(results, cfg), tables.summary(out_dir, cfg.nominal_samples)])
+    """What a run prints at its end (one screen, :data:`SCREEN_LINES`): the objective and the
+    parameters, the sensitivity's leading groups, the warnings, the inference's limits and
+    significance, the nominal samples' hard-cut yields and where the run directory is. Where
+    the inference's two lines would not fit otherwise, the sensitivity shows only each
+    grouping's leading entry and the rest (``sensitivity.csv`` has every row)."""
+    quoted = inference.headline(results["inference"]) if results.get("inference") else []
+    yields = tables.summary(out_dir, cfg.nominal_samples)
+    for top in (2, 1):
+        text = "\n".join([report.summary(results, cfg, top), *quoted, yields])
+        if len(text.splitlines()) <= SCREEN_LINES:
+            break
+    return text

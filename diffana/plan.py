@@ -40,7 +40,8 @@ import numpy as np
 from diffana import observe, split
 from diffana.config import AnalysisConfig, ObjectCut, Observable
 from diffana.exceptions import ConfigError
-from diffana.naming import field_branch
+from diffana.histogram import width_parameters
+from diffana.naming import edges_group, field_branch
 
 
 @dataclass(frozen=True)
@@ -131,7 +132,8 @@ def build(cfg: AnalysisConfig) -> Plan:
         if "branch" in obs.options:
             event_branches.append(str(obs.options["branch"]))
     groups = ["cuts", *(n for n, obs in cfg.observables.items()
-                        if observe.KINDS[obs.kind].parameters)]
+                        if observe.KINDS[obs.kind].parameters),
+              *(edges_group(r) for r, reg in cfg.regions.items() if reg.binning.trainable)]
     for group in cfg.optimiser.groups:
         if group not in groups:
             raise ConfigError(f"optimiser.groups.{group}: not a parameter group (the groups: "
@@ -212,7 +214,9 @@ class ParameterSpace:
     the optimiser steps in ``u``, so one learning rate suits cuts in GeV and in b-tag score.
 
     ``groups``: the parameter groups of observables that have parameters of their own (a
-    network's weights, :func:`diffana.observe.register_observable`), by observable: their
+    network's weights, :func:`diffana.observe.register_observable`), by observable, then the
+    trainable bin edges of regions (``binnings``: region → its group, ``<region>_edges``,
+    whose ``weights`` are :func:`diffana.histogram.trainable_edges`' parameters): their
     initial values ``{key: array}``. A group's ``weights`` are trained: they follow the
     scalar parameters in ``u``, as they are (unbounded); its other keys are set once
     (``params[group][key]``).
@@ -223,6 +227,7 @@ class ParameterSpace:
     lower_bounds: np.ndarray
     upper_bounds: np.ndarray
     groups: dict[str, dict] = dataclasses.field(default_factory=dict)
+    binnings: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def of(cls, cfg: AnalysisConfig) -> ParameterSpace:
@@ -232,7 +237,17 @@ class ParameterSpace:
         groups = {name: observe.KINDS[obs.kind].parameters(obs)
                   for name, obs in cfg.observables.items()
                   if obs.kind in observe.KINDS and observe.KINDS[obs.kind].parameters}
-        return cls({n: p.value for n, p in cfg.parameters.items()}, trainable, lo, hi, groups)
+        binnings = {r: edges_group(r) for r, reg in cfg.regions.items() if reg.binning.trainable}
+        for r, group in binnings.items():
+            groups[group] = {"weights": width_parameters(cfg.regions[r].binning.edges)}
+        return cls({n: p.value for n, p in cfg.parameters.items()}, trainable, lo, hi, groups,
+                   binnings)
+
+    @property
+    def networks(self) -> list[str]:
+        """The groups of observables (networks), whose inputs are standardised."""
+        edges = set(self.binnings.values())
+        return [g for g in self.groups if g not in edges]
 
     @property
     def size(self) -> int:

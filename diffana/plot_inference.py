@@ -17,8 +17,10 @@ import numpy as np
 
 from diffana import files
 
-__all__ = ["all_figures", "cls_scan", "correlation", "likelihood_scan", "ranking"]
+__all__ = ["FIGURES", "all_figures", "cls_scan", "correlation", "likelihood_scan", "ranking"]
 
+#: The figures (each as PNG and PDF); the first two only where there is something to show.
+FIGURES = ("cls_scan", "ranking", "likelihood_scan", "correlation")
 #: Parameters shown in the ranking figure (the largest post-fit impacts).
 RANKING_MAX = 20
 #: Parameters beyond which the correlation matrix shows no numbers in its cells.

@@ -268,6 +268,12 @@ class CompiledOps:
     def starts(self, root: str):
         return self.buffers["collections"][root]["starts"]
 
+    def segments(self, root: str) -> tuple:
+        """``(owner, first, count)``: each object's event, each event's first object and
+        number of objects (:func:`diffana.soft.nth_selected_dense`)."""
+        c = self.buffers["collections"][root]
+        return c["owner"], c["first"], c["count"]
+
     def sum_flat(self, root: str, values):
         return self.sum(root, values)
 

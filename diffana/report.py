@@ -7,6 +7,11 @@ Layout (stable: other tools read it)::
     results.json           objective and parameters before/after, hard-cut evaluation,
                            sensitivity, engine, events per sample, wall time
     workspace.json         the pyhf workspace at the optimum (Asimov observations)
+    workspace_hard.json    the pyhf workspace of the final cuts' hard histograms (pseudodata or
+                           Asimov observations)
+    inference.json         its limits with their band, significance, impacts, likelihood scan
+                           and correlations (``inference: false``: none), and its figures
+                           cls_scan, ranking, likelihood_scan and correlation (PNG and PDF)
     histograms.root        hard histograms before/after, ``{initial,final}/{region}/{sample}``,
                            and the pseudodata ``{initial,final}/{region}/pseudodata``
     sensitivity.csv        ∂objective/∂θ per parameter × region × sample × variation, with the
@@ -37,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from diffana import breakdown, files, guards, locks
+from diffana import breakdown, files, guards, locks, plot_inference
 from diffana.exceptions import DiffanaError
 from diffana.files import write_atomic
 
@@ -50,8 +55,11 @@ SENSITIVITY_CSV = "sensitivity.csv"
 FIGURES = ("objective_history", "histograms", "sensitivity")
 RUN_FILES = ("config.resolved.yaml", "history.csv", "results.json", "workspace.json",
              "histograms.root", *[f"{f}.{ext}" for f in FIGURES for ext in ("png", "pdf")],
-             SENSITIVITY_CSV, "yields.csv", "cutflow.csv", CHECKPOINT)
-STARTS_OVER = ("results.json", CHECKPOINT)  # removed when a run starts in the directory again
+             SENSITIVITY_CSV, "yields.csv", "cutflow.csv", CHECKPOINT, "workspace_hard.json",
+             "inference.json",
+             *[f"{f}.{ext}" for f in plot_inference.FIGURES for ext in ("png", "pdf")])
+# removed when a run starts in the directory again
+STARTS_OVER = ("results.json", CHECKPOINT, "inference.json")
 
 
 class RunDirectory:

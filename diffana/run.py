@@ -33,7 +33,7 @@ from diffana.signals import Signals
 
 #: the phases timed in ``results.json`` (``timings``), besides ``total_s``
 TIMINGS = ("generate_s", "read_s", "lower_s", "compile_s", "steps_s", "hard_s",
-           "sensitivity_s", "outputs_s")
+           "sensitivity_s", "outputs_s", "inference_s")
 
 
 def _floats(params: dict) -> dict[str, float]:  # the scalars (a network's: parameters.npz)
@@ -54,6 +54,7 @@ def run(
     executor: dict | None = None,
     force: bool = False,
     compilation_cache: bool | None = None,
+    inference: bool | None = None,
 ) -> dict:
     """Load, optimise, evaluate with hard cuts, and write the run directory.
 
@@ -69,9 +70,9 @@ def run(
 
     Args:
         config_path: the YAML configuration (not with ``resume``).
-        steps, engine, streaming, seed: override ``optimiser.steps``, ``engine``,
-            ``streaming`` (``true``, ``false``, ``auto``), ``seed`` (not with ``resume``: an
-            interrupted run continues as it was configured).
+        steps, engine, streaming, seed, inference: override ``optimiser.steps``, ``engine``,
+            ``streaming`` (``true``, ``false``, ``auto``), ``seed``, ``inference.enabled``
+            (not with ``resume``: an interrupted run continues as it was configured).
         out: the run directory (default ``runs/<name>-<timestamp>``; not with ``resume``).
         resume: the directory of an interrupted run to continue.
         executor: overrides ``executor`` (``{"kind": "dask", "address": ..., "workers": N}``);
@@ -93,16 +94,17 @@ def run(
     with report.RunDirectory() as run_directory:  # locked until the run ends, however it ends
         return _run(config_path, steps=steps, out=out, engine=engine, streaming=streaming,
                     seed=seed, progress=progress, echo=echo, resume=resume, executor=executor,
-                    force=force, compilation_cache=compilation_cache,
+                    force=force, compilation_cache=compilation_cache, inference=inference,
                     run_directory=run_directory)
 
 
 def _run(config_path, *, steps, out, engine, streaming, seed, progress, echo, resume, executor,
-         force, compilation_cache, run_directory: report.RunDirectory) -> dict:
+         force, compilation_cache, inference, run_directory: report.RunDirectory) -> dict:
     start = time.perf_counter()
     if resume is not None:
         given = {"a configuration": config_path, "steps": steps, "out": out, "engine": engine,
-                 "streaming": streaming, "seed": seed, "force": force or None}
+                 "streaming": streaming, "seed": seed, "force": force or None,
+                 "inference": inference}
         clash = [k for k, v in given.items() if v is not None]
         if clash:
             raise DiffanaError(f"--resume {resume}: continues the run as it was configured; "
@@ -126,7 +128,7 @@ def _run(config_path, *, steps, out, engine, streaming, seed, progress, echo, re
             updates["compilation_cache"] = compilation_cache
         if steps is not None:
             updates["optimiser"] = cfg.optimiser.model_copy(update={"steps": steps})
-        cfg = cfg.model_copy(update=updates)
+        cfg = outputs.with_inference(cfg.model_copy(update=updates), inference)
         if executor is not None:
             cfg = _with_executor(cfg, executor, config_file)
         out_dir = Path(out) if out else Path("runs") / (
@@ -280,11 +282,14 @@ def _evaluate_and_write(ana: Analysis, cfg, res, out_dir: Path, config_file: Pat
     # the history and template figures are drawn meanwhile
     with outputs.drawing(ana, out_dir, hists, {"initial": p0, "final": p_final}) as figures:
         with phases("sensitivity_s", "final yields and sensitivity"):
-            if ana.trainable:  # the final yields and their Jacobian: one evaluation for both uses
+            # the final yields and their Jacobian: one evaluation for both uses (none for a
+            # classifier's loss: it is not a function of the yields)
+            if ana.trainable and not ana.objective_spec.of_events:
                 final = ana.yields_and_jacobian(p_final)
                 final_yields, sensitivity = final[0], ana.sensitivity(p_final, final)
             else:
-                final_yields, sensitivity = ana.yields(p_final), {}
+                final_yields = ana.yields(p_final)  # a classifier's: says why there is none
+                sensitivity = ana.sensitivity(p_final) if ana.trainable else {}
         stop_here()
 
         results = _results(ana, res, config_file, meta, p0, p_final,
@@ -310,7 +315,7 @@ def _evaluate_and_write(ana: Analysis, cfg, res, out_dir: Path, config_file: Pat
                 logger.warning(guards.line(flag))
 
         with phases("outputs_s", "workspace, ROOT histograms, figures and tables"):
-            outputs.write(ana, out_dir, hists, flows, final_yields, sensitivity, figures)
+            outputs.write(ana, out_dir, hists, flows, final_yields, sensitivity, figures, results)
             figures.wait()
     stop_here()
     results["wall_seconds"] = meta["wall_seconds"] + time.perf_counter() - start

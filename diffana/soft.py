@@ -19,6 +19,9 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+
 import jax
 import jax.numpy as jnp
 
@@ -150,3 +153,86 @@ def nth_selected(weights, starts, n: int, max_run: int | None = None):
     unit = jnp.asarray([[1.0] + [0.0] * (n - 1)], dtype=weights.dtype)
     before = jnp.where(starts[:, None], unit, jnp.roll(inclusive, 1, axis=0))
     return weights[:, None] * before
+
+
+def nth_selected_dense(weights, segments, n: int, max_run: int):
+    """:func:`nth_selected` computed event by event: the same ``p[c, i]``, much less work.
+
+    ``segments = (owner, first, count)``: each object's event (``owner``; padding objects
+    own the event one past the last), each event's first object and its number of objects.
+    The objects are laid out as an events × ``max_run`` table and the Poisson-binomial
+    polynomial of the objects before each place is built place after place (``max_run``
+    steps of ``n`` coefficients per event, where :func:`nth_selected`'s element-wise
+    product takes ``max_run - 1`` steps per object). Moving between the flat and the table
+    layout is a gather each way, and so is its derivative (:func:`_to_table`): the scatter
+    JAX would otherwise write for a gather's transpose is most of a reverse-mode step on
+    the CPU. On the AGC's 35 k events (17 jets at most) the fused gradient step takes
+    0.5–0.7 of the time with it.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> segments = (jnp.array([0, 0, 0, 1]), jnp.array([0, 3]), jnp.array([3, 1]))
+        >>> p = nth_selected_dense(jnp.array([1.0, 0.0, 1.0, 1.0]), segments, 2, 3)
+        >>> [[float(v) for v in row] for row in p]
+        [[1.0, 0.0], [0.0, 0.0], [0.0, 1.0], [1.0, 0.0]]
+    """
+    owner, first, count = segments
+    n_objects, n_events = weights.shape[0], first.shape[0]
+    if n_objects == 0 or n_events == 0:
+        return jnp.zeros((n_objects, n), dtype=weights.dtype)
+    place = jnp.arange(max_run)
+    index = (jnp.clip(first[:, None] + place[None, :], 0, n_objects - 1),
+             place[None, :] < count[:, None])          # the table's objects, and which are
+    event = jnp.clip(owner, 0, n_events - 1)
+    at = (event, jnp.clip(jnp.arange(n_objects) - first[event], 0, max_run - 1), owner < n_events)
+    to_table, to_flat = (_to_table, _to_flat) if _REVERSE.get() else (_table, _flat)
+    table = to_table(weights, index, at)
+    # coefficients of z^0 .. z^(n-1) of Π (1 - w + w·z) over the places before each place
+    before = [jnp.ones(n_events, weights.dtype)] + [jnp.zeros(n_events, weights.dtype)] * (n - 1)
+    places = []
+    for r in range(max_run):
+        places.append(jnp.stack(before, axis=-1))
+        w = table[:, r]
+        before = [b * (1.0 - w) + (before[k - 1] * w if k else 0.0) for k, b in enumerate(before)]
+    return weights[:, None] * to_flat(jnp.stack(places, axis=1), index, at)
+
+
+def _where(mask, values, lead: int):
+    return jnp.where(mask.reshape(mask.shape + (1,) * (values.ndim - lead)), values, 0.0)
+
+
+def _table(flat, index, at):
+    rows, valid = index
+    return _where(valid, flat[rows], 2)
+
+
+def _flat(table, index, at):
+    event, place, real = at
+    return _where(real, table[event, place], 1)
+
+
+_REVERSE = contextvars.ContextVar("reverse_mode", default=False)
+
+
+@contextlib.contextmanager
+def reverse_mode():
+    """Within, :func:`nth_selected_dense` is traced for reverse mode only (``jax.grad``,
+    ``jax.vjp``; not ``jax.jvp``, ``jax.jacfwd``): its gathers between the flat and the table
+    layout carry their own derivative (:func:`_to_table`). Outside, they are JAX's gathers,
+    right in either mode and slower in reverse. Set where a reverse pass is traced (the fused
+    step, the chunk VJP)."""
+    token = _REVERSE.set(True)
+    try:
+        yield
+    finally:
+        _REVERSE.reset(token)
+
+
+# Flat objects ↔ an events × places table: a gather each way, and each the other's
+# derivative (the two are inverse on the real objects), so no scatter in a reverse pass.
+_to_table = jax.custom_vjp(_table)
+_to_flat = jax.custom_vjp(_flat)
+_to_table.defvjp(lambda flat, index, at: (_table(flat, index, at), (index, at)),
+                 lambda res, ct: (_to_flat(ct, *res), None, None))
+_to_flat.defvjp(lambda table, index, at: (_flat(table, index, at), (index, at)),
+                lambda res, ct: (_to_table(ct, *res), None, None))

@@ -24,12 +24,15 @@ from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from diffana import observe, ragged, select, split
+from diffana import classifier, observe, ragged, select, split
 from diffana.chunks import ChunkLayout
 from diffana.config import AnalysisConfig
-from diffana.histogram import empty_histogram, hard_histogram, kde_histogram
+from diffana.exported import persistent
+from diffana.histogram import empty_histogram, hard_histogram, kde_histogram, trainable_edges
 from diffana.plan import ParameterSpace, Plan, Reweight, Scaled, Variant
+from diffana.soft import reverse_mode
 
 
 @dataclass(frozen=True, eq=False)
@@ -88,6 +91,11 @@ def _kernel_for_part(kernel: Kernel, part: str) -> Kernel:
     return dataclasses.replace(kernel, part=part)
 
 
+#: The key of the classifier's sums (:mod:`diffana.classifier`) beside the regions' yields
+#: in a chunk's sums, with a ``binary_cross_entropy`` objective.
+CLASSIFIER = "__classifier__"
+
+
 def region_events(kernel: Kernel, ops, params: dict, weight, hard: bool) -> dict:
     """Select and observe once for one set of events.
 
@@ -95,6 +103,13 @@ def region_events(kernel: Kernel, ops, params: dict, weight, hard: bool) -> dict
     variant (``W[m]`` for ``kernel.variants[m]``), normalisation included (and the factor of
     the kernel's part of the events, where the configuration has a ``split``).
     """
+    return stage_events(kernel, ops, params, weight, hard)[0]
+
+
+def stage_events(kernel: Kernel, ops, params: dict, weight, hard: bool) -> tuple:
+    """``(regions, scores)``: :func:`region_events`, and with a ``binary_cross_entropy``
+    objective the classifier's ``(score, w)`` per event (``w``: the nominal event weights
+    after the top-level selection, or the objective's region's), else None."""
     cfg, plan = kernel.cfg, kernel.plan
     weight = split.part_weight(cfg.split, kernel.part, ops, weight)
     weights = select.object_weights(cfg, plan, ops, params, hard)
@@ -102,10 +117,18 @@ def region_events(kernel: Kernel, ops, params: dict, weight, hard: bool) -> dict
     common = select.event_weights(cfg, plan, ops, cfg.selection, weights, obs, params, hard)
     factors = jnp.stack([jnp.ones_like(weight) if v is None else 1.0 + v.slope * obs[v.observable]
                          for v in kernel.variants])
-    return {rname: (obs[region.observable],
-                    factors * (common * weight * select.event_weights(
-                        cfg, plan, ops, region.selection, weights, obs, params, hard)))
-            for rname, region in cfg.regions.items()}
+    regions = {rname: (obs[region.observable],
+                       factors * (common * weight * select.event_weights(
+                           cfg, plan, ops, region.selection, weights, obs, params, hard)))
+               for rname, region in cfg.regions.items()}
+    objective = cfg.objective
+    if objective.kind != "binary_cross_entropy":
+        return regions, None
+    w = common * weight
+    if objective.region is not None:
+        w = w * select.event_weights(cfg, plan, ops, cfg.regions[objective.region].selection,
+                                     weights, obs, params, hard)
+    return regions, (obs[objective.observable], w)
 
 
 def input_moments(kernel: Kernel, ops, params: dict, weight) -> dict:
@@ -119,7 +142,7 @@ def input_moments(kernel: Kernel, ops, params: dict, weight) -> dict:
     obs = observe.evaluate(cfg, plan, ops, weights, params)
     w = weight * select.event_weights(cfg, plan, ops, cfg.selection, weights, obs, params, False)
     out = {}
-    for name in kernel.space.groups:
+    for name in kernel.space.networks:
         spec = cfg.observables[name]
         x = jnp.stack([jnp.asarray(obs[i], dtype=jnp.float64)
                        for i in observe.KINDS[spec.kind].reads(spec)])
@@ -132,19 +155,32 @@ def kde(kernel: Kernel, events: dict, slots=None, num_slots: int = 1,
     """``{region: (yields, sumw2)}`` of :func:`region_events`, each ``(variants, bins)``, or
     ``(blocks, slots, variants, bins)`` given each event's slot in its block.
 
-    A region's ``bandwidth`` that names a parameter is ``params[name]`` (differentiable).
+    A region's ``bandwidth`` that names a parameter is ``params[name]``, and trainable bin
+    edges are ``params`` too (:func:`region_edges`): both differentiable.
     """
     def bandwidth(r):
         h = kernel.cfg.regions[r].bandwidth
         return params[h] if isinstance(h, str) else h
 
-    return {r: kde_histogram(x, w, kernel.edges[r], bandwidth(r), slots, num_slots, block)
+    return {r: kde_histogram(x, w, region_edges(kernel, r, params), bandwidth(r), slots,
+                             num_slots, block)
             for r, (x, w) in events.items()}
+
+
+def region_edges(kernel: Kernel, region: str, params: dict | None):
+    """A region's bin edges: the configured ones, or where its binning is trainable, those
+    of its parameter group in ``params`` (:func:`diffana.histogram.trainable_edges`)."""
+    group = kernel.space.binnings.get(region)
+    if group is None:
+        return kernel.edges[region]
+    edges = kernel.cfg.regions[region].binning.edges
+    return trainable_edges(params[group]["weights"], edges[0], edges[-1])
 
 
 def by_sample(kernel: Kernel, stacked: dict, floor: bool = True) -> dict:
     """``{region: (yields, sumw2)}``, each ``(sets, variants, bins, ...)``, →
-    ``[region][sample] = {"nominal", "sumw2"}``.
+    ``[region][sample] = {"nominal", "sumw2"}`` (the classifier's sums left out:
+    :func:`classifier_by_sample`).
 
     ``floor``: add each region's per-bin floor to the nominal yields.
     """
@@ -152,10 +188,23 @@ def by_sample(kernel: Kernel, stacked: dict, floor: bool = True) -> dict:
     for g, members in enumerate(kernel.groups):
         for sample, variant in members.items():
             m, k = kernel.variant_index(variant)
-            for r, (y, w2) in stacked.items():
+            for r, sums in stacked.items():
+                if r == CLASSIFIER:
+                    continue
+                y, w2 = sums
                 f = kernel.cfg.regions[r].floor if floor else 0.0
                 out[r][sample] = {"nominal": k * y[g, m] + f, "sumw2": k * k * w2[g, m]}
     return out
+
+
+def classifier_by_sample(kernel: Kernel, per_set) -> dict | None:
+    """The classifier's sums by set, ``(sets, 3)`` (None: no classifier objective) →
+    ``{nominal sample: (Σw·(−log s), Σw·(−log(1 − s)), Σw)}`` (:mod:`diffana.classifier`)."""
+    if per_set is None:
+        return None
+    nominal = kernel.cfg.nominal_samples
+    return {sample: per_set[g] for g, members in enumerate(kernel.groups)
+            for sample, variant in members.items() if sample in nominal and variant is None}
 
 
 def samples_of(kernel: Kernel, g: int, events: dict):
@@ -168,20 +217,42 @@ def samples_of(kernel: Kernel, g: int, events: dict):
 # --- one padded chunk (the compiled engine) ----------------------------------------------------
 
 
-def chunk_region_events(kernel: Kernel, params: dict, chunk: dict, hard: bool) -> dict:
+def chunk_stage_events(kernel: Kernel, params: dict, chunk: dict, hard: bool) -> tuple:
     ops = ragged.CompiledOps(chunk, kernel.layout.events, kernel.layout.runs)
-    return region_events(kernel, ops, params, chunk["weight"], hard)
+    return stage_events(kernel, ops, params, chunk["weight"], hard)
 
 
-def chunk_yields(kernel: Kernel, params: dict, chunk: dict) -> dict:
-    """``{region: (yields, sumw2)}`` of one chunk, each ``(sets, variants, bins)``."""
-    layout = kernel.layout
-    local = kde(kernel, chunk_region_events(kernel, params, chunk, False),
-                chunk["events"]["__slot__"], layout.slots, layout.block, params)
+def chunk_region_events(kernel: Kernel, params: dict, chunk: dict, hard: bool) -> dict:
+    return chunk_stage_events(kernel, params, chunk, hard)[0]
+
+
+def _by_set(kernel: Kernel, chunk: dict, local):
+    """Sums by block and slot ``(blocks, slots, ...)`` → by event set ``(sets, ...)``."""
     n_sets, slots = len(kernel.groups), chunk["slots"].reshape(-1)
     return jax.tree_util.tree_map(
         lambda a: jnp.zeros((n_sets, *a.shape[2:]), a.dtype).at[slots].add(
             a.reshape(-1, *a.shape[2:]), mode="drop"), local)
+
+
+def chunk_yields(kernel: Kernel, params: dict, chunk: dict) -> dict:
+    """``{region: (yields, sumw2)}`` of one chunk, each ``(sets, variants, bins)``; with a
+    ``binary_cross_entropy`` objective also the classifier's sums by set, ``(sets, 3)``, at
+    :data:`CLASSIFIER`."""
+    layout, at = kernel.layout, chunk["events"]["__slot__"]
+    regions, scores = chunk_stage_events(kernel, params, chunk, False)
+    local = kde(kernel, regions, at, layout.slots, layout.block, params)
+    if scores is not None:
+        local[CLASSIFIER] = classifier.sums(*scores, at, layout.slots, layout.block)
+    return _by_set(kernel, chunk, local)
+
+
+def chunk_classifier(kernel: Kernel, part: str, hard: bool, params: dict, chunk: dict):
+    """The classifier's sums of one chunk by set, ``(sets, 3)``, of the events of ``part``
+    (``hard``: with hard cuts, the honest evaluation)."""
+    kernel, layout = kernel.for_part(part), kernel.layout
+    _, scores = chunk_stage_events(kernel, params, chunk, hard)
+    return _by_set(kernel, chunk, classifier.sums(*scores, chunk["events"]["__slot__"],
+                                                  layout.slots, layout.block))
 
 
 def chunk_moments(kernel: Kernel, params: dict, chunk: dict) -> dict:
@@ -219,15 +290,17 @@ def chunk_cut_jacobian(kernel: Kernel, u, params_fixed: dict, chunk: dict):
 
 
 def chunk_vjp(kernel: Kernel, u, params_fixed: dict, cotangent, chunk: dict):
-    """``cotangent · ∂yields/∂u`` of one chunk."""
-    _, pullback = jax.vjp(lambda v: chunk_yields_at(kernel, v, params_fixed, chunk), u)
-    return pullback(cotangent)[0]
+    """``cotangent · ∂yields/∂u`` of one chunk (traced for reverse mode only,
+    :func:`diffana.soft.reverse_mode`)."""
+    with reverse_mode():
+        _, pullback = jax.vjp(lambda v: chunk_yields_at(kernel, v, params_fixed, chunk), u)
+        return pullback(cotangent)[0]
 
 
-jit_events = jax.jit(chunk_region_events, static_argnums=(0, 3))
-jit_yields = jax.jit(chunk_yields, static_argnums=0)
-jit_jacobian = jax.jit(chunk_jacobian, static_argnums=0)
-jit_vjp = jax.jit(chunk_vjp, static_argnums=0)
+jit_events = persistent(jax.jit(chunk_region_events, static_argnums=(0, 3)), "events", (0, 3))
+jit_yields = persistent(jax.jit(chunk_yields, static_argnums=0), "yields", (0,))
+jit_jacobian = persistent(jax.jit(chunk_jacobian, static_argnums=0), "jacobian", (0,))
+jit_vjp = persistent(jax.jit(chunk_vjp, static_argnums=0), "vjp", (0,))
 
 
 @jax.jit
@@ -241,17 +314,20 @@ def contract(cotangent, jacobian):
 #: Dask worker; the function it names is compiled there).
 CHUNK_FUNCTIONS = {"yields": jit_yields, "jacobian": jit_jacobian, "vjp": jit_vjp,
                    "cut_jacobian": jax.jit(chunk_cut_jacobian, static_argnums=0),
-                   "moments": jax.jit(chunk_moments, static_argnums=0)}
+                   "moments": jax.jit(chunk_moments, static_argnums=0),
+                   "classifier": jax.jit(chunk_classifier, static_argnums=(0, 1, 2))}
 
 
-def fill_hard(kernel: Kernel, samples: list[str], parts) -> dict:
-    """``[region][sample]`` ``hist`` histograms of ``(set, {region: (x, W)})`` parts."""
-    hists = {r: {s: empty_histogram(reg.binning.edges, label=reg.observable) for s in samples}
+def fill_hard(kernel: Kernel, samples: list[str], parts, params: dict | None = None) -> dict:
+    """``[region][sample]`` ``hist`` histograms of ``(set, {region: (x, W)})`` parts, on each
+    region's edges (trainable ones: at ``params``, the soft histogram's edges)."""
+    edges = {r: np.asarray(region_edges(kernel, r, params)) for r in kernel.cfg.regions}
+    hists = {r: {s: empty_histogram(edges[r], label=reg.observable) for s in samples}
              for r, reg in kernel.cfg.regions.items()}
     for g, events in parts:
         for sample, regions in samples_of(kernel, g, events):
             for r, (x, w) in regions.items():
-                hard_histogram(x, w, kernel.cfg.regions[r].binning.edges, into=hists[r][sample])
+                hard_histogram(x, w, edges[r], into=hists[r][sample])
     return hists
 
 
@@ -323,4 +399,4 @@ def cutflow_start(cfg: AnalysisConfig, ops, weight):
     return jnp.stack([split.part_weight(cfg.split, "test", ops, weight), raw])
 
 
-jit_cutflow = jax.jit(chunk_cutflow, static_argnums=0)
+jit_cutflow = persistent(jax.jit(chunk_cutflow, static_argnums=0), "cutflow", (0,))

@@ -40,10 +40,12 @@ def _event_cache(tmp_path_factory):
 
 
 def default_config_dict(events: int = 20_000) -> dict:
-    """The default analysis with a small generated sample."""
+    """The default analysis with a small generated sample, without the inference at the end
+    of a run (tests/test_inference_run.py runs it)."""
     data = yaml.safe_load(DEFAULT_CONFIG.read_text())
     data = copy.deepcopy(data)
     data["generate"]["events"] = events
+    data["inference"] = {"enabled": False}
     return data
 
 

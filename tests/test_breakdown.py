@@ -77,6 +77,10 @@ def test_summary_fits_a_screen_and_csv_holds_every_row(agc, tmp_path):
                "params_final": dict.fromkeys(sens, 2.0), "sensitivity": sens}
     results["warnings"] = [guards.Flag("parameter-at-bound", f"{p} ends on its lower bound", p)
                            ._asdict() for p in ("lepton_pt_min", "jet_pt_min")]
+    results["inference"] = {"file": "inference.json", "poi": "ttbar_norm", "bestfit": [1.0, 0.1],
+                            "upper_limit": {"level": 0.05, "observed": 1.2,
+                                            "expected": [0.5, 0.7, 1.0, 1.4, 1.9]},
+                            "significance": {"observed": 11.8, "expected": 11.5}}
     report.write_csv(tmp_path / tables.YIELDS, [
         tables.YieldRow(r, s, 23051.5, 970.0, 12902.3, 730.0)
         for r in agc.regions for s in agc.samples])
@@ -86,6 +90,7 @@ def test_summary_fits_a_screen_and_csv_holds_every_row(agc, tmp_path):
     assert report.SENSITIVITY_CSV in text and f"run directory: {tmp_path}" in text
     assert all(f"\n{s} " in text for s in agc.nominal_samples)  # each sample's yields
     assert text.count("warning [parameter-at-bound]") == 2
+    assert "upper limit on ttbar_norm (95% CL)" in text and "significance: observed" in text
     assert "streamed" not in text.splitlines()[0]
     results["streaming"] = {"streamed": True, "why": "streamed: streaming: true"}
     assert "(compiled engine, streamed, 3 steps" in report.summary(results, agc)

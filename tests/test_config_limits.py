@@ -292,7 +292,7 @@ def test_imported_files_are_hashed(tmp_path, good):
 
 
 def test_results_record_imports(tmp_path, good):
-    path = write_config(tmp_path / "c.yaml", with_plugin(tmp_path, good))
+    path = write_config(tmp_path / "c.yaml", with_plugin(tmp_path, good) | {"inference": False})
     out = tmp_path / "run"
     assert main(["run", str(path), "--steps", "1", "--out", str(out), "--quiet"]) == 0
     results = json.loads((out / "results.json").read_text())

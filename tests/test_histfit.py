@@ -98,6 +98,26 @@ def test_cli_fit_reproduces_the_agc_reference(cli_fit):
     assert any(line.startswith("btag_np_4") for line in lines)
 
 
+def test_cli_fit_writes_inference(cli_fit, tmp_path):
+    """``diffana fit`` writes ``inference.json`` and its figures for its workspace (as
+    ``diffana infer``), quotes it in ``fit.json`` and prints two lines of it;
+    ``--no-inference``: none."""
+    _, out, printed = cli_fit
+    written = json.loads((out / "inference.json").read_text())
+    assert written["poi"] == "ttbar_norm" and written["warnings"] == []
+    fit = json.loads((out / "fit.json").read_text())
+    assert fit["inference"]["upper_limit"] == written["upper_limit"]
+    assert written["bestfit"]["ttbar_norm"]["value"] == pytest.approx(
+        fit["parameters"]["ttbar_norm"]["bestfit"], abs=1e-6)
+    assert (out / "ranking.png").is_file() and (out / "cls_scan.pdf").is_file()
+    assert "upper limit on ttbar_norm (95% CL): observed" in printed
+    assert main(["fit", str(CONFIG), "--histograms", str(histos(5)), "--out", str(tmp_path),
+                 "--nanoaod-inputs", str(INPUTS), "--files-per-process", "5",
+                 "--no-inference", "--quiet"]) == 0
+    assert json.loads((tmp_path / "fit.json").read_text())["inference"] is None
+    assert not (tmp_path / "inference.json").exists()
+
+
 def test_workspace_is_valid_and_pyhf_finds_the_same_minimum(cli_fit):
     _, out, _ = cli_fit
     ws = json.loads((out / "workspace.json").read_text())

@@ -21,11 +21,12 @@ from diffana.run import grid_scan
 
 def test_cli_run_directory(tmp_path):
     data = default_config_dict(5_000)
+    del data["inference"]  # on, and --no-inference switches it off
     cfg_path = write_config(tmp_path / "small.yaml", data)
     out = tmp_path / "run"
     proc = subprocess.run(
         [sys.executable, "-m", "diffana.cli", "run", str(cfg_path), "--steps", "4", "--out",
-         str(out), "--seed", "7", "--quiet"],
+         str(out), "--seed", "7", "--quiet", "--no-inference"],
         capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     assert "sensitivity" in proc.stdout and "objective (hard cuts)" in proc.stdout
@@ -38,6 +39,8 @@ def test_cli_run_directory(tmp_path):
         assert key in res
     assert set(res["hard"]) == {"objective_initial", "objective_final"}
     assert res["engine"] == "compiled" and res["seed"] == 7
+    assert res["inference"] is None and not (out / "inference.json").exists()
+    assert "enabled: false" in (out / "config.resolved.yaml").read_text()
     assert res["n_events"] == {"ttbar": 1000, "wjets": 4000}
     with open(out / "history.csv", newline="") as f:
         rows = list(csv.reader(f))

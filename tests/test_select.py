@@ -188,3 +188,63 @@ def test_nth_selected_hard_and_soft(run):
     check_grads(lambda w: soft.nth_selected(w, jnp.array([1, 0, 0, 1, 0]), 3, 3 if run else None),
                 (w,), order=1,
                 modes=("fwd", "rev"))
+
+
+def _ragged_layout(rng, n_events: int, most: int, padding: int):
+    """Flat objects of ``n_events`` events (0..most each) and ``padding`` padding objects
+    (owned by event ``n_events``, each starting an event of its own), as lowering lays them."""
+    counts = rng.integers(0, most + 1, n_events)
+    counts[rng.integers(n_events)] = most
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    n = int(offsets[-1])
+    owner = np.concatenate([np.repeat(np.arange(n_events), counts), np.full(padding, n_events)])
+    starts = np.zeros(n + padding, dtype=bool)
+    starts[offsets[:-1][counts > 0]] = True
+    starts[n:] = True
+    first = np.minimum(offsets[:-1], max(n + padding - 1, 0))
+    return counts, (jnp.asarray(owner), jnp.asarray(first), jnp.asarray(counts)), starts
+
+
+@pytest.mark.parametrize("seed", [0])
+def test_nth_selected_dense_equals_the_elementwise_product(seed):
+    """The event-by-event table (the compiled engine's) equals the element-wise product on
+    every real object — values, reverse mode (its own gathers' derivative) and forward mode
+    — and the hard limit is the i-th selected object."""
+    import jax
+
+    rng = np.random.default_rng(seed)
+    counts, segments, starts = _ragged_layout(rng, 120, 9, padding=7)
+    n_real = int(counts.sum())
+    w = jnp.asarray(rng.uniform(0.01, 0.99, n_real + 7))
+    x = jnp.asarray(rng.normal(size=(n_real + 7, 4)) * (np.arange(n_real + 7) < n_real)[:, None])
+
+    @jax.jit
+    def old(w):
+        return jnp.sum(soft.nth_selected(w, jnp.asarray(starts), 4, 9) * x)
+
+    @jax.jit
+    def new(w):
+        return jnp.sum(soft.nth_selected_dense(w, segments, 4, 9) * x)
+
+    @jax.jit
+    def new_reverse(w):  # traced with the table's own gather derivatives
+        with soft.reverse_mode():
+            return jnp.sum(soft.nth_selected_dense(w, segments, 4, 9) * x)
+
+    def table(w):  # the real objects' p[c, i]; padding objects are dropped by every sum
+        return np.asarray(soft.nth_selected_dense(w, segments, 4, 9))[:n_real]
+
+    def elementwise(w):
+        return np.asarray(soft.nth_selected(w, jnp.asarray(starts), 4, 9))[:n_real]
+
+    np.testing.assert_allclose(table(w), elementwise(w), rtol=1e-14, atol=1e-16)
+    expected = np.asarray(jax.grad(old)(w))
+    for f in (new_reverse, new):
+        np.testing.assert_allclose(np.asarray(jax.grad(f)(w)), expected, rtol=1e-13, atol=1e-15)
+    t = jnp.asarray(rng.normal(size=w.shape))
+    np.testing.assert_allclose(float(jax.jvp(new, (w,), (t,))[1]),
+                               float(jax.jvp(old, (w,), (t,))[1]), rtol=1e-12)
+    check_grads(new_reverse, (w,), order=1, modes=("rev",))
+    check_grads(new, (w,), order=1, modes=("fwd", "rev"))
+    mask = jnp.asarray(rng.random(n_real + 7) < 0.5, dtype=float)
+    np.testing.assert_array_equal(table(mask), elementwise(mask))

@@ -47,6 +47,9 @@ from diffana.config.schema import (
     chunked_evaluation_conflict,
 )
 from diffana.config.statistics import (
+    INTERPOLATION_CODES,
+    Inference,
+    Interpolation,
     ModelConfig,
     Objective,
     Optimiser,
@@ -56,10 +59,13 @@ from diffana.config.statistics import (
 from diffana.config.values import Number, Threshold
 
 __all__ = [
+    "INTERPOLATION_CODES",
     "AnalysisConfig",
     "Binning",
     "Executor",
     "Generate",
+    "Inference",
+    "Interpolation",
     "ModelConfig",
     "Number",
     "ObjectCollection",

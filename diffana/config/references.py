@@ -28,6 +28,7 @@ from diffana.config.errors import one_line, show
 from diffana.config.schema import AnalysisConfig, Requirement
 from diffana.config.values import Threshold
 from diffana.exceptions import ConfigError
+from diffana.naming import edges_group
 
 
 class _RefError(ValueError):
@@ -139,6 +140,11 @@ def _check(cfg: AnalysisConfig, unchecked: set[str]) -> None:
                             f"parameter {region.bandwidth!r} has bounds "
                             f"{list(cfg.parameters[region.bandwidth].bounds)}; a bandwidth needs a "
                             "lower bound above 0")
+        taken = edges_group(rname)
+        if region.binning.trainable and (taken in cfg.parameters or taken in cfg.observables):
+            raise _RefError(f"regions.{rname}.binning.trainable",
+                            f"the edges' parameter group {taken!r} is also the name of a "
+                            "parameter or observable; rename it")
         if region.observable not in cfg.observables:
             raise _RefError(
                 f"regions.{rname}.observable",
@@ -175,9 +181,12 @@ def _check(cfg: AnalysisConfig, unchecked: set[str]) -> None:
     if len(nominal) < 2:
         raise _RefError("samples", f"the model needs at least one background sample, got {nominal}")
     lo, hi = cfg.model.poi_bounds
-    if not lo <= cfg.objective.poi_value <= hi:
-        raise _RefError("objective.poi_value", f"{cfg.objective.poi_value} is outside "
-                                               f"model.poi_bounds [{lo}, {hi}]")
+    for key, tested in (("objective", cfg.objective), ("inference", cfg.inference)):
+        if not lo <= tested.poi_value <= hi:
+            raise _RefError(f"{key}.poi_value", f"{tested.poi_value} is outside "
+                                                f"model.poi_bounds [{lo}, {hi}]")
+    if cfg.objective.kind == "binary_cross_entropy":
+        _check_classifier(cfg)
     names = {cfg.model.poi}
     for i, syst in enumerate(cfg.model.systematics):
         if syst.name in names:
@@ -200,3 +209,22 @@ def _check(cfg: AnalysisConfig, unchecked: set[str]) -> None:
                         f"{show(v)} is neither a sample with variation_of: {s} nor a variation "
                         f"of {s} (known: {sorted(cfg.variation_samples())})",
                     )
+
+
+def _check_classifier(cfg: AnalysisConfig) -> None:
+    """A ``binary_cross_entropy`` objective names an observable, nominal samples (not all of
+    them: the others are its label 0) and, if any, a region."""
+    obj, nominal = cfg.objective, cfg.nominal_samples
+    if obj.observable not in cfg.observables:
+        raise _RefError("objective.observable", f"{show(obj.observable)} is not an observable "
+                                                f"(defined: {sorted(cfg.observables)})")
+    for i, s in enumerate(obj.signal):
+        if s not in nominal:
+            raise _RefError(f"objective.signal[{i}]",
+                            f"{show(s)} is not a nominal sample ({nominal})")
+    if set(nominal) <= set(obj.signal):
+        raise _RefError("objective.signal", f"{obj.signal} leaves no nominal sample labelled 0 "
+                                            f"(expected some of {nominal} as the background)")
+    if obj.region is not None and obj.region not in cfg.regions:
+        raise _RefError("objective.region", f"{show(obj.region)} is not a region "
+                                            f"({sorted(cfg.regions)})")

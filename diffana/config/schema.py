@@ -21,7 +21,7 @@ from pydantic import Field, StrictBool, StrictInt, field_validator, model_valida
 
 from diffana import budget
 from diffana.config.errors import KeyCheckError, show
-from diffana.config.statistics import ModelConfig, Objective, Optimiser
+from diffana.config.statistics import Inference, ModelConfig, Objective, Optimiser
 from diffana.config.training import Init, Split
 from diffana.config.values import Number, StrictModel, Threshold, bounds_problem, exactly_one
 from diffana.naming import variation_key
@@ -288,7 +288,8 @@ class Observable(StrictModel):
 
 
 class Binning(StrictModel):
-    """Bin edges, either explicit or regular (``bins``, ``low``, ``high``)."""
+    """Bin edges, either explicit or regular (``bins``, ``low``, ``high``); ``trainable``:
+    the inner edges are parameters, trained with the cuts (the first and last stay)."""
 
     # explicit bin edges, increasing
     edges: list[Number] | None = None
@@ -298,6 +299,8 @@ class Binning(StrictModel):
     low: Number | None = None
     # upper edge of regular bins
     high: Number | None = None
+    # the inner edges trained (the parameter group <region>_edges; first and last fixed)
+    trainable: StrictBool = False
 
     @model_validator(mode="after")
     def _edges(self) -> Binning:
@@ -409,6 +412,8 @@ class AnalysisConfig(StrictModel):
     objective: Objective = Field(default_factory=Objective)
     # the optax optimiser, its options and when to stop
     optimiser: Optimiser = Field(default_factory=Optimiser)
+    # inference.json (limits, impacts, scans) of the final hard-cut workspace; false: none
+    inference: Inference = Field(default_factory=Inference)
     # compiled (flat buffers, jax.jit; CPU or GPU) or awkward (JAX-backed Awkward arrays, eager: the
     # cross-check)
     engine: Literal["compiled", "awkward"] = "compiled"

@@ -65,6 +65,31 @@ class Systematic(StrictModel):
         return self
 
 
+#: The interpolation codes per modifier type, pyhf's ``modifier_settings`` (the first: pyhf's
+#: default); :mod:`diffana.stats.modifiers` implements each (a test holds the two equal).
+INTERPOLATION_CODES = {"normsys": ("code4", "code1"), "histosys": ("code4p", "code0")}
+
+
+class Interpolation(StrictModel):
+    """How each modifier type interpolates between its templates (pyhf's ``interpcode``).
+
+    Example:
+        >>> Interpolation(normsys="code1").codes()
+        {'normsys': 'code1', 'histosys': 'code4p'}
+    """
+
+    # normsys: code4 (pyhf's default: polynomial inside ±1σ, exponential outside) or code1
+    # (piecewise exponential)
+    normsys: Literal[INTERPOLATION_CODES["normsys"]] = "code4"
+    # histosys: code4p (pyhf's default: polynomial inside ±1σ, linear outside) or code0
+    # (piecewise linear)
+    histosys: Literal[INTERPOLATION_CODES["histosys"]] = "code4p"
+
+    def codes(self) -> dict[str, str]:
+        """``{modifier type: code}``, as ``diffana infer --interpolation`` takes them."""
+        return {"normsys": self.normsys, "histosys": self.histosys}
+
+
 class ModelConfig(StrictModel):
     """The HistFactory model: signal samples carry the POI normfactor (``poi_bounds``)."""
 
@@ -82,6 +107,9 @@ class ModelConfig(StrictModel):
     # {ttbar_ME_var: 0.5, ttbar_PS_var: 0.5, wjets: 1}); the workspace's observations and
     # the data points on the plots. Without it the observations are the Asimov data.
     pseudodata: dict[str, Number] = Field(default_factory=dict)
+    # the interpolation codes (see Interpolation): the likelihood's everywhere, in the
+    # optimisation, the hard-cut evaluation, the inference and diffana fit
+    interpolation: Interpolation = Field(default_factory=Interpolation)
 
     @field_validator("poi_bounds")
     @classmethod
@@ -96,20 +124,46 @@ class ModelConfig(StrictModel):
 
 
 class Objective(StrictModel):
-    """The figure of merit. Significances are maximised; CLs and uncertainties minimised."""
+    """The figure of merit. Significances are maximised; CLs, uncertainties and the
+    classifier's cross-entropy minimised.
 
-    # discovery_significance, expected_cls, poi_uncertainty, expected_upper_limit (minimised)
-    # or asimov_significance
+    ``binary_cross_entropy``: the event-weighted binary cross-entropy of ``observable`` (a
+    score in (0, 1)) with the ``signal`` samples as label 1 and every other nominal sample as
+    0, over the events after the soft selection (``region``: that region's events); the
+    training events where the configuration has a ``split``. Normalised by the total weight
+    (``balanced: true``: each class weighted to the same total).
+    """
+
+    # discovery_significance, expected_cls, poi_uncertainty, expected_upper_limit (minimised),
+    # asimov_significance or binary_cross_entropy (a classifier's loss, minimised)
     kind: Literal[
         "discovery_significance", "expected_cls", "poi_uncertainty", "asimov_significance",
-        "expected_upper_limit",
+        "expected_upper_limit", "binary_cross_entropy",
     ] = "discovery_significance"
+    # binary_cross_entropy: the score, an observable in (0, 1)
+    observable: str | None = None
+    # binary_cross_entropy: the nominal samples labelled 1 (the others are 0)
+    signal: list[str] = Field(default_factory=list)
+    # binary_cross_entropy: the region whose events count (default: the top-level selection's)
+    region: str | None = None
+    # binary_cross_entropy: each class weighted to the same total (default: the event weights)
+    balanced: StrictBool = False
     # the POI value tested (expected_cls)
     poi_value: Number = 1.0
     # the CLs level of the median expected upper limit (expected_upper_limit): 0.05 = 95 % CL
     level: Number = Field(0.05, gt=0, lt=1)
     # asimov_significance: the background's relative uncertainty
     relative_background_uncertainty: Number = Field(0.1, gt=0)
+
+    @model_validator(mode="after")
+    def _classifier(self) -> Objective:
+        if self.kind == "binary_cross_entropy":
+            for key in ("observable", "signal"):
+                if not getattr(self, key):
+                    raise KeyCheckError(key, f"kind binary_cross_entropy needs {key} (the score "
+                                             "and the samples labelled 1: observable: nn_score, "
+                                             "signal: [ttbar])")
+        return self
 
 
 def _as_number(value: Any) -> Any:
@@ -133,6 +187,32 @@ def _first_non_finite(value: Any, path: str) -> tuple[str, float] | None:
     else:
         return None
     return next(filter(None, (_first_non_finite(v, p) for p, v in items)), None)
+
+
+class Inference(StrictModel):
+    """What ``diffana run`` (at the final cuts, with hard cuts) and ``diffana fit`` compute
+    from their workspace: ``inference.json`` and its figures, as ``diffana infer`` writes
+    them. ``inference: false`` is short for ``inference: {enabled: false}``.
+
+    Example:
+        >>> Inference.model_validate(False).enabled
+        False
+    """
+
+    # write inference.json: limits with their band, significance, impacts, scan, correlations
+    # (diffana run --no-inference: false)
+    enabled: StrictBool = True
+    # the CLs level of the upper limits: 0.05 = 95 % CL
+    level: Number = Field(0.05, gt=0, lt=1)
+    # the POI value of the CLs test (within model.poi_bounds)
+    poi_value: Number = 1.0
+    # also draw its figures (cls_scan, ranking, likelihood_scan, correlation)
+    plots: StrictBool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _switch(cls, value: Any) -> Any:
+        return {"enabled": value} if isinstance(value, bool) else value
 
 
 class OptaxChoice(StrictModel):

@@ -10,6 +10,10 @@
                   few chunks
 ``dask``          compiled engine, chunks lowered once and held on Dask workers
                   (``executor: {kind: dask}``); each step maps over them
+``dask_streamed`` compiled engine on Dask workers, streamed: each worker streams its
+                  own part of the files every step, read ahead, from its own
+                  lowered-chunk cache after the first (``executor: {kind: dask}`` with
+                  ``streaming: true``, or ``auto`` as above)
 ``awkward``       the awkward engine: JAX-backed Awkward arrays, eager
 ================  ==================================================================
 
@@ -68,6 +72,10 @@ class Executor(Protocol):
         """``(set, {region: (x, W)})`` for all events, in parts; ``part``: the events
         weighed where the configuration has a ``split`` (default: the training events)."""
 
+    def classifier_sums(self, params: dict, hard: bool, part: str = "test") -> dict:
+        """A ``binary_cross_entropy`` objective's sums per nominal sample, ``(Σw·(−log s),
+        Σw·(−log(1 − s)), Σw)``, of the events of ``part`` (``hard``: hard cuts)."""
+
     def hard_histograms(self, params: dict, samples: list[str], part: str = "test") -> dict:
         """Hard cuts filled into ``hist`` histograms ``[region][sample]``, of the test
         events where the configuration has a ``split`` (``part``: ``train``, ``test`` or
@@ -81,21 +89,23 @@ class Executor(Protocol):
         """Let go of what the executor started (a Dask cluster)."""
 
 
-def _dask():
+def _dask(streamed: bool = False):
     # optional extra: dask[distributed] is imported only when a configuration asks for it
     try:
         from diffana.executors.dask import DaskExecutor
+        from diffana.executors.dask_streamed import DaskStreamedExecutor
     except ImportError as err:
         if (err.name or "").partition(".")[0] not in ("dask", "distributed"):
             raise
         raise ConfigError(f"executor: dask needs the optional dependency dask[distributed] "
                           f"({err.name} is not installed): pip install \"diffana[dask]\""
                           ) from None
-    return DaskExecutor
+    return DaskStreamedExecutor if streamed else DaskExecutor
 
 
 EXECUTORS = {"held": lambda: HeldExecutor, "streamed": lambda: StreamedExecutor,
-             "dask": _dask, "awkward": lambda: AwkwardExecutor}
+             "dask": _dask, "dask_streamed": lambda: _dask(streamed=True),
+             "awkward": lambda: AwkwardExecutor}
 
 
 def choose(cfg: AnalysisConfig, engine: str, streamed: bool | None = None) -> type:
@@ -110,12 +120,14 @@ def choose(cfg: AnalysisConfig, engine: str, streamed: bool | None = None) -> ty
             and chunked_evaluation_conflict(engine, cfg.gradient) == "gradient"):
         raise ConfigError("streaming: true needs gradient: auto, forward or reverse (got "
                           "gradient: fused, which holds every chunk at once)")
+    streams = (cfg.streaming is True) if streamed is None else streamed
+    if engine == "awkward" and cfg.objective.kind == "binary_cross_entropy":
+        raise ConfigError("objective.kind: binary_cross_entropy needs engine: compiled (the "
+                          "awkward engine histograms, it sums no per-event loss)")
     if engine == "awkward":
         name = "awkward"
     elif cfg.executor.kind == "dask":
-        name = "dask"
-    elif (cfg.streaming is True) if streamed is None else streamed:
-        name = "streamed"
+        name = "dask_streamed" if streams else "dask"
     else:
-        name = "held"
+        name = "streamed" if streams else "held"
     return EXECUTORS[name]()

@@ -81,7 +81,8 @@ class AwkwardExecutor:
                                                                params, start)])
 
     def hard_histograms(self, params: dict, samples: list[str], part: str = "test") -> dict:
-        return fill_hard(self.kernel, samples, self.event_parts(params, hard=True, part=part))
+        return fill_hard(self.kernel, samples, self.event_parts(params, hard=True, part=part),
+                         params)
 
     def close(self) -> None:
         pass

@@ -67,24 +67,31 @@ def _sample(reader, file: int, n: int) -> dict:
 
 
 def streaming_choice(cfg: AnalysisConfig, engine: str, readers, plan) -> StreamingChoice:
-    """In memory or streamed, and why, for ``streaming: true|false|auto``."""
+    """In memory or streamed, and why, for ``streaming: true|false|auto``.
+
+    On Dask workers (``executor: {kind: dask}``) the same choice: each worker holds the
+    chunks of its files, or streams them; ``auto`` weighs the events of all the workers
+    together against ``memory_limit`` (default: half of this machine's memory available, what
+    a ``LocalCluster``'s workers share; on a cluster of other machines, give what its workers
+    hold).
+    """
     if engine == "awkward":
         return StreamingChoice(False, "in memory: the awkward engine holds the events")
-    if cfg.executor.kind == "dask":
-        return StreamingChoice(False, "on the Dask workers: each holds the chunks of its files")
+    held, streamed = (("in memory on the Dask workers", "streamed on the Dask workers")
+                      if cfg.executor.kind == "dask" else ("in memory", "streamed"))
     if cfg.streaming is False:
-        return StreamingChoice(False, "in memory: streaming: false")
+        return StreamingChoice(False, f"{held}: streaming: false")
     if chunked_evaluation_conflict(engine, cfg.gradient) == "gradient":
-        return StreamingChoice(False, "in memory: gradient: fused holds every chunk at once")
+        return StreamingChoice(False, f"{held}: gradient: fused holds every chunk at once")
     if cfg.streaming is True:
-        return StreamingChoice(True, "streamed: streaming: true")
+        return StreamingChoice(True, f"{streamed}: streaming: true")
     limit, how = budget.memory_limit(cfg.memory_limit)
     if limit is None:
-        return StreamingChoice(False, f"in memory: no {how}")
+        return StreamingChoice(False, f"{held}: no {how}")
     size, sampled = estimated_bytes(readers, plan)
     need = int(size * HELD_FACTOR)
     fits = need <= limit
-    where = "in memory" if fits else "streamed"
+    where = held if fits else streamed
     return StreamingChoice(not fits, (
         f"{where}: the events need about {budget.human_bytes(need)} in memory (estimated from "
         f"their first {sampled} events), {'within' if fits else 'more than'} the "

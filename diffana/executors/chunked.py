@@ -14,20 +14,31 @@ import jax
 import jax.numpy as jnp
 
 from diffana.executors.setup import Setup
-from diffana.stages import CHUNK_FUNCTIONS, Kernel, by_sample, contract, fill_hard
+from diffana.exported import persistent
+from diffana.stages import (
+    CHUNK_FUNCTIONS,
+    CLASSIFIER,
+    Kernel,
+    by_sample,
+    classifier_by_sample,
+    contract,
+    fill_hard,
+)
 from diffana.stats.objective import Objective, jit_value, loss
 
 STREAM_FORWARD_MAX = 8  # per-chunk modes, gradient auto: forward up to this many parameters
 
 
 def loss_of_sums(kernel: Kernel, objective: Objective, stacked: dict):
-    """The loss of the chunk yields summed, ``{region: (yields, sumw2)}`` by set."""
-    return loss(objective, by_sample(kernel, stacked))
+    """The loss of the chunk yields summed, ``{region: (yields, sumw2)}`` by set (and a
+    classifier's sums, :data:`~diffana.stages.CLASSIFIER`)."""
+    return loss(objective, by_sample(kernel, stacked),
+                classifier_by_sample(kernel, stacked.get(CLASSIFIER)))
 
 
 #: the loss and ``∂loss/∂(summed chunk yields)``: the cotangent of the per-chunk modes
-jit_loss_and_cotangent = jax.jit(jax.value_and_grad(loss_of_sums, argnums=2),
-                                 static_argnums=(0, 1))
+jit_loss_and_cotangent = persistent(jax.jit(jax.value_and_grad(loss_of_sums, argnums=2),
+                                            static_argnums=(0, 1)), "loss_and_cotangent", (0, 1))
 
 
 def sum_over(name: str, kernel: Kernel, args: tuple, chunks, in_flight: int | None = None):
@@ -97,7 +108,13 @@ class ChunkedExecutor:
         return by_sample(self.kernel, y), out
 
     def objective(self, params: dict):
-        return jit_value(self.objective_spec, self.yields(params))
+        stacked = self.map_reduce("yields", (params,))
+        return jit_value(self.objective_spec, by_sample(self.kernel, stacked),
+                         classifier_by_sample(self.kernel, stacked.get(CLASSIFIER)))
+
+    def classifier_sums(self, params: dict, hard: bool, part: str = "test") -> dict:
+        return classifier_by_sample(self.kernel,
+                                    self.map_reduce("classifier", (part, hard, params)))
 
     def input_moments(self, params: dict) -> dict:
         """``{group: (Σw, Σw·x, Σw·x²)}`` of each network's inputs over the training events
@@ -118,7 +135,8 @@ class ChunkedExecutor:
         return jit_loss_and_cotangent(self.kernel, self.objective_spec, stacked)
 
     def hard_histograms(self, params: dict, samples: list[str], part: str = "test") -> dict:
-        return fill_hard(self.kernel, samples, self.event_parts(params, hard=True, part=part))
+        return fill_hard(self.kernel, samples, self.event_parts(params, hard=True, part=part),
+                         params)
 
     def close(self) -> None:
         pass

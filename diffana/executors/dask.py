@@ -16,9 +16,10 @@ recovery); the client logs which workers left and joined. Errors raised on a wor
 
 Example (``LocalCluster`` of two processes)::
 
-    >>> cfg = load("configs/ttbar_vs_wjets.yaml")                     # doctest: +SKIP
-    >>> cfg = cfg.model_copy(update={"executor": Executor(kind="dask", workers=2)})  # doctest: +SKIP
-    >>> ana = Analysis(cfg, "configs")                                 # doctest: +SKIP
+    >>> cfg = load("configs/ttbar_vs_wjets.yaml")  # doctest: +SKIP
+    >>> dask = Executor(kind="dask", workers=2)  # doctest: +SKIP
+    >>> cfg = cfg.model_copy(update={"executor": dask})  # doctest: +SKIP
+    >>> ana = Analysis(cfg, "configs")  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -79,7 +80,8 @@ class WorkerContext:
     """What a worker holds for one configuration: its plan, readers and compiled kernel."""
 
     def __init__(self, config: str, base: str, layout: ChunkLayout | None):
-        cfg = load_dict(json.loads(config), source="executor", base_dir=Path(base))
+        self.base = Path(base)
+        cfg = load_dict(json.loads(config), source="executor", base_dir=self.base)
         plan = build(cfg)
         groups, self.set_index = event_sets(cfg)
         self.readers = [SampleReader(cfg, name, plan, Path(base), None) for name in cfg.samples]
@@ -100,7 +102,8 @@ class WorkerContext:
                 for g, b in lowered]
 
 
-def _context(key: str) -> WorkerContext:
+def worker_context(key: str) -> WorkerContext:
+    """This worker's context of the analysis ``key`` (built on first use)."""
     ctx = _CONTEXTS.get(key)
     if ctx is None:
         ctx = _CONTEXTS[key] = WorkerContext(*_SPECS[key])
@@ -108,12 +111,12 @@ def _context(key: str) -> WorkerContext:
 
 
 def _lower(key: str, item: WorkItem) -> list:
-    return _context(key).lower(item)
+    return worker_context(key).lower(item)
 
 
 def _sizes(key: str, lowered: list) -> tuple[list[dict], dict[int, int]]:
     """Axis sizes of each lowered chunk, and the events of each set."""
-    plan = _context(key).kernel.plan
+    plan = worker_context(key).kernel.plan
     counts: dict[int, int] = {}
     for g, buffers in lowered:
         counts[g] = counts.get(g, 0) + len(buffers["weight"])
@@ -121,17 +124,18 @@ def _sizes(key: str, lowered: list) -> tuple[list[dict], dict[int, int]]:
 
 
 def _pad(key: str, lowered: list) -> list:
-    return _context(key).pad(lowered)
+    return worker_context(key).pad(lowered)
 
 
 def _run(key: str, name: str, args: tuple, chunks: list):
     """``CHUNK_FUNCTIONS[name](kernel, *args, chunk)`` summed over one task's chunks, as NumPy."""
-    return jax.device_get(sum_over(name, _context(key).kernel, args, (c for _, _, c in chunks)))
+    kernel = worker_context(key).kernel
+    return jax.device_get(sum_over(name, kernel, args, (c for _, _, c in chunks)))
 
 
 def _hard(key: str, params: dict, samples: list[str], part: str, chunks: list) -> dict:
-    kernel = _context(key).kernel.for_part(part)
-    return fill_hard(kernel, samples, region_parts(kernel, chunks, params, True))
+    kernel = worker_context(key).kernel.for_part(part)
+    return fill_hard(kernel, samples, region_parts(kernel, chunks, params, True), params)
 
 
 class _ConnectionErrors(logging.Filter):
@@ -146,7 +150,10 @@ class _ConnectionErrors(logging.Filter):
 
 
 def _add(a, b):
-    """Sum of two results (NumPy pytrees, or ``hist`` histograms, which add)."""
+    """Sum of two results (NumPy pytrees, or ``hist`` histograms, which add; None: a task
+    without events, which adds nothing)."""
+    if a is None or b is None:
+        return b if a is None else a
     return jax.tree_util.tree_map(lambda x, y: x + y, a, b)  # a histogram is a leaf
 
 
@@ -154,8 +161,12 @@ class DaskExecutor(ChunkedExecutor):
     """The chunks on Dask workers, and the map-reduce of each step.
 
     ``cfg.executor`` says which cluster. The chunks are read, lowered and padded on the
-    workers once, here.
+    workers once, here (:meth:`_load`; streamed instead:
+    :class:`~diffana.executors.dask_streamed.DaskStreamedExecutor`).
     """
+
+    #: what happens to the work of a worker that left (said in the log)
+    lost_work = "chunks held by a lost worker are read and lowered again from their files"
 
     def __init__(self, setup: Setup):
         super().__init__(setup)
@@ -166,7 +177,7 @@ class DaskExecutor(ChunkedExecutor):
             self.client = Client(ex.address)
         else:
             self._cluster = LocalCluster(n_workers=ex.workers, threads_per_worker=1,
-                                         processes=True, dashboard_address=None)
+                                         processes=True, dashboard_address=":0")
             self.client = Client(self._cluster)
         quiet = _ConnectionErrors()
         logging.getLogger("distributed.client").addFilter(quiet)
@@ -180,7 +191,13 @@ class DaskExecutor(ChunkedExecutor):
         data.update(streaming=True, executor={"kind": "local"})
         self.config = json.dumps(data)  # key order matters (collections build on earlier ones)
         self.base = str(Path(setup.base).resolve())
-        self.key = f"diffana-{abs(hash((self.config, self.base))):x}"
+        # the files as the client found them: a file touched between runs is another key, so
+        # a worker that served an earlier run builds its readers (and cache keys) again
+        inputs = json.dumps([r.inputs for r in setup.readers], default=str)
+        # held and streamed runs of one configuration keep apart contexts (and plugins, so
+        # that a restarted worker gets each)
+        kind = type(self).__name__
+        self.key = f"diffana-{abs(hash((self.config, self.base, inputs, kind))):x}"
         try:
             self._load(setup)
         except BaseException:
@@ -190,7 +207,7 @@ class DaskExecutor(ChunkedExecutor):
     def _load(self, setup: Setup) -> None:
         """Read, lower and pad the chunks on the workers; count the events of each set."""
         self.client.register_plugin(AnalysisPlugin(self.key, self.config, self.base, None),
-                                    name="diffana")
+                                    name=self.key)
         self._workers = set(self.client.scheduler_info()["workers"])
         items = work_items([r.entries for r in setup.readers], self.kernel.cfg.chunk_size)
         lowered = self.client.map(_lower, [self.key] * len(items), items, pure=False)
@@ -207,7 +224,7 @@ class DaskExecutor(ChunkedExecutor):
         layout = single_set_layout(sizes, cfg.chunk_size, cfg.name)
         self.kernel = self.kernel.with_layout(layout)
         self.client.register_plugin(AnalysisPlugin(self.key, self.config, self.base, layout),
-                                    name="diffana")
+                                    name=self.key)
         self.chunks = self.client.map(_pad, [self.key] * len(items), lowered)
         del lowered  # the padded chunks' lineage keeps what a recovery needs
         #: Dask tasks per step (one per work item)
@@ -235,11 +252,11 @@ class DaskExecutor(ChunkedExecutor):
         now = set(self.client.scheduler_info()["workers"])
         left, joined = self._workers - now, now - self._workers
         if left or joined:
-            log.warning("dask: worker(s) %s left, %s joined (%d now); chunks held by a lost "
-                        "worker are read and lowered again from their files",
-                        sorted(left) or "none", sorted(joined) or "none", len(now))
-            tqdm.write(f"dask: {len(left)} worker(s) left, {len(joined)} joined; lost chunks "
-                       "are read again")
+            log.warning("dask: worker(s) %s left, %s joined (%d now); %s",
+                        sorted(left) or "none", sorted(joined) or "none", len(now),
+                        self.lost_work)
+            tqdm.write(f"dask: {len(left)} worker(s) left, {len(joined)} joined; "
+                       f"{self.lost_work}")
         self._workers = now
 
     def _reduce(self, futures: list):

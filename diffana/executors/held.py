@@ -19,7 +19,17 @@ from diffana.chunks import (
 )
 from diffana.executors.chunked import ChunkedExecutor, sum_over
 from diffana.executors.setup import Setup
-from diffana.stages import Kernel, by_sample, chunk_yields, jit_cutflow, jit_events
+from diffana.exported import persistent
+from diffana.soft import reverse_mode
+from diffana.stages import (
+    CLASSIFIER,
+    Kernel,
+    by_sample,
+    chunk_yields,
+    classifier_by_sample,
+    jit_cutflow,
+    jit_events,
+)
 from diffana.stats.objective import Objective, loss
 
 
@@ -42,13 +52,22 @@ def fused_loss(kernel: Kernel, objective: Objective, u, params_fixed: dict, stac
     body = jax.checkpoint(body, prevent_cse=False)  # prevent_cse only slows a scan body
 
     first = jax.tree_util.tree_map(lambda a: a[0], stacked)
-    zeros = jax.tree_util.tree_map(lambda a: jnp.zeros(a.shape, a.dtype),
-                                   jax.eval_shape(lambda p, c: chunk_yields(kernel, p, c), params, first))
+    shapes = jax.eval_shape(lambda p, c: chunk_yields(kernel, p, c), params, first)
+    zeros = jax.tree_util.tree_map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)
     total, _ = jax.lax.scan(body, zeros, stacked)
-    return loss(objective, by_sample(kernel, total))
+    return loss(objective, by_sample(kernel, total),
+                classifier_by_sample(kernel, total.get(CLASSIFIER)))
 
 
-jit_fused = jax.jit(jax.value_and_grad(fused_loss, argnums=2), static_argnums=(0, 1))
+def _fused_step(kernel: Kernel, objective: Objective, u, params_fixed: dict, stacked: dict):
+    """``(loss, ∂loss/∂u)`` of :func:`fused_loss`, traced for reverse mode only
+    (:func:`diffana.soft.reverse_mode`)."""
+    with reverse_mode():
+        return jax.value_and_grad(fused_loss, argnums=2)(kernel, objective, u, params_fixed,
+                                                          stacked)
+
+
+jit_fused = persistent(jax.jit(_fused_step, static_argnums=(0, 1)), "fused", (0, 1))
 
 
 class HeldExecutor(ChunkedExecutor):

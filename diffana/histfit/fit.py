@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffana.stats import Model, fit
+from diffana.stats.modifiers import modifier_settings
 
 __all__ = ["FitSummary", "fit_workspace", "observed_data"]
 
@@ -89,13 +90,15 @@ def _structure_key(workspace: dict, model: Model) -> str:
         return None if isinstance(obj, float) else obj
 
     return json.dumps([skeleton(workspace["channels"]), workspace["measurements"],
-                       model.suggested_fixed.tolist()], sort_keys=True)
+                       model.suggested_fixed.tolist(), model.modifier_settings], sort_keys=True)
 
 
-def _compiled_fit(workspace: dict) -> tuple[Model, object]:
-    """The model structure of ``workspace`` and a jitted ``(data, templates) -> (FitResult,
-    Hessian of -2 ln L over the free parameters at the best fit)``."""
-    model = Model(workspace)
+def _compiled_fit(workspace: dict, interpolation: dict[str, str] | None = None
+                  ) -> tuple[Model, object]:
+    """The model structure of ``workspace`` (with the ``interpolation`` codes) and a jitted
+    ``(data, templates) -> (FitResult, Hessian of -2 ln L over the free parameters at the
+    best fit)``."""
+    model = Model(workspace, modifier_settings=modifier_settings(interpolation))
     key = _structure_key(workspace, model)
     if key not in _COMPILED:
         free = np.flatnonzero(~model.suggested_fixed)
@@ -132,16 +135,17 @@ def _constraints(model: Model, poi: str) -> dict[str, tuple[float, float]]:
     return out
 
 
-def fit_workspace(workspace: dict) -> FitSummary:
+def fit_workspace(workspace: dict, interpolation: dict[str, str] | None = None) -> FitSummary:
     """Maximum-likelihood fit of a workspace to its observations, with Hessian uncertainties.
 
     The fit is :func:`diffana.stats.infer.fit` (exact projected Newton); the uncertainties are
     ``sqrt(diag(2 H⁻¹))`` with ``H`` the autodiff Hessian of ``-2 ln L`` over the free
     parameters at the minimum (iminuit's HESSE, without its finite-difference noise). The
     compiled fit is kept per model structure, so further workspaces of the same structure
-    (other histogram files of the same analysis) do not compile again.
+    (other histogram files of the same analysis) do not compile again. ``interpolation``:
+    the codes per modifier type (``{"normsys": "code1"}``; default: pyhf's).
     """
-    model, fit_and_hessian = _compiled_fit(workspace)
+    model, fit_and_hessian = _compiled_fit(workspace, interpolation)
     templates = model.templates(workspace)
     data = jnp.asarray(observed_data(workspace, model))
     result, hessian = fit_and_hessian(data, templates)

@@ -1,8 +1,10 @@
-"""The outputs of ``diffana fit``: the workspace, the fit result, the pulls plot and a summary.
+"""The outputs of ``diffana fit``: the workspace, the fit result, the pulls plot, the
+inference and a summary.
 
 :func:`fit_histograms` is the whole chain: read the configuration, build the workspace from
 the histogram file (:mod:`~diffana.histfit.build`), fit it (:mod:`~diffana.histfit.fit`) and
-write ``workspace.json``, ``pulls.png`` and ``fit.json`` (last).
+write ``workspace.json``, ``pulls.png``, ``inference.json`` with its figures (as ``diffana
+infer``; the configuration's ``inference:``) and ``fit.json`` (last).
 
 Example:
     >>> from diffana.histfit import agc_n_total, fit_histograms        # doctest: +SKIP
@@ -19,9 +21,13 @@ from pathlib import Path
 import numpy as np
 
 from diffana import config as configmod
-from diffana import files, report
+from diffana import files, guards, report
+from diffana.compilation import use_compilation_cache
 from diffana.histfit.build import build_workspace
 from diffana.histfit.fit import FitSummary, fit_workspace
+from diffana.inference import FILE as INFERENCE_JSON
+from diffana.inference import digest, headline, settings, write_inference
+from diffana.log import logger
 
 __all__ = ["fit_histograms", "pulls_plot", "summary"]
 
@@ -77,16 +83,21 @@ def fit_histograms(
     data: str = "pseudodata",
     n_total: dict[str, int] | None = None,
     echo=None,
+    inference: bool | None = None,
 ) -> dict:
-    """Build the model from histograms, fit it and write ``workspace.json``, ``pulls.png`` and
-    ``fit.json`` (last) into ``out`` (default ``runs/<name>-fit-<timestamp>``).
+    """Build the model from histograms, fit it and write ``workspace.json``, ``pulls.png``,
+    ``inference.json`` with its figures and ``fit.json`` (last) into ``out`` (default
+    ``runs/<name>-fit-<timestamp>``). ``inference`` overrides ``inference.enabled``.
 
     Returns:
-        The content of ``fit.json``.
+        The content of ``fit.json`` (``inference``: the file and the numbers quoted, or
+        ``None``).
     """
     cfg = configmod.load(config_path)
+    use_compilation_cache(cfg.compilation_cache)  # as a run: compiled once for all calls
     workspace = build_workspace(cfg, histograms, data=data, n_total=n_total)
-    result = fit_workspace(workspace)
+    codes = cfg.model.interpolation.codes()
+    result = fit_workspace(workspace, codes)
     out_dir = Path(out) if out else Path("runs") / (
         f"{cfg.name}-fit-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
     try:
@@ -97,9 +108,19 @@ def fit_histograms(
         (out_dir / "fit.json").unlink()  # a rerun into the same directory starts over
     report.write_json(out_dir / "workspace.json", workspace)
     pulls_plot(result, out_dir / "pulls.png")
-    fit_json = result.to_json()
+    fit_json = {**result.to_json(), "inference": None}
+    (out_dir / INFERENCE_JSON).unlink(missing_ok=True)  # a rerun without it leaves none
+    if cfg.inference.enabled if inference is None else inference:
+        quoted = write_inference(workspace, out_dir, plots=cfg.inference.plots, echo=None,
+                                 **settings(cfg))
+        fit_json["inference"] = digest(quoted)
+        for warning in quoted["warnings"]:
+            logger.warning(guards.line(guards.Flag("inference", warning, INFERENCE_JSON)))
     report.write_json(out_dir / "fit.json", fit_json)
     if echo is not None:  # e.g. print: the command line's
         echo(summary(result))
-        echo(f"wrote {out_dir}/fit.json, workspace.json, pulls.png")
+        if fit_json["inference"] is not None:
+            echo("\n".join(headline(fit_json["inference"])))
+        echo(f"wrote {out_dir}/fit.json, workspace.json, pulls.png"
+             + (f", {INFERENCE_JSON} and its figures" if fit_json["inference"] else ""))
     return fit_json

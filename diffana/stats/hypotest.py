@@ -40,11 +40,11 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from scipy.special import ndtr, ndtri
+from scipy.special import log_ndtr, ndtr, ndtri
 
-from diffana.stats.infer import fit_in_box
+from diffana.exported import persistent
+from diffana.stats.infer import FitResult, fit_in_box
 from diffana.stats.model import Model, Templates
 
 __all__ = [
@@ -71,23 +71,28 @@ class FitBatch(NamedTuple):
     converged: np.ndarray
     hessian: np.ndarray
     poi_gradient: np.ndarray  # d(-2 ln L)/d(POI) at the best fit
+    expected: np.ndarray  # expected main and auxiliary data at the best fit (Asimov data)
+
+
+def _one(model: Model, templates: Templates, data, init, lower, upper):
+    """One box fit: its result, and the Hessian, the POI's gradient and the expected data at
+    the best fit."""
+    result, hessian, gradient = fit_in_box(model, data, templates, init, lower, upper)
+    poi = model.poi_index if model.poi_index is not None else 0
+    return result, hessian, gradient[poi], model.expected_data(result.bestfit, templates)
 
 
 def _batched(model: Model, templates: Templates, data, init, lower, upper):
-    def one(d, i, lo, hi):
-        result, hessian = fit_in_box(model, d, templates, i, lo, hi)
-        gradient = jax.grad(lambda x: -2.0 * model.logpdf(x, d, templates))(result.bestfit)
-        poi = model.poi_index if model.poi_index is not None else 0
-        return result, hessian, gradient[poi]
-
-    return jax.vmap(one)(data, init, lower, upper)
+    return jax.vmap(lambda *row: _one(model, templates, *row))(data, init, lower, upper)
 
 
-_jit_batched = jax.jit(_batched, static_argnums=0)
-_jit_expected_data = jax.jit(lambda model, pars, templates: model.expected_data(pars, templates),
-                             static_argnums=0)
-_jit_twice_nll = jax.jit(lambda model, pars, data, templates: -2.0 * model.logpdf(
-    pars, data, templates), static_argnums=0)
+# One function compiled per model: the fit, which also gives the Asimov data at its best fit
+# and (in a box that is a point) -2 ln L at given parameters. Batched on accelerators, where
+# batching pays; a batch of one is not vmapped (that traces in half the time).
+# what the fits return, serialisable (kept across runs, diffana.exported)
+jax.export.register_namedtuple_serialization(FitResult, serialized_name="diffana.FitResult")
+_jit_one = persistent(jax.jit(_one, static_argnums=0), "box_fit", (0,))
+_jit_batched = persistent(jax.jit(_batched, static_argnums=0), "box_fits", (0,))
 
 
 class Fits:
@@ -138,16 +143,21 @@ class Fits:
         data = np.broadcast_to(np.atleast_2d(np.asarray(data, dtype=np.float64)),
                                (k, self.model.n_bins + self.model.n_aux))
         parts = []
+        if self.batch == 1:
+            for row in zip(data, init, lower, upper, strict=True):
+                result, *more = _jit_one(self.model, self.templates, *row)
+                parts.append([np.asarray(x)[None] for x in (
+                    result.bestfit, result.twice_nll, result.converged, *more)])
+            return FitBatch(*(np.concatenate(column) for column in zip(*parts, strict=True)))
         for start in range(0, k, self.batch):
             rows = [x[start:start + self.batch] for x in (data, init, lower, upper)]
             n = rows[0].shape[0]
             if n < self.batch:  # pad with copies of the last fit
                 rows = [np.concatenate([x, np.repeat(x[-1:], self.batch - n, axis=0)])
                         for x in rows]
-            result, hessian, poi_gradient = _jit_batched(self.model, self.templates, *rows)
+            result, *more = _jit_batched(self.model, self.templates, *rows)
             parts.append([np.asarray(x)[:n] for x in (result.bestfit, result.twice_nll,
-                                                       result.converged, hessian,
-                                                       poi_gradient)])
+                                                       result.converged, *more)])
         return FitBatch(*(np.concatenate(column) for column in zip(*parts, strict=True)))
 
     def box(self, index: int | None = None, value: float | None = None):
@@ -204,14 +214,9 @@ class Fits:
                 path.append((float(values[i]), result.bestfit[0]))
         return FitBatch(*(np.concatenate(column) for column in zip(*rows, strict=True)))
 
-    def expected_data(self, pars: np.ndarray) -> np.ndarray:
-        """Expected main and auxiliary data at ``pars`` (the Asimov data)."""
-        return np.asarray(_jit_expected_data(self.model, jnp.asarray(pars), self.templates))
-
     def twice_nll(self, pars: np.ndarray, data: np.ndarray) -> float:
-        """``-2 ln L(pars)`` for ``data``."""
-        return float(_jit_twice_nll(self.model, jnp.asarray(pars), jnp.asarray(data),
-                                    self.templates))
+        """``-2 ln L(pars)`` for ``data`` (the fit in the box that is the point ``pars``)."""
+        return float(self.run(data, pars, pars, pars).twice_nll[0])
 
 
 def prefit_uncertainties(model: Model) -> np.ndarray:
@@ -254,19 +259,27 @@ def cls_values(qtilde: float, qtilde_asimov: float) -> tuple[float, np.ndarray]:
     return observed, ndtr(-(n + a)) / ndtr(-n)
 
 
-def _log_cls_and_slope(q, q_a, dq, dq_a):
-    """``log CLs_observed`` and its derivative along ``(dq, dq_a)`` (JAX, for Newton)."""
+def _log_cls_and_slope(q: float, q_a: float, dq: float, dq_a: float) -> tuple[float, float]:
+    """``log CLs_observed`` and its derivative along ``(dq, dq_a)`` (for Newton).
 
-    def log_cls(q, q_a):
-        s, a = jnp.sqrt(jnp.maximum(q, 1e-300)), jnp.sqrt(jnp.maximum(q_a, 1e-300))
-        t = jnp.where(s <= a, s - a, (q - q_a) / (2.0 * a))
-        return (jax.scipy.special.log_ndtr(-(t + a)) - jax.scipy.special.log_ndtr(-t))
+    With ``s = sqrt(q)``, ``a = sqrt(q_a)``: ``log CLs = log Phi(-(t + a)) - log Phi(-t)``
+    (:func:`cls_values`), differentiated by hand (NumPy: nothing to compile), with
+    ``d log Phi(x) / dx = phi(x) / Phi(x)``.
+    """
+    s, a = np.sqrt(max(q, 1e-300)), np.sqrt(max(q_a, 1e-300))
+    ds = dq / (2.0 * s) if q > 1e-300 else 0.0
+    da = dq_a / (2.0 * a) if q_a > 1e-300 else 0.0
+    if s <= a:
+        t, dt = s - a, ds - da
+    else:
+        t = (q - q_a) / (2.0 * a)
+        dt = (dq - dq_a) / (2.0 * a) - t * da / a
 
-    value, slope = jax.jvp(log_cls, (q, q_a), (dq, dq_a))
-    return value, slope
+    def ratio(x):  # phi(x) / Phi(x), without overflow far in the tail
+        return np.exp(-0.5 * x * x - log_ndtr(x)) / np.sqrt(2.0 * np.pi)
 
-
-_jit_log_cls = jax.jit(_log_cls_and_slope)
+    value = log_ndtr(-(t + a)) - log_ndtr(-t)
+    return float(value), float(-(dt + da) * ratio(-(t + a)) + dt * ratio(-t))
 
 
 # --- the tests ---------------------------------------------------------------------------------
@@ -310,7 +323,7 @@ def reference(fits: Fits, data: np.ndarray, free: FitBatch | None = None) -> _Re
     if free is None:
         free = fits.run(data, fits.init, fits.lower, fits.upper)
     background = fits.fixed_poi(data, 0.0, init=free.bestfit[0])
-    asimov = fits.expected_data(background.bestfit[0])
+    asimov = background.expected[0]
     # The Asimov data's own maximum is its generating point (pyhf fits it; same minimum).
     return _Reference(free, background, asimov, fits.twice_nll(background.bestfit[0], asimov))
 
@@ -412,7 +425,7 @@ def upper_limits(fits: Fits, data: np.ndarray, level: float = 0.05,
         q, dq = _qtilde(fixed, free_nll, mu_hat, values)
         q_a = np.maximum(fixed.twice_nll[1:] - ref.asimov_twice_nll, 0.0)
         dq_a = np.where(q_a > 0.0, fixed.poi_gradient[1:], 0.0)
-        f0, d0 = _jit_log_cls(q[0], q_a[0], dq[0], dq_a[0])
+        f0, d0 = _log_cls_and_slope(q[0], q_a[0], dq[0], dq_a[0])
         s_a = np.sqrt(q_a[1:])
         f = np.concatenate([[float(f0) - np.log(level)], target - s_a])
         slope = np.concatenate([[float(d0)], -dq_a[1:] / (2.0 * np.maximum(s_a, 1e-300))])
@@ -442,10 +455,10 @@ def significance(fits: Fits, data: np.ndarray, ref: _Reference
     q0 = 0.0 if ref.free.bestfit[0, poi] < 0.0 else max(
         float(ref.background.twice_nll[0] - ref.free.twice_nll[0]), 0.0)
     at_one = fits.fixed_poi(data, 1.0, init=ref.free.bestfit[0])
-    asimov = fits.expected_data(at_one.bestfit[0])
+    asimov = at_one.expected[0]
     asimov_nll = fits.twice_nll(at_one.bestfit[0], asimov)
     at_zero = fits.fixed_poi(asimov, 0.0, init=ref.background.bestfit[0])
     q0_a = max(float(at_zero.twice_nll[0] - asimov_nll), 0.0)
     n_bins = fits.model.n_bins
-    rates_b = fits.expected_data(at_zero.bestfit[0])[:n_bins]
+    rates_b = at_zero.expected[0][:n_bins]
     return float(np.sqrt(q0)), float(np.sqrt(q0_a)), rates_b, asimov[:n_bins]

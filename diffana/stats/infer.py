@@ -87,7 +87,8 @@ def _fixed_mask(model: Model, fixed: dict[int, float] | None) -> np.ndarray:
     return mask
 
 
-def _projected_newton(objective, x0, lower, upper, tolerance, max_iterations, noise=1e-13):
+def _projected_newton(objective, x0, lower, upper, tolerance, max_iterations, noise=1e-13,
+                      with_gradient=False):
     """Minimise ``objective`` in the box ``[lower, upper]`` by damped projected Newton.
 
     Each iteration computes the active set (parameters on a bound with the gradient pushing
@@ -105,7 +106,8 @@ def _projected_newton(objective, x0, lower, upper, tolerance, max_iterations, no
     the loop only (compile time), and it is returned: implicit differentiation reuses it.
 
     Returns:
-        ``(x, f, hessian, active, n_iter, scaled_projected_gradient)`` at the solution.
+        ``(x, f, hessian, active, n_iter, scaled_projected_gradient)`` at the solution, and
+        with ``with_gradient`` the gradient there.
     """
     tiny = jnp.finfo(jnp.float64).tiny
     gradient = jax.grad(objective)
@@ -170,7 +172,8 @@ def _projected_newton(objective, x0, lower, upper, tolerance, max_iterations, no
 
     final = jax.lax.while_loop(lambda state: ~state["stop"], body, state0)
     active = active_set(final["x"], final["g"])
-    return final["x"], final["f"], final["hessian"], active, final["n_iter"], final["pgrad"]
+    out = final["x"], final["f"], final["hessian"], active, final["n_iter"], final["pgrad"]
+    return (*out, final["g"]) if with_gradient else out
 
 
 def fit(
@@ -313,20 +316,22 @@ def fit_in_box(
         max_iterations: As in :func:`fit`.
 
     Returns:
-        ``(result, hessian)``: the :class:`FitResult` and the Hessian of ``-2 ln L`` with
-        respect to all parameters at the best fit, shape ``(n_pars, n_pars)``.
+        ``(result, hessian, gradient)``: the :class:`FitResult`, and the Hessian and the
+        gradient of ``-2 ln L`` with respect to all parameters at the best fit, shapes
+        ``(n_pars, n_pars)`` and ``(n_pars,)``.
     """
     data = jnp.asarray(data, dtype=jnp.float64)
 
     def twice_nll(x):
         return -2.0 * model.logpdf(x, data, templates)
 
-    x, f, hessian, _, n_iter, pgrad = _projected_newton(
+    x, f, hessian, _, n_iter, pgrad, gradient = _projected_newton(
         twice_nll, jnp.asarray(init, dtype=jnp.float64), jnp.asarray(lower, dtype=jnp.float64),
-        jnp.asarray(upper, dtype=jnp.float64), tolerance, max_iterations, noise=1e-11)
+        jnp.asarray(upper, dtype=jnp.float64), tolerance, max_iterations, noise=1e-11,
+        with_gradient=True)
     result = FitResult(bestfit=x, twice_nll=f, converged=pgrad <= 1e-6,
                        n_iter=n_iter.astype(jnp.int32))
-    return result, hessian
+    return result, hessian, gradient
 
 
 def asimov_pars(model: Model, poi_value: float | jax.Array) -> jax.Array:

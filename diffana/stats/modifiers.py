@@ -144,7 +144,9 @@ def normsys_code1(alpha: jax.Array, hi: jax.Array, lo: jax.Array) -> jax.Array:
     Returns:
         The factor, with the broadcast shape of the inputs.
     """
-    return jnp.exp(jnp.abs(alpha) * jnp.where(alpha > 0.0, jnp.log(hi), jnp.log(lo)))
+    # alpha * (-log lo), not |alpha| * log lo: the same numbers, but a gradient at alpha = 0
+    # (the left one), where a fit starts; |alpha|'s is 0 there and the fit would not move
+    return jnp.exp(alpha * jnp.where(alpha > 0.0, jnp.log(hi), -jnp.log(lo)))
 
 
 def histosys_code0(

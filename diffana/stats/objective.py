@@ -5,6 +5,10 @@ for the spec's structure; :func:`value`, :func:`loss` and their compiled forms a
 functions of ``(objective, yields)`` with the objective a static argument:
 
     >>> jit_value(objective, yields)                                  # doctest: +SKIP
+
+A ``binary_cross_entropy`` objective is not a function of the yields but a sum over events:
+its value takes the classifier's sums per nominal sample (:mod:`diffana.classifier`), which
+the stages accumulate beside the yields (``value(objective, yields, classifier)``).
 """
 
 from __future__ import annotations
@@ -15,7 +19,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffana import classifier as classifiers
 from diffana.config import AnalysisConfig
+from diffana.exported import persistent
 from diffana.stats.infer import (
     asimov_significance_closed_form,
     discovery_significance,
@@ -24,6 +30,7 @@ from diffana.stats.infer import (
 )
 from diffana.stats.limit import expected_upper_limit
 from diffana.stats.model import Model
+from diffana.stats.modifiers import modifier_settings
 from diffana.stats.spec import build, to_json
 
 #: Objectives that are maximised (significances); the others (CLs, uncertainties) are minimised.
@@ -47,18 +54,36 @@ class Objective:
         placeholder = {r: {s: {"nominal": np.ones(len(reg.binning.edges) - 1),
                                "sumw2": np.ones(len(reg.binning.edges) - 1)} for s in samples}
                        for r, reg in cfg.regions.items()}
-        return cls(cfg, Model(to_json(build(cfg, placeholder)), poi_name=cfg.model.poi))
+        settings = modifier_settings(cfg.model.interpolation.codes())
+        return cls(cfg, Model(to_json(build(cfg, placeholder)), poi_name=cfg.model.poi,
+                              modifier_settings=settings))
 
     @property
     def maximise(self) -> bool:
         """Whether a larger objective is better (significances) or worse (CLs, uncertainties)."""
         return self.cfg.objective.kind in MAXIMISED
 
+    @property
+    def of_events(self) -> bool:
+        """Whether the objective is a sum over events (a classifier's loss), not a function
+        of the yields."""
+        return self.cfg.objective.kind == "binary_cross_entropy"
 
-def value(objective: Objective, yields: dict):
-    """The configured figure of merit of ``yields[region][sample] = {"nominal", "sumw2"}``."""
+
+def value(objective: Objective, yields: dict | None, classifier: dict | None = None):
+    """The configured figure of merit of ``yields[region][sample] = {"nominal", "sumw2"}``
+    (or, of a classifier's loss, of its sums per nominal sample ``classifier``).
+
+    Raises:
+        ValueError: a ``binary_cross_entropy`` objective without ``classifier``.
+    """
     cfg, model = objective.cfg, objective.model
     obj = cfg.objective
+    if objective.of_events:
+        if classifier is None:
+            raise ValueError("objective binary_cross_entropy is a sum over events: its value "
+                             "needs the classifier's sums per sample, not the yields")
+        return classifiers.cross_entropy(classifier, obj.signal, obj.balanced)
     if obj.kind == "asimov_significance":
         sig = cfg.model.signal
         bkg = [s for s in cfg.nominal_samples if s not in sig]
@@ -75,15 +100,16 @@ def value(objective: Objective, yields: dict):
     return poi_uncertainty(model, templates)
 
 
-def loss(objective: Objective, yields: dict):
+def loss(objective: Objective, yields: dict, classifier: dict | None = None):
     """What the optimiser minimises: the objective, negated when it is maximised."""
-    v = value(objective, yields)
+    v = value(objective, yields, classifier)
     return -v if objective.maximise else v
 
 
-jit_value = jax.jit(value, static_argnums=0)
-jit_gradient = jax.jit(jax.grad(value, argnums=1), static_argnums=0)
-jit_loss_and_gradient = jax.jit(jax.value_and_grad(loss, argnums=1), static_argnums=0)
+jit_value = persistent(jax.jit(value, static_argnums=0), "value", (0,))
+jit_gradient = persistent(jax.jit(jax.grad(value, argnums=1), static_argnums=0), "gradient", (0,))
+jit_loss_and_gradient = persistent(jax.jit(jax.value_and_grad(loss, argnums=1), static_argnums=0),
+                                   "loss_and_gradient", (0,))
 
 
 def sensitivity(dobjective_dyields: dict, dyields_dtheta: dict, trainable: list[str],
