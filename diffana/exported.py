@@ -64,6 +64,13 @@ SUFFIX = ".exported"
 _VERSIONS = ("jax", "jaxlib", "numpy", "pyhf")
 
 
+#: configuration keys that no traced function reads: a run that differs only in them (another
+#: learning rate, inference on or off, another name) is not traced again
+NOT_TRACED = {"AnalysisConfig": ("name", "description", "optimiser", "inference", "step_size",
+                                 "com_energy", "memory_limit", "prefetch", "lowered_cache",
+                                 "compilation_cache")}
+
+
 class Unreadable(Exception):
     """A static argument whose content :func:`fingerprint` cannot read."""
 
@@ -116,7 +123,9 @@ def _feed(h, obj, path: set[int]) -> None:  # noqa: C901 - one case per kind of 
             for item in sorted(fingerprint(x) for x in obj):
                 h.update(item.encode())
         elif isinstance(obj, BaseModel):
-            _feed(h, {name: getattr(obj, name) for name in type(obj).model_fields}, path)
+            skip = NOT_TRACED.get(type(obj).__qualname__, ())
+            _feed(h, {name: getattr(obj, name) for name in type(obj).model_fields
+                      if name not in skip}, path)
         elif dataclasses.is_dataclass(obj):
             _feed(h, {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}, path)
         elif hasattr(obj, "__dict__") or hasattr(obj, "__slots__"):

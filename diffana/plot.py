@@ -89,9 +89,13 @@ def parameter_units(cfg) -> dict[str, str]:
     return units
 
 
-def experiment_label(ax, cfg, fontsize: float = 16) -> None:
+def experiment_label(ax, cfg, fontsize: float = 16, offset: bool = True) -> None:
     """The CMS-style label: "Simulation" (the model and pseudodata are simulated; "Open Data"
-    when the events are read from files), the luminosity in fb⁻¹ and ``com_energy``."""
+    when the events are read from files), the luminosity in fb⁻¹ and ``com_energy``.
+
+    ``offset``: the y axis may show an offset or exponent (``×10³``) the label must clear;
+    mplhep draws the whole figure to measure it, so a caller that knows there is none says
+    so."""
     parts = []
     if cfg.luminosity is not None:  # pb^-1
         lumi, unit = ((cfg.luminosity / 1000, "fb") if cfg.luminosity >= 100
@@ -100,7 +104,7 @@ def experiment_label(ax, cfg, fontsize: float = 16) -> None:
     if cfg.com_energy is not None:
         parts.append(f"({cfg.com_energy:g} TeV)")
     mplhep.cms.label(text="" if cfg.generate is not None else "Open Data", data=False,
-                     rlabel=" ".join(parts), ax=ax, fontsize=fontsize)
+                     rlabel=" ".join(parts), ax=ax, fontsize=fontsize, scilocator_adjust=offset)
 
 
 def _save(fig, path: Path) -> None:
@@ -203,6 +207,7 @@ def templates(stages: dict[str, dict], path: Path, cfg, data: dict[str, dict] | 
         fig = Figure(figsize=(9 * len(stage_names), (8.5 if data else 6.5) * len(regions)),
                      layout="constrained")
         cells = fig.add_gridspec(len(regions), len(stage_names))
+        labelled = []  # the axes that get the experiment's label, once all are drawn
         for j, stage in enumerate(stage_names):
             for i, region in enumerate(regions):
                 hs = stages[stage][region]
@@ -242,7 +247,10 @@ def templates(stages: dict[str, dict], path: Path, cfg, data: dict[str, dict] | 
                 ax.set_ylim(0, 1.45 * max(np.max(total + unc), 1e-9))
                 ax.legend(fontsize=12, ncols=2, title=f"{region}, {stage} cuts",
                           title_fontsize=13, loc="upper right")
-                experiment_label(ax, cfg)
+                labelled.append(ax)
+        fig.draw_without_rendering()  # the layout and tick labels once, for every label
+        for ax in labelled:
+            experiment_label(ax, cfg, offset=bool(ax.yaxis.get_offset_text().get_text()))
         _save(fig, path)
 
 

@@ -109,6 +109,13 @@ def test_fingerprints_are_of_content_not_identity(tmp_path):
     ex = Analysis(load_dict(data), ROOT / "configs", progress=False).executor
     assert [exported.fingerprint(ex.kernel), exported.fingerprint(ex.objective_spec)] \
         == list(outs.pop())
+    # what no traced function reads: the same key (not traced again)
+    data["optimiser"]["options"] = {"learning_rate": 0.123}
+    data["inference"] = {"enabled": True, "level": 0.1}
+    data["name"] = "renamed"
+    same = Analysis(load_dict(data), ROOT / "configs", progress=False).executor
+    assert exported.fingerprint(same.kernel) == exported.fingerprint(ex.kernel)
+    assert exported.fingerprint(same.objective_spec) == exported.fingerprint(ex.objective_spec)
     data["regions"]["signal_region"]["binning"]["bins"] += 1
     other = Analysis(load_dict(data), ROOT / "configs", progress=False).executor
     assert exported.fingerprint(other.kernel) != exported.fingerprint(ex.kernel)
