@@ -82,3 +82,35 @@ def error_line(err: str) -> str:
     assert "Traceback" not in err and last.startswith("diffana: error: "), err
     assert all(line.startswith("diffana: warning [") for line in before), err
     return last
+
+
+def fused_and_reverse(ana, u, params) -> tuple:
+    """``(loss, gradient)`` of ``ana`` in its own (fused) gradient mode and in reverse mode."""
+    fused = ana.loss_and_grad(u, params)
+    ana.executor.gradient = "reverse"
+    try:
+        return fused, ana.loss_and_grad(u, params)
+    finally:
+        ana.executor.gradient = "auto"
+
+
+def whole_and_resumed(path: Path, tmp_path: Path, monkeypatch, at: int = 2) -> tuple[dict, dict]:
+    """The results of ``path`` run whole (in ``tmp_path/whole``), and run to a signal after
+    step ``at`` then resumed (``tmp_path/cut``)."""
+    from diffana import report
+    from diffana.optimise import Interrupted
+    from diffana.run import run
+
+    whole = run(path, out=tmp_path / "whole", progress=False)
+    row = report.HistoryWriter.row
+
+    def interrupt(self, step, *args):
+        row(self, step, *args)
+        if step == at:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(report.HistoryWriter, "row", interrupt)
+    with pytest.raises(Interrupted):
+        run(path, out=tmp_path / "cut", progress=False)
+    monkeypatch.setattr(report.HistoryWriter, "row", row)
+    return whole, run(resume=tmp_path / "cut", progress=False)

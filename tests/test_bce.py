@@ -8,7 +8,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import ROOT, write_config
+from conftest import ROOT, fused_and_reverse, write_config
 from test_mlp import mlp_config
 
 from diffana import classifier
@@ -96,12 +96,7 @@ def test_gradient_matches_finite_differences(held):
 def test_every_executor_agrees(held):
     p = held.initial_params()
     u = held.to_unit(p)
-    fused = held.loss_and_grad(u, p)
-    held.executor.gradient = "reverse"
-    try:
-        reverse = held.loss_and_grad(u, p)
-    finally:
-        held.executor.gradient = "auto"
+    fused, reverse = fused_and_reverse(held, u, p)
     others = [reverse]
     streamed = Analysis(load_dict({**bce_config(), "streaming": True, "chunk_size": 1_000,
                                    "lowered_cache": False}), ROOT / "configs", progress=False)

@@ -86,29 +86,15 @@ def test_run_with_a_network_resumes_to_the_uninterrupted_result(tmp_path, monkey
     group's optimiser state)."""
     import json
 
-    from conftest import write_config
+    from conftest import whole_and_resumed, write_config
 
-    from diffana import learned, report
-    from diffana.optimise import Interrupted
-    from diffana.run import run
+    from diffana import learned
 
     data = mlp_config()
     data["optimiser"].update(steps=4, groups={"nn_score": {"name": "sgd", "options": {
         "learning_rate": 0.002, "momentum": 0.9}}})
     path = write_config(tmp_path / "nn.yaml", data)
-    whole = run(path, out=tmp_path / "whole", progress=False)
-    row = report.HistoryWriter.row
-
-    def interrupt_at_2(self, step, *args):
-        row(self, step, *args)
-        if step == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(report.HistoryWriter, "row", interrupt_at_2)
-    with pytest.raises(Interrupted):
-        run(path, out=tmp_path / "cut", progress=False)
-    monkeypatch.setattr(report.HistoryWriter, "row", row)
-    resumed = run(resume=tmp_path / "cut", progress=False)
+    whole, resumed = whole_and_resumed(path, tmp_path, monkeypatch)
     for key in ("objective_final", "params_final", "hard", "hard_train"):
         assert resumed[key] == whole[key], key
     np.testing.assert_array_equal(learned.load(tmp_path / "cut")["nn_score"]["weights"],

@@ -8,7 +8,7 @@ import logging
 import jax
 import numpy as np
 import pytest
-from conftest import ROOT, default_config_dict
+from conftest import ROOT, default_config_dict, fused_and_reverse
 
 from diffana import network
 from diffana.analysis import Analysis, prepare
@@ -112,12 +112,7 @@ def test_gradient_in_network_weights_matches_finite_differences(held):
 def test_every_gradient_mode_and_executor_agrees(held):
     p = held.initial_params()
     u = held.to_unit(p)
-    fused = held.loss_and_grad(u, p)
-    held.executor.gradient = "reverse"
-    try:
-        reverse = held.loss_and_grad(u, p)
-    finally:
-        held.executor.gradient = "auto"
+    fused, reverse = fused_and_reverse(held, u, p)
     streamed = Analysis(load_dict(mlp_config(streaming=True, chunk_size=1_000,
                                              lowered_cache=False)), ROOT / "configs",
                         progress=False)

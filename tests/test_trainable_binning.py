@@ -9,7 +9,13 @@ import json
 import jax
 import numpy as np
 import pytest
-from conftest import ROOT, default_config_dict, write_config
+from conftest import (
+    ROOT,
+    default_config_dict,
+    fused_and_reverse,
+    whole_and_resumed,
+    write_config,
+)
 
 from diffana import learned
 from diffana.analysis import Analysis
@@ -106,12 +112,7 @@ def test_gradient_in_the_edges_matches_finite_differences(held):
 def test_every_gradient_mode_agrees(held):
     p = moved(held)
     u = held.to_unit(p)
-    fused = held.loss_and_grad(u, p)
-    held.executor.gradient = "reverse"
-    try:
-        reverse = held.loss_and_grad(u, p)
-    finally:
-        held.executor.gradient = "auto"
+    fused, reverse = fused_and_reverse(held, u, p)
     streamed = Analysis(load_dict(edges_config(streaming=True, chunk_size=1_000,
                                                lowered_cache=False)), ROOT / "configs",
                         progress=False)
@@ -208,30 +209,15 @@ def test_a_resumed_run_and_evaluate_keep_the_edges(tmp_path, monkeypatch):
     files with it."""
     from test_mlp import mlp_config
 
-    from diffana import report
     from diffana.evaluate import evaluate
     from diffana.generate import ensure_generated
-    from diffana.optimise import Interrupted
-    from diffana.run import run
 
     data = mlp_config()
     data["regions"]["signal_region"]["binning"]["trainable"] = True
     data["optimiser"]["steps"] = 3
     group = "signal_region_edges"
     path = write_config(tmp_path / "nn.yaml", data)
-    whole = run(path, out=tmp_path / "whole", progress=False)
-    row = report.HistoryWriter.row
-
-    def interrupt_at_2(self, step, *args):
-        row(self, step, *args)
-        if step == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(report.HistoryWriter, "row", interrupt_at_2)
-    with pytest.raises(Interrupted):
-        run(path, out=tmp_path / "cut", progress=False)
-    monkeypatch.setattr(report.HistoryWriter, "row", row)
-    resumed = run(resume=tmp_path / "cut", progress=False)
+    whole, resumed = whole_and_resumed(path, tmp_path, monkeypatch)
     assert resumed["objective_final"] == whole["objective_final"]
     edges = [json.loads((tmp_path / d / "results.json").read_text())["parameter_groups"]
              ["groups"][group]["edges"] for d in ("whole", "cut")]
