@@ -114,3 +114,21 @@ def whole_and_resumed(path: Path, tmp_path: Path, monkeypatch, at: int = 2) -> t
         run(path, out=tmp_path / "cut", progress=False)
     monkeypatch.setattr(report.HistoryWriter, "row", row)
     return whole, run(resume=tmp_path / "cut", progress=False)
+
+
+@pytest.fixture
+def copied_inputs(tmp_path):
+    """``(folder, configuration)``: the small configuration's generated files (5 000 events)
+    copied into ``tmp_path`` (the tests touch them), streamed in chunks of 1 024, forward."""
+    import shutil
+
+    from diffana.generate import ensure_generated
+
+    data = default_config_dict(5_000)
+    g = data.pop("generate")
+    generated = ensure_generated(g["kind"], g["events"], g["seed"], progress=None)
+    for name, sample in data["samples"].items():
+        shutil.copy2(generated / f"{name}.root", tmp_path / f"{name}.root")
+        sample["files"] = [str(tmp_path / f"{name}.root")]
+    data.update(chunk_size=1024, gradient="forward", streaming=True)
+    return tmp_path, data

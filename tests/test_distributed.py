@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import signal
 from pathlib import Path
 
@@ -231,21 +230,6 @@ def test_a_streaming_worker_holds_no_chunk_between_steps(cluster):
         finally:
             ana.close()
     client.close()
-
-
-@pytest.fixture
-def copied_inputs(tmp_path):
-    """The small configuration's generated files, copied (the test touches them)."""
-    from diffana.generate import ensure_generated
-
-    data = default_config_dict(5_000)
-    g = data.pop("generate")
-    generated = ensure_generated(g["kind"], g["events"], g["seed"], progress=None)
-    for name, sample in data["samples"].items():
-        shutil.copy2(generated / f"{name}.root", tmp_path / f"{name}.root")
-        sample["files"] = [str(tmp_path / f"{name}.root")]
-    data.update(chunk_size=1024, gradient="forward", streaming=True)
-    return tmp_path, data
 
 
 def test_a_later_run_maps_the_workers_cache_and_a_touched_file_is_read_again(cluster,

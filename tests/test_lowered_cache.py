@@ -10,27 +10,11 @@ import time
 
 import numpy as np
 import pytest
-from conftest import default_config_dict
 
 from diffana.analysis import Analysis
 from diffana.config import load_dict
 from diffana.generate import cache_dir, ensure_generated
 from diffana.lowered_cache import EntryWriter, LoweredCache, _make_room
-
-EVENTS = 5_000
-
-
-@pytest.fixture
-def inputs(tmp_path):
-    """The small configuration's generated files, copied (the tests change them)."""
-    data = default_config_dict(EVENTS)
-    g = data.pop("generate")
-    generated = ensure_generated(g["kind"], g["events"], g["seed"], progress=None)
-    for name, sample in data["samples"].items():
-        shutil.copy2(generated / f"{name}.root", tmp_path / f"{name}.root")
-        sample["files"] = [str(tmp_path / f"{name}.root")]
-    data.update(chunk_size=1024, gradient="forward", streaming=True)
-    return tmp_path, data
 
 
 def _step(ana):
@@ -43,8 +27,8 @@ def _analysis(folder, data, **updates):
     return Analysis(load_dict({**data, **updates}, source="cache"), folder, progress=False)
 
 
-def test_later_runs_read_the_cache_bit_for_bit(inputs):
-    folder, data = inputs
+def test_later_runs_read_the_cache_bit_for_bit(copied_inputs):
+    folder, data = copied_inputs
     before = sorted(p.name for p in folder.iterdir())
     first = _analysis(folder, data)
     assert not first.executor.cached_first_pass
@@ -63,8 +47,8 @@ def test_later_runs_read_the_cache_bit_for_bit(inputs):
     np.testing.assert_allclose(_step(held)[1], b[1], rtol=1e-12, atol=1e-15)
 
 
-def test_a_touched_or_replaced_input_is_read_again(inputs):
-    folder, data = inputs
+def test_a_touched_or_replaced_input_is_read_again(copied_inputs):
+    folder, data = copied_inputs
     ana = _analysis(folder, data)
     original = _step(ana)
     _step(ana)
@@ -89,8 +73,8 @@ def test_a_touched_or_replaced_input_is_read_again(inputs):
     assert fresh[0] == pytest.approx(_step(in_memory)[0], rel=1e-12)
 
 
-def test_no_entry_beyond_the_bound(inputs, monkeypatch):
-    folder, data = inputs
+def test_no_entry_beyond_the_bound(copied_inputs, monkeypatch):
+    folder, data = copied_inputs
     monkeypatch.setenv("DIFFANA_LOWERED_CACHE_GB", "1e-6")  # 1 kB: no entry fits
     ana = _analysis(folder, data, seed=11)  # a key of its own
     a, b = _step(ana), _step(ana)
@@ -151,9 +135,9 @@ def test_two_writers_of_one_entry_keep_the_first(tmp_path):
     assert got["events"]["__slot__"].dtype == np.int32
 
 
-def test_a_cache_that_cannot_be_written_leaves_the_run_as_without_it(inputs, monkeypatch,
-                                                                      caplog):
-    folder, data = inputs
+def test_a_cache_that_cannot_be_written_leaves_the_run_as_without_it(copied_inputs,
+                                                                      monkeypatch, caplog):
+    folder, data = copied_inputs
     blocked = folder / "not-a-directory"
     blocked.write_text("")
     monkeypatch.setenv("DIFFANA_CACHE", str(blocked / "cache"))  # mkdir fails
