@@ -96,6 +96,7 @@ def test_cls_and_band_equal_pyhf_hypotest(result, reference):
     assert result["cls"]["expected"] == sorted(result["cls"]["expected"])
 
 
+@pytest.mark.slow  # ~30 s: pyhf's own limit search (.ci/run runs it)
 def test_upper_limits_equal_pyhf(result, reference):
     model, data = reference
     observed, expected = pyhf.infer.intervals.upper_limits.toms748_scan(

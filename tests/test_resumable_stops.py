@@ -83,6 +83,7 @@ def test_streamed_pass_refuses_a_changed_input(tmp_path):
         ana.loss_and_grad(ana.to_unit(p0), p0)
 
 
+@pytest.mark.slow  # ~40 s: runs interrupted by a changed input, resumed (.ci/run runs it)
 def test_input_changed_mid_run_checkpoints_and_resumes(tmp_path):
     """Streaming reads the files every step: a file changed mid-run stops the run with one
     line and a checkpoint; with the file restored, --resume ends where an uninterrupted run

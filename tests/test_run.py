@@ -92,6 +92,7 @@ def test_example_python_api(tmp_path):
     assert "optimised cuts" in proc.stdout and "∂Z0/∂btag_threshold" in proc.stdout
 
 
+@pytest.mark.slow  # ~30 s: the example script, inference included (.ci/run runs it)
 def test_example_yaml_run(tmp_path):
     proc = run_example("bash", str(ROOT / "examples" / "yaml_run.sh"), str(tmp_path / "out"),
                        tmp_path=tmp_path)
