@@ -27,6 +27,7 @@ class Drawing:
     def __init__(self, pool: ThreadPoolExecutor):
         self._pool, self._drawn = pool, []
         self.inference: Future | None = None
+        self.data: dict = {}  # {stage: pseudodata histograms or None}, once for every file
 
     def submit(self, draw, *args) -> None:
         """Draw ``draw(*args)`` after the figures submitted before it."""
@@ -58,19 +59,20 @@ def drawing(ana, out_dir: Path, hists: dict, params: dict):
     with (ThreadPoolExecutor(1, thread_name_prefix="diffana-figures") as pool,
           ThreadPoolExecutor(1, thread_name_prefix="diffana-inference") as computing):
         figures = Drawing(pool)
-        workspace = hard_workspace(ana, hists["final"], params["final"])
+        figures.data = {stage: ana.pseudodata(h) for stage, h in hists.items()}
+        workspace = hard_workspace(ana, hists["final"], params["final"], figures.data["final"])
         report.write_json(out_dir / HARD_WORKSPACE, workspace)
         if ana.cfg.inference.enabled:  # compiles and fits while the sensitivity is computed
             figures.inference = computing.submit(_infer, ana.cfg, workspace, out_dir)
-        figures.submit(_figures, ana, out_dir, hists, params)
+        figures.submit(_figures, ana, out_dir, hists, params, figures.data)
         yield figures
         figures.wait()
 
 
-def hard_workspace(ana, hists: dict, params: dict) -> dict:
-    """The pyhf workspace of the hard histograms ``hists`` (filled at ``params``), with the
-    pseudodata as observations (without ``model.pseudodata``: the Asimov data)."""
-    data = ana.pseudodata(hists)
+def hard_workspace(ana, hists: dict, params: dict, data: dict | None) -> dict:
+    """The pyhf workspace of the hard histograms ``hists`` (filled at ``params``), with their
+    pseudodata ``data`` (:meth:`~diffana.analysis.Analysis.pseudodata`) as observations (None,
+    without ``model.pseudodata``: the Asimov data)."""
     observations = {r: h.values() for r, h in data.items()} if data is not None else None
     return ana.workspace(ana.hard_yields(params, hists), observations)
 
@@ -108,12 +110,11 @@ def add_inference(results: dict, ana, out_dir: Path, figures: Drawing) -> None:
     results["warnings"] += [flag._asdict() for flag in found]
 
 
-def _figures(ana, out_dir: Path, hists: dict, params: dict) -> None:
+def _figures(ana, out_dir: Path, hists: dict, params: dict, data: dict) -> None:
     cfg = ana.cfg
     plot.history(report.read_history(out_dir / "history.csv"), cfg.objective.kind,
                  out_dir / "objective_history.png",
                  {n: cfg.parameters[n].bounds for n in ana.trainable}, plot.parameter_units(cfg))
-    data = {stage: ana.pseudodata(h) for stage, h in hists.items()}
     nominal = {stage: {r: {s: h for s, h in hs.items() if s in cfg.nominal_samples}
                        for r, hs in regions.items()} for stage, regions in hists.items()}
     band = {stage: plot.systematic_band(ana.workspace(ana.hard_yields(p, hists[stage])))
@@ -141,7 +142,7 @@ def write(ana, out_dir: Path, hists: dict, flows: dict, final_yields: dict,
     cfg = ana.cfg
     if sensitivity:
         figures.submit(plot.sensitivity, sensitivity, out_dir / "sensitivity.png", cfg)
-    data = {stage: ana.pseudodata(h) for stage, h in hists.items()}
+    data = figures.data
     observations = ({r: h.values() for r, h in data["final"].items()}
                     if data["final"] is not None else None)
     report.write_json(out_dir / "workspace.json", ana.workspace(final_yields, observations))
