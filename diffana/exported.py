@@ -188,9 +188,10 @@ def _limit() -> int:
 class Persistent:
     """A ``jax.jit`` function whose traced form is kept across runs (see the module's notes).
 
-    Called like the jitted function. Calls under a trace (its arguments tracers), with a
-    Python scalar among the traced arguments, or while the cache is off go to the jitted
-    function itself. Anything else (``.lower``, ``.trace``) is the jitted function's.
+    Called like the jitted function. Calls under a trace (its arguments tracers) or with a
+    Python scalar among the traced arguments go to the jitted function itself; while the
+    cache is off, so do the others, with their arguments placed on one device (see
+    :func:`_sharding`). Anything else (``.lower``, ``.trace``) is the jitted function's.
     """
 
     def __init__(self, jitted, name: str, static_argnums: tuple[int, ...] = ()):
@@ -202,34 +203,35 @@ class Persistent:
         return getattr(self._jitted, name)
 
     def __call__(self, *args):
-        directory = compilation.exported_dir()
-        if directory is None:
-            return self._jitted(*args)
         static = tuple(args[i] for i in self._static)
         dynamic = tuple(a for i, a in enumerate(args) if i not in self._static)
         leaves, tree = jax.tree_util.tree_flatten(dynamic)
         if any(isinstance(x, jax.core.Tracer) or not hasattr(x, "dtype") for x in leaves):
             return self._jitted(*args)
+        sharding = _sharding(leaves)
+        directory = compilation.exported_dir()
+        if directory is None:
+            return self._with_static(static, sharding)(*dynamic)
         avals = tuple((x.shape, str(x.dtype), bool(getattr(x, "weak_type", False)))
                       for x in leaves)
         try:
-            memo = (*static, tree, avals)
+            memo = (*static, tree, avals, sharding)
             call = self._calls.get(memo)
         except TypeError:  # an unhashable static argument: jit would refuse it too
             return self._jitted(*args)
         if call is None:
-            call = self._load_or_export(directory, static, tree, avals, args)
+            call = self._load_or_export(directory, static, tree, avals, args, sharding)
             if len(self._calls) >= MEMO:  # the oldest: its kernel is likely gone
                 self._calls.pop(next(iter(self._calls)))
             self._calls[memo] = call
         return call(*dynamic)
 
-    def _load_or_export(self, directory: Path, static: tuple, tree, avals, args):
+    def _load_or_export(self, directory: Path, static: tuple, tree, avals, args, sharding):
         try:
             content = [fingerprint(s) for s in static]
         except Unreadable as why:
             logger.debug("%s: traced each run (%s)", self._name, why)
-            return self._with_static(static)
+            return self._with_static(static, sharding)
         h = hashlib.sha256(f"{self._name};{tree};{avals};".encode())
         for part in (*content, _environment(), _kind_sources()):
             h.update(part.encode())
@@ -241,14 +243,32 @@ class Persistent:
                 _write(path, exported.serialize())
             except (ImportError, ValueError) as why:  # no flatbuffers, or an output type
                 logger.debug("%s: not kept (%s)", self._name, why)  # jax cannot serialise
-        return jax.jit(exported.call)
+        return jax.jit(exported.call, in_shardings=sharding)
 
-    def _with_static(self, static: tuple):
+    def _with_static(self, static: tuple, sharding):
         def call(*dynamic):
-            given, rest = iter(static), iter(dynamic)
+            given, rest = iter(static), jax.device_put(dynamic, sharding)
+            rest = iter(rest)
             return self._jitted(*(next(given) if i in self._static else next(rest)
                                   for i in range(len(static) + len(dynamic))))
         return call
+
+
+def _sharding(leaves: list):
+    """Where a call runs: a committed argument's device, else JAX's default device.
+
+    Every call places its arguments there explicitly, so that a call with arrays a previous
+    call returned (committed to the device) and one with fresh arrays (uncommitted) compile
+    to one executable: jit keys its compilation by each argument's placement, and the AGC's
+    fused step otherwise compiled twice, 15 s each, at the first two optimiser steps.
+    """
+    for x in leaves:
+        if isinstance(x, jax.Array) and x.committed:
+            return x.sharding
+    default = jax.config.jax_default_device
+    if not isinstance(default, jax.Device):
+        default = jax.devices(default)[0] if default else jax.devices()[0]
+    return jax.sharding.SingleDeviceSharding(default)
 
 
 def persistent(jitted, name: str, static_argnums: tuple[int, ...] = ()) -> Persistent:
