@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 
 import jax
@@ -19,11 +20,14 @@ DEFAULT_CONFIG = ROOT / "configs" / "ttbar_vs_wjets.yaml"
 @pytest.hookimpl(trylast=True)  # after pytest's cache (config.cache) is set up
 def pytest_configure(config):
     """Compiled functions persist across test sessions (JAX's compilation cache under
-    .pytest_cache); diffana keeps a directory set for JAX itself. A session that reads an
-    entry another session is still writing compiles anew, with a warning that is not an
-    error here."""
+    .pytest_cache); diffana keeps a directory set for JAX itself. Each pytest-xdist worker has
+    its own directory: JAX writes an entry in place (no rename), so a worker could read one
+    the other is still writing (it would compile anew, with a warning that is not an error
+    here); and no executable passes between processes that run at the same time."""
     if jax.config.jax_compilation_cache_dir is None and getattr(config, "cache", None):
-        jax.config.update("jax_compilation_cache_dir", str(config.cache.mkdir("jax-compilation")))
+        worker = os.environ.get("PYTEST_XDIST_WORKER")
+        name = f"jax-compilation-{worker}" if worker else "jax-compilation"
+        jax.config.update("jax_compilation_cache_dir", str(config.cache.mkdir(name)))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
     config.addinivalue_line("filterwarnings",
