@@ -29,6 +29,7 @@ def test_model_has_every_agc_systematic(agc):
     assert sum(n.startswith("staterror_") for n in names) == 22  # 11 bins × 2 regions
 
 
+@pytest.mark.long  # 35 s: finite differences of the AGC objective (.ci/run runs it)
 def test_objective_gradient_matches_finite_differences(agc):
     """∂(expected σ of ttbar_norm)/∂cuts through every stage, against central differences."""
     p0 = agc.initial_params()

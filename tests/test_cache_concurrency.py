@@ -177,7 +177,7 @@ def test_without_locks_the_directory_is_still_whole(tmp_path, monkeypatch, refer
     assert only_the_result(tmp_path) == [".complete", "ttbar.root", "wjets.root"]
 
 
-@pytest.mark.slow
+@pytest.mark.long  # ~60 s: four runs at once (.ci/run runs it)
 def test_four_runs_on_an_empty_cache(tmp_path):
     """Four ``diffana run`` at once on an empty cache: all succeed with the same numbers."""
     cfg = write_config(tmp_path / "small.yaml", default_config_dict(EVENTS))

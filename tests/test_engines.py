@@ -16,6 +16,7 @@ from diffana.exceptions import ConfigError
 from diffana.executors.held import jit_fused
 
 
+@pytest.mark.long  # 25 s: the awkward engine (.ci/run runs it)
 def test_engines_agree(compiled_small, awkward_small):
     p = compiled_small.initial_params()
     yc, ya = compiled_small.yields(p), awkward_small.yields(p)

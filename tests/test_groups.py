@@ -80,6 +80,7 @@ def test_a_group_takes_no_steps():
         load_dict(data, source="g.yaml")
 
 
+@pytest.mark.long  # 30 s: three runs (.ci/run runs it)
 def test_run_with_a_network_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
     """A run with per-group optimisers interrupted at step 2, resumed: the same numbers and
     weights as a run never interrupted (the checkpoint holds u with the weights and every

@@ -96,7 +96,7 @@ def test_cls_and_band_equal_pyhf_hypotest(result, reference):
     assert result["cls"]["expected"] == sorted(result["cls"]["expected"])
 
 
-@pytest.mark.slow  # ~30 s: pyhf's own limit search (.ci/run runs it)
+@pytest.mark.long  # ~30 s: pyhf's own limit search (.ci/run runs it)
 def test_upper_limits_equal_pyhf(result, reference):
     model, data = reference
     observed, expected = pyhf.infer.intervals.upper_limits.toms748_scan(
@@ -115,6 +115,7 @@ def test_significance_equals_pyhf_q0(result, reference):
         norm.isf(float(p0_expected)), rel=1e-5)
 
 
+@pytest.mark.long  # 35 s: pyhf's fits (.ci/run runs it)
 def test_bestfit_and_errors_equal_pyhf(result, reference):
     """Values against pyhf's fit; errors and correlations against the exact Hessian of
     pyhf's own likelihood (JAX backend) at the best fit."""

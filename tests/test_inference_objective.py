@@ -34,6 +34,7 @@ def limit():
     return jax.jit(expected_upper_limit, static_argnums=(0, 2))
 
 
+@pytest.mark.long  # 20 s: pyhf's limit (.ci/run runs it)
 def test_equals_pyhf_expected_median_limit(model, limit):
     pyhf.set_backend("numpy", pyhf.optimize.minuit_optimizer(tolerance=1e-8))
     pmodel = pyhf.Model(SPEC, poi_name="mu")
@@ -77,6 +78,7 @@ def test_gradient_equals_finite_differences(model, limit):
     assert checked == 9
 
 
+@pytest.mark.long  # 25 s: both modes compiled (.ci/run runs it)
 def test_forward_mode_equals_reverse_mode(model):
     templates = model.templates()
     direction = jax.tree_util.tree_map(lambda x: np.full(np.shape(x), 0.3), templates)

@@ -128,6 +128,7 @@ def test_every_gradient_mode_and_executor_agrees(held):
     assert streamed.hard_objective(ps) == pytest.approx(held.hard_objective(p), rel=1e-10)
 
 
+@pytest.mark.long  # 20 s: the awkward engine (.ci/run runs it)
 def test_awkward_engine_agrees(held):
     """The objective (its gradient is the same chain: the cut-only tests hold it)."""
     ana = Analysis(held.cfg, ROOT / "configs", engine="awkward", progress=False)
@@ -214,6 +215,7 @@ def test_bad_bandwidth_parameter_is_a_config_error(bandwidth, bounds, fragment):
     assert fragment in str(err.value) and "\n" not in str(err.value)
 
 
+@pytest.mark.long  # 20 s: a Dask cluster (.ci/run runs it)
 def test_dask_agrees(held):
     pytest.importorskip("distributed")
     ana = Analysis(load_dict(mlp_config(executor={"kind": "dask", "workers": 1},

@@ -60,6 +60,7 @@ def test_signal_after_the_last_step(tmp_path, env, signum, delay):
     assert ("--resume" in err) != finished
 
 
+@pytest.mark.long  # 80 s: the AGC run with zero events (.ci/run runs it)
 def test_selection_that_keeps_no_event(tmp_path, capsys):
     """The AGC configuration on a real NanoAOD file with a jet cut no jet passes: the
     preselection keeps no event. A run with zero yields and warnings, no traceback (before:

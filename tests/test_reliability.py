@@ -70,7 +70,7 @@ def interrupt(run_dir, signum, rows, env, *args):
     return proc.returncode, err
 
 
-@pytest.mark.slow  # ~25 s: three subprocess runs (.ci/run runs it)
+@pytest.mark.long  # ~25 s: three subprocess runs (.ci/run runs it)
 def test_interrupt_resume_and_reproducibility(tmp_path, env):
     """Two runs in fresh processes agree bitwise (results.json, history.csv, histograms); so
     does a run stopped by SIGTERM and resumed."""

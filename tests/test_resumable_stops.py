@@ -83,7 +83,7 @@ def test_streamed_pass_refuses_a_changed_input(tmp_path):
         ana.loss_and_grad(ana.to_unit(p0), p0)
 
 
-@pytest.mark.slow  # ~40 s: runs interrupted by a changed input, resumed (.ci/run runs it)
+@pytest.mark.long  # ~40 s: runs interrupted by a changed input, resumed (.ci/run runs it)
 def test_input_changed_mid_run_checkpoints_and_resumes(tmp_path):
     """Streaming reads the files every step: a file changed mid-run stops the run with one
     line and a checkpoint; with the file restored, --resume ends where an uninterrupted run
@@ -145,7 +145,7 @@ def scheduler(tmp_path):
         p.wait()
 
 
-@pytest.mark.slow  # ~40 s: a scheduler, a worker and three runs (.ci/run runs it)
+@pytest.mark.long  # ~40 s: a scheduler, a worker and three runs (.ci/run runs it)
 def test_lost_scheduler_checkpoints_and_resumes(tmp_path, scheduler):
     sched, address = scheduler
     cfg = write_config(tmp_path / "c.yaml", own_copy(tmp_path))

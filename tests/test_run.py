@@ -19,6 +19,7 @@ from diffana.optimise import optimise
 from diffana.run import grid_scan
 
 
+@pytest.mark.long  # 20 s: a full run (.ci/run runs it)
 def test_cli_run_directory(tmp_path):
     data = default_config_dict(5_000)
     del data["inference"]  # on, and --no-inference switches it off
@@ -92,7 +93,7 @@ def test_example_python_api(tmp_path):
     assert "optimised cuts" in proc.stdout and "∂Z0/∂btag_threshold" in proc.stdout
 
 
-@pytest.mark.slow  # ~30 s: the example script, inference included (.ci/run runs it)
+@pytest.mark.long  # ~30 s: the example script, inference included (.ci/run runs it)
 def test_example_yaml_run(tmp_path):
     proc = run_example("bash", str(ROOT / "examples" / "yaml_run.sh"), str(tmp_path / "out"),
                        tmp_path=tmp_path)

@@ -10,6 +10,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from conftest import ROOT, default_config_dict, write_config
 from test_resumable_stops import finish, rows
 
@@ -33,6 +35,7 @@ def final(run_dir) -> dict:
     return {k: res[k] for k in ("objective_final", "params_final", "steps_done", "streaming")}
 
 
+@pytest.mark.long  # 35 s: a subprocess run, interrupted, resumed (.ci/run runs it)
 def test_ctrl_c_in_a_streamed_pass_then_resume(tmp_path):
     data = default_config_dict(EVENTS) | {"chunk_size": 512, "gradient": "forward"}
     cfg = write_config(tmp_path / "c.yaml", data)  # streaming: auto (would hold the events)

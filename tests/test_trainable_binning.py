@@ -203,6 +203,7 @@ def test_dask_agrees(held):
         ana.close()
 
 
+@pytest.mark.long  # 30 s: three runs (.ci/run runs it)
 def test_a_resumed_run_and_evaluate_keep_the_edges(tmp_path, monkeypatch):
     """A network histogrammed on trainable edges: a run interrupted at step 2 and resumed
     ends where the uninterrupted run does (edges included); ``diffana evaluate`` scores new

@@ -49,6 +49,7 @@ def test_variation_samples(ana):
         jer, again.samples["ttbar_jer_up"].lowered.buffers["collections"]["jets"]["fields"]["pt"])
 
 
+@pytest.mark.long  # 25 s: finite differences (.ci/run runs it)
 def test_objective_with_histosys_is_differentiable(ana):
     p = ana.initial_params()
     loss, grad = ana.loss_and_grad(ana.to_unit(p), p)
@@ -78,6 +79,7 @@ def test_bad_variation_reference():
         load_dict(data)
 
 
+@pytest.mark.long  # 20 s (.ci/run runs it)
 def test_reweight_variation_and_nth_observable():
     data = default_config_dict(1_000)
     data["observables"]["jet0_pt"] = {"kind": "nth", "collection": "jets", "field": "pt",
