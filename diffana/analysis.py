@@ -325,5 +325,9 @@ class Analysis:
                         "not a function of the yields", self.cfg.objective.kind)
             return {}
         y, dy_dtheta = yields_and_jacobian or self.yields_and_jacobian(params)
-        dobj_dy = objectives.jit_gradient(self.objective_spec, y)
+        dloss_dy = self.executor.loss_gradient_in_yields(params)
+        if dloss_dy is None:
+            dobj_dy = objectives.jit_gradient(self.objective_spec, y)
+        else:  # the loss is the objective, negated where it is maximised (exact in floats)
+            dobj_dy = jax.tree_util.tree_map(jnp.negative, dloss_dy) if self.maximise else dloss_dy
         return objectives.sensitivity(dobj_dy, dy_dtheta, self.trainable, list(self.samples))

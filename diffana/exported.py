@@ -46,6 +46,7 @@ import hashlib
 import importlib.metadata
 import os
 import sys
+import threading
 import time
 import types
 from pathlib import Path
@@ -197,6 +198,7 @@ class Persistent:
     def __init__(self, jitted, name: str, static_argnums: tuple[int, ...] = ()):
         self._jitted, self._name, self._static = jitted, name, tuple(static_argnums)
         self._calls: dict = {}  # (static objects, avals) → the deserialised function, jitted
+        self._first = threading.Lock()
         functools.update_wrapper(self, jitted)
 
     def __getattr__(self, name):
@@ -219,11 +221,17 @@ class Persistent:
             call = self._calls.get(memo)
         except TypeError:  # an unhashable static argument: jit would refuse it too
             return self._jitted(*args)
-        if call is None:
-            call = self._load_or_export(directory, static, tree, avals, args, sharding)
-            if len(self._calls) >= MEMO:  # the oldest: its kernel is likely gone
-                self._calls.pop(next(iter(self._calls)))
-            self._calls[memo] = call
+        if call is not None:
+            return call(*dynamic)
+        with self._first:  # a second thread's first call waits for this one's compilation
+            call = self._calls.get(memo)
+            if call is None:
+                call = self._load_or_export(directory, static, tree, avals, args, sharding)
+                out = call(*dynamic)  # compiles
+                if len(self._calls) >= MEMO:  # the oldest: its kernel is likely gone
+                    self._calls.pop(next(iter(self._calls)))
+                self._calls[memo] = call
+                return out
         return call(*dynamic)
 
     def _load_or_export(self, directory: Path, static: tuple, tree, avals, args, sharding):

@@ -270,6 +270,19 @@ def infer(workspace: dict, *, measurement: str | None = None, poi_value: float |
     return result
 
 
+def prepare(workspace: dict, *, measurement: str | None = None,
+            interpolation: dict[str, str] | None = None, **_) -> None:
+    """Compile the best fit of :func:`infer` for workspaces shaped like ``workspace`` (the
+    same channels, samples, modifiers and bins; other numbers): one fit, whose compiled form
+    a later :func:`infer` takes from the compilation cache. Takes :func:`settings`' keywords."""
+    import pyhf
+
+    model = _model(workspace, measurement, interpolation)
+    data = np.asarray(pyhf.Workspace(workspace).data(model.pyhf_model), dtype=np.float64)
+    fits = ht.Fits(model, model.templates())
+    fits.run(data, fits.init, fits.lower, fits.upper)
+
+
 def _cls_grid(observed: float, expected: np.ndarray, hi: float) -> np.ndarray:
     """POI values for the Brazil-band figure: linear from 0, or logarithmic when the limits
     lie orders of magnitude apart."""

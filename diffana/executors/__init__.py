@@ -47,6 +47,9 @@ class Executor(Protocol):
     #: :class:`~diffana.events.EventSet`) or leaves them in the files
     #: (:class:`~diffana.events.StreamedSet`, counted by the executor's first pass)
     holds_events: ClassVar[bool]
+    #: whether its evaluations may run in a second thread while the optimiser steps (the
+    #: events in memory and read only; a streamed or Dask pass holds state of its own)
+    alongside: ClassVar[bool]
 
     @property
     def gradient_mode(self) -> str:
@@ -67,6 +70,11 @@ class Executor(Protocol):
 
     def loss_and_grad(self, u, params_fixed: dict):
         """The loss and its gradient in unit-box coordinates."""
+
+    def loss_gradient_in_yields(self, params: dict) -> dict | None:
+        """``∂loss/∂yields[region][sample] = {"nominal", "sumw2"}`` at ``params`` where a
+        function compiled for the steps gives it (the fused step: no other compilation for
+        the sensitivity); else None."""
 
     def event_parts(self, params: dict, hard: bool, part: str | None = None):
         """``(set, {region: (x, W)})`` for all events, in parts; ``part``: the events

@@ -28,6 +28,7 @@ class AwkwardExecutor:
     """Each event set whole, as JAX-backed Awkward arrays."""
 
     holds_events = True
+    alongside = False
     gradient_mode = "reverse"
 
     def __init__(self, setup: Setup):
@@ -66,6 +67,9 @@ class AwkwardExecutor:
         y, pullback = jax.vjp(lambda v: self.yields(space.from_unit(v, params_fixed)), u)
         loss, dloss_dy = jit_loss_and_gradient(self.objective_spec, y)
         return loss, pullback(dloss_dy)[0]
+
+    def loss_gradient_in_yields(self, params: dict) -> None:
+        return None  # nothing compiled gives it: the objective's gradient is taken
 
     def event_parts(self, params: dict, hard: bool, part: str | None = None):
         for g in range(len(self.sets)):

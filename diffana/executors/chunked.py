@@ -65,6 +65,7 @@ class ChunkedExecutor:
     :meth:`event_parts` (and set ``self.kernel`` with its layout)."""
 
     holds_events = False
+    alongside = False
 
     def __init__(self, setup: Setup):
         self.setup = setup
@@ -134,6 +135,11 @@ class ChunkedExecutor:
         y, jac = self.map_reduce("jacobian", (u, params_fixed))
         loss, ct = self._loss_and_cotangent(y)
         return loss, contract(ct, jac)
+
+    def loss_gradient_in_yields(self, params: dict) -> dict | None:
+        """``∂loss/∂yields[region][sample] = {"nominal", "sumw2"}`` at ``params``, where a
+        function compiled for the steps gives it (the fused step); else None."""
+        return None
 
     def _loss_and_cotangent(self, stacked: dict):
         """The loss of summed chunk yields and its gradient in them."""

@@ -33,11 +33,11 @@ from diffana.stages import (
 from diffana.stats.objective import Objective, loss
 
 
-def fused_loss(kernel: Kernel, objective: Objective, u, params_fixed: dict, stacked: dict):
-    """The loss as one function: a ``lax.scan`` over the chunks, then model and inference.
+def fused_templates(kernel: Kernel, u, params_fixed: dict, stacked: dict) -> tuple:
+    """The yields of every template (and a classifier's sums) at ``u``: a ``lax.scan`` over
+    the chunks.
 
-    One compiled function per gradient step (the chunk body compiled once). The chunk
-    body is rematerialised (``jax.checkpoint``): the backward pass recomputes each
+    The chunk body is rematerialised (``jax.checkpoint``): the backward pass recomputes each
     chunk's intermediate values (events × bins of the KDE, per-object weights) from the
     chunk instead of keeping every chunk's until the end, so no more than one chunk's
     are held at once. On the reference configuration at 1 M events this costs no time
@@ -55,16 +55,26 @@ def fused_loss(kernel: Kernel, objective: Objective, u, params_fixed: dict, stac
     shapes = jax.eval_shape(lambda p, c: chunk_yields(kernel, p, c), params, first)
     zeros = jax.tree_util.tree_map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)
     total, _ = jax.lax.scan(body, zeros, stacked)
-    return loss(objective, by_sample(kernel, total),
-                classifier_by_sample(kernel, total.get(CLASSIFIER)))
+    return by_sample(kernel, total), classifier_by_sample(kernel, total.get(CLASSIFIER))
+
+
+def fused_loss(kernel: Kernel, objective: Objective, u, params_fixed: dict, stacked: dict):
+    """The loss as one function: :func:`fused_templates`, then model and inference."""
+    return loss(objective, *fused_templates(kernel, u, params_fixed, stacked))
 
 
 def _fused_step(kernel: Kernel, objective: Objective, u, params_fixed: dict, stacked: dict):
-    """``(loss, ∂loss/∂u)`` of :func:`fused_loss`, traced for reverse mode only
-    (:func:`diffana.soft.reverse_mode`)."""
+    """``(loss, ∂loss/∂u, ∂loss/∂yields)`` of :func:`fused_loss`, traced for reverse mode
+    only (:func:`diffana.soft.reverse_mode`); the last, ``[region][sample] = {"nominal",
+    "sumw2"}``, is the cotangent the backward pass computes on its way (the sensitivity's).
+
+    One compiled function per gradient step (the chunk body compiled once)."""
     with reverse_mode():
-        return jax.value_and_grad(fused_loss, argnums=2)(kernel, objective, u, params_fixed,
-                                                          stacked)
+        yields, pullback = jax.vjp(
+            lambda v: fused_templates(kernel, v, params_fixed, stacked), u)
+        value, cotangent = jax.value_and_grad(lambda y: loss(objective, *y))(yields)
+        (grad,) = pullback(cotangent)
+    return value, grad, cotangent[0]
 
 
 jit_fused = persistent(jax.jit(_fused_step, static_argnums=(0, 1)), "fused", (0, 1))
@@ -79,6 +89,7 @@ class HeldExecutor(ChunkedExecutor):
     """
 
     holds_events = True
+    alongside = True
 
     def __init__(self, setup: Setup):
         super().__init__(setup)
@@ -124,8 +135,14 @@ class HeldExecutor(ChunkedExecutor):
     def loss_and_grad(self, u, params_fixed: dict):
         if self.gradient_mode == "fused":
             return jit_fused(self.kernel, self.objective_spec, u, params_fixed,
-                             self.chunks.stacked)
+                             self.chunks.stacked)[:2]
         return super().loss_and_grad(u, params_fixed)
+
+    def loss_gradient_in_yields(self, params: dict) -> dict | None:
+        if self.gradient_mode != "fused":
+            return super().loss_gradient_in_yields(params)
+        u = self.kernel.space.to_unit(params)
+        return jit_fused(self.kernel, self.objective_spec, u, params, self.chunks.stacked)[2]
 
     def event_parts(self, params: dict, hard: bool, part: str | None = None):
         kernel = self.part_kernel(part)

@@ -92,12 +92,18 @@ class ConstraintModel:
                 raise ValueError(f"unknown constraint type {param_set.pdf_type!r} for {name}")
         self.aux_pars = np.array(aux_pars, dtype=np.int64)
         self.aux_is_normal = np.array(aux_is_normal, dtype=bool)
-        self.static_auxdata = np.asarray(config.auxdata, dtype=np.float64)
-        self.static_sigma = np.asarray(static_sigma, dtype=np.float64)
-        self.static_factor = np.asarray(static_factor, dtype=np.float64)
         self.sigma_from_templates = np.array(sigma_from_templates, dtype=bool)
         self.factor_from_templates = np.array(factor_from_templates, dtype=bool)
         self.auxdata_from_templates = np.array(auxdata_from_templates, dtype=bool)
+        # the spec's numbers where the templates give them are never read: 1 there, so that
+        # a compiled function does not depend on them (two workspaces of one structure and
+        # other numbers compile to the same program, taken from the compilation cache)
+        self.static_auxdata = np.where(self.auxdata_from_templates, 1.0,
+                                       np.asarray(config.auxdata, dtype=np.float64))
+        self.static_sigma = np.where(self.sigma_from_templates, 1.0,
+                                     np.asarray(static_sigma, dtype=np.float64))
+        self.static_factor = np.where(self.factor_from_templates, 1.0,
+                                      np.asarray(static_factor, dtype=np.float64))
         self.normal_aux = np.flatnonzero(self.aux_is_normal)
         self.poisson_aux = np.flatnonzero(~self.aux_is_normal)
 
