@@ -11,7 +11,6 @@ import sys
 import time
 
 import pytest
-
 from conftest import ROOT, default_config_dict, write_config
 from test_resumable_stops import finish, rows
 
