@@ -14,6 +14,7 @@ from diffana.executors.held import HeldExecutor
 from diffana.run import run
 
 EVENTS = 3_000
+pytestmark = pytest.mark.long  # 30 s: three runs (.ci/run runs them)
 
 
 def _run(tmp_path, name: str) -> dict:

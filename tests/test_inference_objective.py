@@ -50,6 +50,7 @@ def test_equals_pyhf_expected_median_limit(model, limit):
         assert float(limit(model, model.templates(), level)) == pytest.approx(expected, rel=1e-6)
 
 
+@pytest.mark.long  # 25 s: finite differences of the expected limit (.ci/run runs it)
 def test_gradient_equals_finite_differences(model, limit):
     templates = model.templates()
     grad = jax.jit(jax.grad(expected_upper_limit, argnums=1), static_argnums=(0, 2))(

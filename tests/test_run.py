@@ -87,6 +87,7 @@ def test_example_awkward_jax(tmp_path):
     assert "jvp agrees with finite differences" in proc.stdout
 
 
+@pytest.mark.long  # 20 s: the example script (.ci/run runs it)
 def test_example_python_api(tmp_path):
     proc = run_example(sys.executable, str(ROOT / "examples" / "python_api.py"), tmp_path=tmp_path)
     assert proc.returncode == 0, proc.stderr

@@ -58,6 +58,7 @@ def test_ctrl_c_in_a_streamed_pass_then_resume(tmp_path):
     assert final(stopped) == final(plain)
 
 
+@pytest.mark.long  # 25 s: three runs (.ci/run runs it)
 def test_streaming_flag_overrides_and_auto_holds_small_events(tmp_path):
     cfg = write_config(tmp_path / "c.yaml", default_config_dict(EVENTS))
     out = tmp_path / "auto"

@@ -230,6 +230,7 @@ def test_a_resumed_run_and_evaluate_keep_the_edges(tmp_path, monkeypatch):
     assert np.all((branches["nn_score"] > 0) & (branches["nn_score"] < 1))
 
 
+@pytest.mark.long  # 20 s: the awkward engine (.ci/run runs it)
 def test_awkward_engine_agrees(held):
     ana = Analysis(held.cfg, ROOT / "configs", engine="awkward", progress=False)
     p = moved(held)
