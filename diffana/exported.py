@@ -208,14 +208,13 @@ class Persistent:
         static = tuple(args[i] for i in self._static)
         dynamic = tuple(a for i, a in enumerate(args) if i not in self._static)
         leaves, tree = jax.tree_util.tree_flatten(dynamic)
-        if any(isinstance(x, jax.core.Tracer) or not hasattr(x, "dtype") for x in leaves):
+        signature = _signature(leaves)
+        if signature is None:  # under a trace, or a Python scalar
             return self._jitted(*args)
-        sharding = _sharding(leaves)
+        avals, sharding = signature
         directory = compilation.exported_dir()
         if directory is None:
             return self._with_static(static, sharding)(*dynamic)
-        avals = tuple((x.shape, str(x.dtype), bool(getattr(x, "weak_type", False)))
-                      for x in leaves)
         try:
             memo = (*static, tree, avals, sharding)
             call = self._calls.get(memo)
@@ -240,6 +239,7 @@ class Persistent:
         except Unreadable as why:
             logger.debug("%s: traced each run (%s)", self._name, why)
             return self._with_static(static, sharding)
+        avals = tuple((shape, str(dtype), bool(weak)) for shape, dtype, weak in avals)
         h = hashlib.sha256(f"{self._name};{tree};{avals};".encode())
         for part in (*content, _environment(), _kind_sources()):
             h.update(part.encode())
@@ -262,18 +262,56 @@ class Persistent:
         return call
 
 
-def _sharding(leaves: list):
-    """Where a call runs: a committed argument's device, else JAX's default device.
+_TRACER, _ARRAY, _OTHER, _NONE = range(4)
+_KINDS: dict[type, int] = {}  # what each type of argument is: checked once per type
+
+
+def _kind(t: type) -> int:
+    if issubclass(t, jax.core.Tracer):
+        return _TRACER
+    if issubclass(t, jax.Array):
+        return _ARRAY
+    return _OTHER if hasattr(t, "dtype") else _NONE
+
+
+def _signature(leaves: list):
+    """``(avals, sharding)`` of a call's array arguments, or None (a tracer among them, or an
+    argument without a dtype); ``avals``: ``(shape, dtype, weak_type)`` of each.
+
+    One pass, and each argument's kind taken from its type's (``isinstance`` against JAX's
+    abstract classes costs microseconds, and a fit of the AGC model has 316 arguments: the
+    inference calls it some 200 times). ``sharding``: see :func:`_sharding`.
+    """
+    avals, committed = [], None
+    for x in leaves:
+        kind = _KINDS.get(type(x))
+        if kind is None:
+            kind = _KINDS.setdefault(type(x), _kind(type(x)))
+        if kind == _ARRAY:
+            if committed is None and x.committed:
+                committed = x.sharding
+            avals.append((x.shape, x.dtype, x.weak_type))
+        elif kind == _OTHER:
+            avals.append((x.shape, x.dtype, False))
+        else:
+            return None
+    return tuple(avals), committed if committed is not None else _sharding()
+
+
+def _sharding():
+    """Where a call runs: a committed argument's device (:func:`_signature`), else JAX's
+    default device.
 
     Every call places its arguments there explicitly, so that a call with arrays a previous
     call returned (committed to the device) and one with fresh arrays (uncommitted) compile
     to one executable: jit keys its compilation by each argument's placement, and the AGC's
     fused step otherwise compiled twice, 15 s each, at the first two optimiser steps.
     """
-    for x in leaves:
-        if isinstance(x, jax.Array) and x.committed:
-            return x.sharding
-    default = jax.config.jax_default_device
+    return _on(jax.config.jax_default_device)
+
+
+@functools.lru_cache(maxsize=8)
+def _on(default) -> jax.sharding.Sharding:
     if not isinstance(default, jax.Device):
         default = jax.devices(default)[0] if default else jax.devices()[0]
     return jax.sharding.SingleDeviceSharding(default)
