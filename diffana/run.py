@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import math
 import signal
-import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -21,8 +20,9 @@ import numpy as np
 import yaml
 from tqdm.auto import tqdm
 
-from diffana import checks, guards, inference, learned, outputs, report, tables
+from diffana import checks, guards, learned, outputs, report, tables
 from diffana import config as configmod
+from diffana.alongside import Initial
 from diffana.analysis import Analysis
 from diffana.diagnose import non_finite_stage
 from diffana.events import changed_input
@@ -217,7 +217,7 @@ def _optimise_and_write(ana: Analysis, cfg, out_dir: Path, config_file: Path | s
                                              ana.trainable):
             logger.warning(guards.line(flag))
 
-    initial = _Initial(ana, p0)  # meanwhile, in a thread where the executor allows it
+    initial = Initial(ana, p0)  # meanwhile, in a thread where the executor allows it
     steps_start = time.perf_counter()
     try:
         res = optimise(
@@ -268,51 +268,9 @@ def _check_inputs(ana: Analysis, meta: dict) -> None:
     meta["inputs"] = current
 
 
-class _Initial:
-    """The hard-cut evaluations at the initial cuts, in a thread while the optimiser steps.
-
-    They do not depend on the optimisation, and the thread compiles what the final ones need
-    meanwhile (the hard histograms and objective; the Jacobian and the objective's gradient,
-    by taking the sensitivity at the initial cuts; the inference's best fit, by fitting the
-    initial cuts' hard workspace once): on 2 cores, XLA compiles one function on
-    one core, so the compilations of the evaluations after the last step run beside the
-    fused step's and the steps instead of after them (the AGC from an empty cache: see
-    benchmarks/README.md, ``job.py``). Only where the executor allows a second thread
-    (``alongside``: the events in memory); elsewhere, and after any error in the thread (the
-    main thread evaluates again and says what failed), :meth:`wait` gives nothing.
-    """
-
-    def __init__(self, ana: Analysis, p0: dict):
-        self.values: dict = {}
-        self._thread = None
-        if ana.executor.alongside:
-            self._thread = threading.Thread(target=self._evaluate, args=(ana, p0),
-                                            name="diffana-initial", daemon=True)
-            self._thread.start()
-
-    def _evaluate(self, ana: Analysis, p0: dict) -> None:
-        try:
-            hists = ana.hard_histograms(p0)
-            self.values = {"hists": hists, "objective": ana.hard_objective(p0, hists),
-                           "cutflow": tables.cutflow(ana, p0)}
-            if ana.trainable and not ana.objective_spec.of_events:
-                ana.sensitivity(p0)  # compiled now for the final cuts'
-            if ana.cfg.inference.enabled:  # and the inference's fit, of the initial cuts'
-                workspace = outputs.hard_workspace(ana, hists, p0, ana.pseudodata(hists))
-                inference.prepare(workspace, **inference.settings(ana.cfg))
-        except Exception as err:  # noqa: BLE001 - the main thread evaluates what is missing
-            logger.debug("evaluation at the initial cuts in a thread failed: %s", err)
-
-    def wait(self) -> dict:
-        """``{"hists", "objective", "cutflow"}`` at the initial cuts, or ``{}``."""
-        if self._thread is not None:
-            self._thread.join()
-        return self.values
-
-
 def _evaluate_and_write(ana: Analysis, cfg, res, out_dir: Path, config_file: Path | str,
                         meta: dict, start: float, p0: dict, sign: float,
-                        stop_here=lambda: None, initial: _Initial | None = None) -> dict:
+                        stop_here=lambda: None, initial: Initial | None = None) -> dict:
     """The hard-cut evaluation and the run directory's files, ``results.json`` last;
     ``stop_here()`` raises ``KeyboardInterrupt`` where stopping for a signal is safe;
     ``initial``: the evaluations at the initial cuts, if under way."""

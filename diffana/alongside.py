@@ -1,0 +1,50 @@
+"""Work beside the optimiser: what a run evaluates at its initial cuts, in a thread while
+the optimiser steps (:class:`Initial`)."""
+
+from __future__ import annotations
+
+import threading
+
+from diffana import inference, outputs, tables
+from diffana.log import logger
+
+
+class Initial:
+    """The hard-cut evaluations at the initial cuts, in a thread while the optimiser steps.
+
+    They do not depend on the optimisation, and the thread compiles what the final ones need
+    meanwhile: the hard histograms and objective, the yields' Jacobian (and, where no
+    compiled step gives it, the objective's gradient in the yields) by taking the sensitivity
+    at the initial cuts, and the inference's best fit by fitting the initial cuts' hard
+    workspace once. Those compilations then overlap the fused step's and the steps instead of
+    following them (the AGC from an empty cache: benchmarks/README.md, ``job.py``). Only where the executor allows a second thread
+    (``alongside``: the events in memory); elsewhere, and after any error in the thread (the
+    main thread evaluates again and says what failed), :meth:`wait` gives nothing.
+    """
+
+    def __init__(self, ana, p0: dict):
+        self.values: dict = {}
+        self._thread = None
+        if ana.executor.alongside:
+            self._thread = threading.Thread(target=self._evaluate, args=(ana, p0),
+                                            name="diffana-initial", daemon=True)
+            self._thread.start()
+
+    def _evaluate(self, ana, p0: dict) -> None:
+        try:
+            hists = ana.hard_histograms(p0)
+            self.values = {"hists": hists, "objective": ana.hard_objective(p0, hists),
+                           "cutflow": tables.cutflow(ana, p0)}
+            if ana.trainable and not ana.objective_spec.of_events:
+                ana.sensitivity(p0)  # compiled now for the final cuts'
+            if ana.cfg.inference.enabled:  # and the inference's fit, of the initial cuts'
+                workspace = outputs.hard_workspace(ana, hists, p0, ana.pseudodata(hists))
+                inference.prepare(workspace, **inference.settings(ana.cfg))
+        except Exception as err:  # noqa: BLE001 - the main thread evaluates what is missing
+            logger.debug("evaluation at the initial cuts in a thread failed: %s", err)
+
+    def wait(self) -> dict:
+        """``{"hists", "objective", "cutflow"}`` at the initial cuts, or ``{}``."""
+        if self._thread is not None:
+            self._thread.join()
+        return self.values
