@@ -17,9 +17,10 @@ class Initial:
     compiled step gives it, the objective's gradient in the yields) by taking the sensitivity
     at the initial cuts, and the inference's best fit by fitting the initial cuts' hard
     workspace once. Those compilations then overlap the fused step's and the steps instead of
-    following them (the AGC from an empty cache: benchmarks/README.md, ``job.py``). Only where the executor allows a second thread
-    (``alongside``: the events in memory); elsewhere, and after any error in the thread (the
-    main thread evaluates again and says what failed), :meth:`wait` gives nothing.
+    following them (the AGC from an empty cache: benchmarks/README.md, ``job.py``). Only
+    where the executor allows a second thread (``alongside``: the events in memory);
+    elsewhere, and after any error in the thread (the main thread evaluates again and says
+    what failed), :meth:`wait` gives nothing.
     """
 
     def __init__(self, ana, p0: dict):
