@@ -26,6 +26,7 @@ class Initial:
     def __init__(self, ana, p0: dict):
         self.values: dict = {}
         self._thread = None
+        self._stopped = False
         if ana.executor.alongside:
             self._thread = threading.Thread(target=self._evaluate, args=(ana, p0),
                                             name="diffana-initial", daemon=True)
@@ -34,15 +35,24 @@ class Initial:
     def _evaluate(self, ana, p0: dict) -> None:
         try:
             hists = ana.hard_histograms(p0)
-            self.values = {"hists": hists, "objective": ana.hard_objective(p0, hists),
-                           "cutflow": tables.cutflow(ana, p0)}
-            if ana.trainable and not ana.objective_spec.of_events:
+            values = {"hists": hists, "objective": ana.hard_objective(p0, hists)}
+            if self._stopped:
+                return
+            self.values = {**values, "cutflow": tables.cutflow(ana, p0)}
+            if ana.trainable and not ana.objective_spec.of_events and not self._stopped:
                 ana.sensitivity(p0)  # compiled now for the final cuts'
-            if ana.cfg.inference.enabled:  # and the inference's fit, of the initial cuts'
+            if ana.cfg.inference.enabled and not self._stopped:  # and the inference's fit
                 workspace = outputs.hard_workspace(ana, hists, p0, ana.pseudodata(hists))
                 inference.prepare(workspace, **inference.settings(ana.cfg))
         except Exception as err:  # noqa: BLE001 - the main thread evaluates what is missing
             logger.debug("evaluation at the initial cuts in a thread failed: %s", err)
+
+    def stop(self) -> None:
+        """Let the thread end after the call it is in (at most one compilation), and wait for
+        it: a process must not exit while a thread is inside XLA (at the interpreter's exit
+        a daemon thread is unwound there, and the process aborts)."""
+        self._stopped = True
+        self.wait()
 
     def wait(self) -> dict:
         """``{"hists", "objective", "cutflow"}`` at the initial cuts, or ``{}``."""

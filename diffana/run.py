@@ -236,10 +236,8 @@ def _optimise_and_write(ana: Analysis, cfg, out_dir: Path, config_file: Path | s
             groups=group_settings(ana.space.group_slices(), cfg.optimiser),
             on_first_gradient=first_gradient if ana.trainable else None,
         )
-    except KeyboardInterrupt:  # at once: what the thread does is not needed
-        raise
-    except BaseException:
-        initial.wait()  # nothing left running behind an error
+    except BaseException:  # a signal or an error: the thread stops after its current call
+        initial.stop()
         raise
     finally:
         history.close()
