@@ -9,6 +9,15 @@ from diffana import inference, outputs, tables
 from diffana.log import logger
 
 
+def at_initial_cuts(ana, p0: dict) -> dict:
+    """``{"hists", "objective", "cutflow"}``: the hard histograms, the hard objective and
+    the cutflow at the initial cuts ``p0`` (in :class:`Initial`'s thread, or after the last
+    step where it gave nothing)."""
+    hists = ana.hard_histograms(p0)
+    return {"hists": hists, "objective": ana.hard_objective(p0, hists),
+            "cutflow": tables.cutflow(ana, p0)}
+
+
 class Initial:
     """The hard-cut evaluations at the initial cuts, in a thread while the optimiser steps.
 
@@ -34,11 +43,8 @@ class Initial:
 
     def _evaluate(self, ana, p0: dict) -> None:
         try:
-            hists = ana.hard_histograms(p0)
-            values = {"hists": hists, "objective": ana.hard_objective(p0, hists)}
-            if self._stopped:
-                return
-            self.values = {**values, "cutflow": tables.cutflow(ana, p0)}
+            self.values = at_initial_cuts(ana, p0)
+            hists = self.values["hists"]
             if ana.trainable and not ana.objective_spec.of_events and not self._stopped:
                 ana.sensitivity(p0)  # compiled now for the final cuts'
             if ana.cfg.inference.enabled and not self._stopped:  # and the inference's fit
@@ -55,7 +61,7 @@ class Initial:
         self.wait()
 
     def wait(self) -> dict:
-        """``{"hists", "objective", "cutflow"}`` at the initial cuts, or ``{}``."""
+        """:func:`at_initial_cuts`, or ``{}``."""
         if self._thread is not None:
             self._thread.join()
         return self.values

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from diffana import checks, guards, learned, outputs, report, tables
 from diffana import config as configmod
-from diffana.alongside import Initial
+from diffana.alongside import Initial, at_initial_cuts
 from diffana.analysis import Analysis
 from diffana.diagnose import non_finite_stage
 from diffana.events import changed_input
@@ -279,14 +279,12 @@ def _evaluate_and_write(ana: Analysis, cfg, res, out_dir: Path, config_file: Pat
     objective_initial = sign * res.history[0][1] if res.history else math.nan
     objective_final = sign * res.loss if res.history else math.nan
     with phases("hard_s", "hard-cut histograms, objective and cutflow, initial and final cuts"):
-        before = initial.wait() if initial is not None else {}
-        hists = {"initial": before["hists"] if before else ana.hard_histograms(p0),
-                 "final": ana.hard_histograms(p_final)}
-        hard_initial = before["objective"] if before else ana.hard_objective(p0, hists["initial"])
+        before = (initial.wait() if initial is not None else {}) or at_initial_cuts(ana, p0)
+        hists = {"initial": before["hists"], "final": ana.hard_histograms(p_final)}
+        hard_initial = before["objective"]
         hard_final = ana.hard_objective(p_final, hists["final"])
         held_out = learned.held_out(ana, p0, p_final)  # hard_train beside hard, with split:
-        flows = {"initial": before["cutflow"] if before else tables.cutflow(ana, p0),
-                 "final": tables.cutflow(ana, p_final)}
+        flows = {"initial": before["cutflow"], "final": tables.cutflow(ana, p_final)}
     # the history and template figures are drawn meanwhile
     with outputs.drawing(ana, out_dir, hists, {"initial": p0, "final": p_final}) as figures:
         with phases("sensitivity_s", "final yields and sensitivity"):
