@@ -199,6 +199,7 @@ class Persistent:
         self._jitted, self._name, self._static = jitted, name, tuple(static_argnums)
         self._calls: dict = {}  # (static objects, avals) → the deserialised function, jitted
         self._first = threading.Lock()
+        self._placed: dict = {}  # sharding → the jitted function with in_shardings
         functools.update_wrapper(self, jitted)
 
     def __getattr__(self, name):
@@ -254,11 +255,20 @@ class Persistent:
         return jax.jit(exported.call, in_shardings=sharding)
 
     def _with_static(self, static: tuple, sharding):
+        """The jitted function with its arguments placed on ``sharding`` by jit itself (one
+        wrapper per sharding: a Python ``device_put`` of the AGC fit's 316 arguments cost more
+        than the fit)."""
+        placed = self._placed.get(sharding)
+        if placed is None:
+            placed = self._placed.setdefault(sharding, jax.jit(
+                self._jitted, static_argnums=self._static, in_shardings=sharding))
+        if not static:
+            return placed
+
         def call(*dynamic):
-            given, rest = iter(static), jax.device_put(dynamic, sharding)
-            rest = iter(rest)
-            return self._jitted(*(next(given) if i in self._static else next(rest)
-                                  for i in range(len(static) + len(dynamic))))
+            given, rest = iter(static), iter(dynamic)
+            return placed(*(next(given) if i in self._static else next(rest)
+                            for i in range(len(static) + len(dynamic))))
         return call
 
 

@@ -69,6 +69,32 @@ def test_off_with_the_compilation_cache(directory):
     assert TRACES == [5] and not directory.exists()  # jax.jit's own (in-process) trace
 
 
+def test_off_compiles_once_for_fresh_and_placed_arguments(directory):
+    """With the cache off, jit places the arguments itself (``in_shardings``): NumPy arrays,
+    committed arrays and the function's own outputs share one compilation."""
+    compilation.use_compilation_cache(False)
+    compiles = []
+
+    def listener(event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiles.append(duration)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        f = _wrapped()
+        TRACES.clear()
+        x = np.arange(7.0)
+        out = [f(6, x), f(6, jax.device_put(x, jax.devices()[0]))]
+        out.append(f(6, out[0]))
+        out.append(f(6, x))
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert TRACES == [6] and len(compiles) == 1
+    for y in out[1:]:
+        np.testing.assert_array_equal(np.asarray(y), np.asarray(out[0]) if y is not out[2]
+                                      else np.sin(np.asarray(out[0])) * 6)
+
+
 def test_unreadable_static_arguments_are_traced_as_usual(directory):
     f = exported.persistent(jax.jit(lambda g, x: g(x), static_argnums=0), "test-local", (0,))
     assert float(f(lambda v: v + 1.0, jnp.float64(1.0))) == 2.0
