@@ -5,8 +5,10 @@ with events of their own). Two measurements, each ratio within one run of this s
 
 * ``steps_in_one_process``: one gradient step (median of ``--repeat``, after a first one
   that compiles and, streamed, writes the lowered-chunk cache), the modes interleaved in one
-  process: in memory (fused, forward, reverse) and streamed (forward, the mode ``gradient:
-  auto`` streams with, and reverse); ``fill``: events over the chunks' capacity;
+  process: in memory (fused, forward, reverse) and streamed (forward and reverse);
+  ``streamed_over_in_memory_fused``: the streamed step in the mode ``gradient: auto``
+  streams with (``streamed_mode``) over the in-memory default; ``fill``: events over the
+  chunks' capacity;
 * ``runs``: ``diffana run --steps 5 --streaming false`` and ``true``, alternately, ``--runs``
   times each (``timings.steps_s``: the steps after the first, compiling one), and the final
   objectives' largest relative difference.
@@ -63,11 +65,14 @@ def steps_in_one_process(repeat: int) -> dict:
     step = {name: statistics.median(t) for name, t in times.items()}
     losses = {name: float(ana.loss_and_grad(u, p0)[0]) for name, (ana, _) in
               (("in memory", (held, None)), ("streamed", (streamed, None)))}
+    streamed.executor.gradient = cfg.gradient  # the mode `gradient: auto` streams with
+    auto = f"streamed {streamed.executor.gradient_mode}"
     layout = streamed.executor.kernel.layout
     n_events = sum(streamed.executor.first_pass["n_events"])
     return {"step_s": step,
             "streamed_over_in_memory_forward": step["streamed forward"] / step["in memory forward"],
-            "streamed_over_in_memory_fused": step["streamed forward"] / step["in memory fused"],
+            "streamed_mode": auto,
+            "streamed_over_in_memory_fused": step[auto] / step["in memory fused"],
             "loss": losses,
             "loss_relative_difference": abs(losses["streamed"] - losses["in memory"])
             / abs(losses["in memory"]),
