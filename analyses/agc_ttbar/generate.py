@@ -38,6 +38,8 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -575,15 +577,22 @@ def agc(out_dir: Path, events: int, seed: int) -> dict[str, Path]:
     ``events`` is the budget of nominal events, shared as ``NOMINAL_SHARE``; each ttbar
     variation gets half as many events as nominal ttbar. The samples in ``SKIM`` are
     produced ``SKIM[s]`` times over and skimmed (their ``Runs`` tree counts all produced).
+    The samples are made in threads, the largest first (each has its own random stream, so
+    the events do not depend on the order; NumPy, Awkward and the compression release the
+    GIL for most of the time: 4.5 -> 2.7 s at 200 k events on 2 cores).
     """
     out_dir = Path(out_dir)
-    out = {}
-    for sample, n in sample_sizes(events).items():
-        path = out_dir / f"{sample}.root"
-        if sample in SKIM:
-            kept, produced = _skimmed_sample(sample, n * SKIM[sample], seed)
-            out[sample] = write_events(path, kept, runs={"genEventSumw": np.array([produced]),
-                                                         "genEventCount": np.array([produced])})
-        else:
-            out[sample] = write_events(path, generate_sample(sample, n, seed))
-    return out
+    sizes = sample_sizes(events)
+
+    def write(sample: str) -> Path:
+        path, n = out_dir / f"{sample}.root", sizes[sample]
+        if sample not in SKIM:
+            return write_events(path, generate_sample(sample, n, seed))
+        kept, produced = _skimmed_sample(sample, n * SKIM[sample], seed)
+        return write_events(path, kept, runs={"genEventSumw": np.array([produced]),
+                                              "genEventCount": np.array([produced])})
+
+    largest_first = sorted(sizes, key=lambda s: -sizes[s] * SKIM.get(s, 1))
+    with ThreadPoolExecutor(min(len(sizes), os.cpu_count() or 1)) as pool:
+        paths = dict(zip(largest_first, pool.map(write, largest_first), strict=True))
+    return {sample: paths[sample] for sample in sizes}
