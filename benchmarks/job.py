@@ -3,7 +3,10 @@
 * ``cold``: a new, empty ``DIFFANA_CACHE`` in a temporary directory: the events are
   generated, everything is compiled (and written to the compilation cache);
 * ``warm``: the same command with the same cache: the events are read from the event cache
-  and the compiled functions loaded from ``$DIFFANA_CACHE/jax-compilation``.
+  and the compiled functions loaded from ``$DIFFANA_CACHE/jax-compilation``;
+* ``warm_new_events``: the same again with the event cache emptied (everything in
+  ``DIFFANA_CACHE`` but the compiled and traced functions removed): the events are generated
+  again, the compilations are warm (the issue's "warm compilation cache, empty event cache").
 
 For each run it prints the process's wall time (``process_s``: interpreter start, imports and
 all), the phase timings from ``results.json`` (``timings``: ``generate_s``, ``read_s``,
@@ -72,9 +75,14 @@ def main(argv=None) -> dict:
     work = Path(tempfile.mkdtemp(prefix="diffana-job-"))
     try:
         cache = work / "cache"
-        runs = {name: one_run(args.config.resolve(), cache, work / f"run-{name}", args.steps,
-                              not args.no_compilation_cache)
-                for name in ("cold", "warm")}
+        runs = {}
+        for name in ("cold", "warm", "warm_new_events"):
+            if name == "warm_new_events":
+                for entry in cache.iterdir():  # the events and lowered chunks, not the compiled
+                    if entry.name not in ("jax-compilation", "jax-exported"):
+                        (shutil.rmtree if entry.is_dir() else Path.unlink)(entry)
+            runs[name] = one_run(args.config.resolve(), cache, work / f"run-{name}",
+                                 args.steps, not args.no_compilation_cache)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     result = {"config": str(args.config), "steps": args.steps,
