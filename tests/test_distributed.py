@@ -174,7 +174,8 @@ def test_dask_streamed_equals_in_memory_and_local_streamed(cluster, local):
         assert all(r["cache_complete"] and (Path(r["cache"]) / "manifest.json").is_file()
                    for r in read.values())
         items = {k: r["items_read"] for k, r in read.items()}
-        assert sum(items.values()) > 0
+        # (an earlier test of the session may have written the same entries: then none is read)
+        assert sum(items.values()) > 0 or all(r["cached_first_pass"] for r in read.values())
         # later steps map the cache: no file is read again
         last = {name: steps(a) for name, a in
                 (("streamed", streamed), ("held", held), ("alone", alone))}

@@ -38,8 +38,10 @@ def rows(run_dir) -> int:
 def test_signal_after_the_last_step(tmp_path, env, signum, delay):
     """A signal once the last history.csv row is written (the hard histograms, the sensitivity,
     the plots and files follow): exit 128 + signal with one line, never a segmentation fault,
-    and a run directory that is finished or resumable (checkpoint.npz, no results.json)."""
-    cfg = write_config(tmp_path / "small.yaml", default_config_dict(EVENTS))
+    and a run directory that is finished or resumable (checkpoint.npz, no results.json).
+    With the inference on, as by default, so that the work after the last row takes seconds
+    and the signal lands inside it (without, a loaded machine could finish the run first)."""
+    cfg = write_config(tmp_path / "small.yaml", default_config_dict(EVENTS) | {"inference": True})
     out = tmp_path / "run"
     proc = subprocess.Popen(
         [sys.executable, "-m", "diffana.cli", "run", str(cfg), "--out", str(out), "--steps", "1",
