@@ -43,6 +43,13 @@ def _event_cache(tmp_path_factory):
     mp.undo()
 
 
+#: ``python -c CLI run ...`` is ``diffana run ...`` with SIGINT handled as in a terminal: a test
+#: runner started in the background (``cmd &`` in a script) passes SIGINT on ignored, and
+#: diffana leaves an ignored signal ignored
+CLI = ("import signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+       "from diffana.cli import main; sys.exit(main(sys.argv[1:]))")
+
+
 def default_config_dict(events: int = 20_000) -> dict:
     """The default analysis with a small generated sample, without the inference at the end
     of a run (tests/test_inference_run.py runs it)."""

@@ -11,7 +11,7 @@ import time
 
 import pytest
 import yaml
-from conftest import DATA, ROOT, default_config_dict, write_config
+from conftest import CLI, DATA, ROOT, default_config_dict, write_config
 
 from diffana import cli
 
@@ -38,13 +38,11 @@ def rows(run_dir) -> int:
 def test_signal_after_the_last_step(tmp_path, env, signum, delay):
     """A signal once the last history.csv row is written (the hard histograms, the sensitivity,
     the plots and files follow): exit 128 + signal with one line, never a segmentation fault,
-    and a run directory that is finished or resumable (checkpoint.npz, no results.json).
-    With the inference on, as by default, so that the work after the last row takes seconds
-    and the signal lands inside it (without, a loaded machine could finish the run first)."""
-    cfg = write_config(tmp_path / "small.yaml", default_config_dict(EVENTS) | {"inference": True})
+    and a run directory that is finished or resumable (checkpoint.npz, no results.json)."""
+    cfg = write_config(tmp_path / "small.yaml", default_config_dict(EVENTS))
     out = tmp_path / "run"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "diffana.cli", "run", str(cfg), "--out", str(out), "--steps", "1",
+        [sys.executable, "-c", CLI, "run", str(cfg), "--out", str(out), "--steps", "1",
          "--quiet"], env=env, cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 300
     while rows(out) < 2 and proc.poll() is None and time.monotonic() < deadline:

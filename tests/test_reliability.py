@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import uproot
-from conftest import ROOT, default_config_dict, error_line, write_config
+from conftest import CLI, ROOT, default_config_dict, error_line, write_config
 
 from diffana import cli, report
 from diffana.analysis import Analysis
@@ -54,7 +54,7 @@ def env(tmp_path_factory):
 
 
 def diffana_run(*args, env):
-    return [sys.executable, "-m", "diffana.cli", "run", *map(str, args), "--quiet"], dict(
+    return [sys.executable, "-c", CLI, "run", *map(str, args), "--quiet"], dict(
         env=env, cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 

@@ -11,17 +11,11 @@ import sys
 import time
 
 import pytest
-from conftest import ROOT, default_config_dict, write_config
+from conftest import CLI, ROOT, default_config_dict, write_config
 from test_resumable_stops import finish, rows
 
 EVENTS = 5_000
 STEPS = 25
-
-
-# a test runner started in the background passes SIGINT on ignored (and diffana leaves an
-# ignored signal ignored): the run restores it as in a terminal first
-CLI = ("import signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
-       "from diffana.cli import main; sys.exit(main(sys.argv[1:]))")
 
 
 def diffana_run(*args):

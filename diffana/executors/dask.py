@@ -138,9 +138,15 @@ def _hard(key: str, params: dict, samples: list[str], part: str, chunks: list) -
     return fill_hard(kernel, samples, region_parts(kernel, chunks, params, True), params)
 
 
+#: the loggers of the Dask client that report a lost scheduler with a traceback (the batched
+#: stream's "Batched Comm Closed", at INFO, when it notices first)
+_CLIENT_LOGGERS = ("distributed.client", "distributed.batched")
+
+
 class _ConnectionErrors(logging.Filter):
-    """Drops the Dask client's own reports of a lost scheduler (its reconnection attempts):
-    :meth:`DaskExecutor.connection` reports the loss in one line instead."""
+    """Drops the Dask client's own reports of a lost scheduler (its reconnection attempts,
+    its closed streams): :meth:`DaskExecutor.connection` reports the loss in one line
+    instead."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
@@ -180,7 +186,8 @@ class DaskExecutor(ChunkedExecutor):
                                          processes=True, dashboard_address=":0")
             self.client = Client(self._cluster)
         quiet = _ConnectionErrors()
-        logging.getLogger("distributed.client").addFilter(quiet)
+        for name in _CLIENT_LOGGERS:
+            logging.getLogger(name).addFilter(quiet)
         self._finalizer = weakref.finalize(self, _close, self.client, self._cluster, quiet)
         self.address = self.client.scheduler.address
         # the workers read the same files: absolute paths, no generator, one set per chunk
@@ -301,4 +308,5 @@ def _close(client: Client, cluster: LocalCluster | None, quiet: logging.Filter) 
     client.close(timeout=10)  # bounded: a client that lost its scheduler waits for none
     if cluster is not None:
         cluster.close()
-    logging.getLogger("distributed.client").removeFilter(quiet)
+    for name in _CLIENT_LOGGERS:
+        logging.getLogger(name).removeFilter(quiet)
