@@ -153,7 +153,10 @@ def correlation(corr: dict, path: Path) -> None:
     matrix = np.array([[np.nan if v is None else v for v in row] for row in corr["matrix"]],
                       dtype=float)
     n = max(len(names), 1)
-    size = min(4 + 0.45 * n, 24)
+    # room for the numbers in the cells where they are shown; without them, cells for the
+    # labels alone, whose 9-point type stays legible on a slide (the AGC's 33 parameters:
+    # 13.9 inches, not 18.9)
+    size = min(4 + (0.45 if n <= CORRELATION_LABELLED else 0.3) * n, 24)
     with _context():
         fig = Figure(figsize=(size + 1.5, size))
         ax = fig.subplots()
