@@ -215,7 +215,7 @@ class Persistent:
         avals, sharding = signature
         directory = compilation.exported_dir()
         if directory is None:
-            return self._with_static(static, sharding)(*dynamic)
+            return self._placing(sharding)(*args)
         try:
             memo = (*static, tree, avals, sharding)
             call = self._calls.get(memo)
@@ -254,16 +254,19 @@ class Persistent:
                 logger.debug("%s: not kept (%s)", self._name, why)  # jax cannot serialise
         return jax.jit(exported.call, in_shardings=sharding)
 
-    def _with_static(self, static: tuple, sharding):
-        """The jitted function with its arguments placed on ``sharding`` by jit itself (one
-        wrapper per sharding: a Python ``device_put`` of the AGC fit's 316 arguments cost more
-        than the fit)."""
+    def _placing(self, sharding):
+        """The jitted function with its arguments placed on ``sharding`` by jit itself, called
+        like it (one wrapper per sharding: a Python ``device_put`` of the AGC fit's 316
+        arguments cost more than the fit)."""
         placed = self._placed.get(sharding)
         if placed is None:
             placed = self._placed.setdefault(sharding, jax.jit(
                 self._jitted, static_argnums=self._static, in_shardings=sharding))
-        if not static:
-            return placed
+        return placed
+
+    def _with_static(self, static: tuple, sharding):
+        """:meth:`_placing`'s function, called with the traced arguments only."""
+        placed = self._placing(sharding)
 
         def call(*dynamic):
             given, rest = iter(static), iter(dynamic)

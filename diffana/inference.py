@@ -204,8 +204,6 @@ def infer(workspace: dict, *, measurement: str | None = None, poi_value: float |
         DiffanaError: an unknown measurement or interpolation code, an unsupported modifier
             type, no POI, a ``poi_value`` outside the POI's bounds or ``level`` not in (0, 1).
     """
-    import pyhf
-
     if not 0.0 < level < 1.0:
         raise DiffanaError(f"--level: must be in (0, 1), got {level}")
     model = _model(workspace, measurement, interpolation)
@@ -216,8 +214,7 @@ def infer(workspace: dict, *, measurement: str | None = None, poi_value: float |
         raise DiffanaError(f"--poi-value: {poi_value:g} is outside the bounds [{lo:g}, {hi:g}] "
                            f"of the POI {poi_name}")
     tested = 1.0 if poi_value is None else float(poi_value)
-    data = np.asarray(pyhf.Workspace(workspace).data(model.pyhf_model), dtype=np.float64)
-    fits = ht.Fits(model, model.templates())
+    data, fits = _observed_and_fits(workspace, model)
 
     free = fits.run(data, fits.init, fits.lower, fits.upper)
     if not free.converged[0]:
@@ -275,12 +272,17 @@ def prepare(workspace: dict, *, measurement: str | None = None,
     """Compile the best fit of :func:`infer` for workspaces shaped like ``workspace`` (the
     same channels, samples, modifiers and bins; other numbers): one fit, whose compiled form
     a later :func:`infer` takes from the compilation cache. Takes :func:`settings`' keywords."""
+    data, fits = _observed_and_fits(workspace, _model(workspace, measurement, interpolation))
+    fits.run(data, fits.init, fits.lower, fits.upper)
+
+
+def _observed_and_fits(workspace: dict, model: Model) -> tuple[np.ndarray, ht.Fits]:
+    """The workspace's observed (main and auxiliary) data, and the compiled fits of
+    ``model``."""
     import pyhf
 
-    model = _model(workspace, measurement, interpolation)
     data = np.asarray(pyhf.Workspace(workspace).data(model.pyhf_model), dtype=np.float64)
-    fits = ht.Fits(model, model.templates())
-    fits.run(data, fits.init, fits.lower, fits.upper)
+    return data, ht.Fits(model, model.templates())
 
 
 def _cls_grid(observed: float, expected: np.ndarray, hi: float) -> np.ndarray:

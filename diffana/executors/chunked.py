@@ -15,6 +15,7 @@ import jax.numpy as jnp
 
 from diffana.executors.setup import Setup
 from diffana.exported import persistent
+from diffana.soft import reverse_mode
 from diffana.stages import (
     CHUNK_FUNCTIONS,
     CLASSIFIER,
@@ -39,6 +40,18 @@ def loss_of_sums(kernel: Kernel, objective: Objective, stacked: dict):
 #: the loss and ``∂loss/∂(summed chunk yields)``: the cotangent of the per-chunk modes
 jit_loss_and_cotangent = persistent(jax.jit(jax.value_and_grad(loss_of_sums, argnums=2),
                                             static_argnums=(0, 1)), "loss_and_cotangent", (0, 1))
+
+
+def reverse_step(yields_at, loss_of, u):
+    """``(loss, ∂loss/∂u, ∂loss/∂yields)`` of ``loss_of(yields_at(u))``: the yields' VJP with
+    the loss's gradient in them as its cotangent, traced for reverse mode only
+    (:func:`diffana.soft.reverse_mode`). The cotangent is the one the backward pass computes
+    on its way (the sensitivity's)."""
+    with reverse_mode():
+        yields, pullback = jax.vjp(yields_at, u)
+        value, cotangent = jax.value_and_grad(loss_of)(yields)
+        (grad,) = pullback(cotangent)
+    return value, grad, cotangent
 
 
 def sum_over(name: str, kernel: Kernel, args: tuple, chunks, in_flight: int | None = None):

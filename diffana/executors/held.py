@@ -17,10 +17,9 @@ from diffana.chunks import (
     device_chunk,
     padded_groups,
 )
-from diffana.executors.chunked import ChunkedExecutor, sum_over
+from diffana.executors.chunked import ChunkedExecutor, reverse_step, sum_over
 from diffana.executors.setup import Setup
 from diffana.exported import persistent
-from diffana.soft import reverse_mode
 from diffana.stages import (
     CLASSIFIER,
     Kernel,
@@ -64,16 +63,13 @@ def fused_loss(kernel: Kernel, objective: Objective, u, params_fixed: dict, stac
 
 
 def _fused_step(kernel: Kernel, objective: Objective, u, params_fixed: dict, stacked: dict):
-    """``(loss, ∂loss/∂u, ∂loss/∂yields)`` of :func:`fused_loss`, traced for reverse mode
-    only (:func:`diffana.soft.reverse_mode`); the last, ``[region][sample] = {"nominal",
-    "sumw2"}``, is the cotangent the backward pass computes on its way (the sensitivity's).
+    """``(loss, ∂loss/∂u, ∂loss/∂yields)`` of :func:`fused_loss` (:func:`reverse_step`); the
+    last is ``[region][sample] = {"nominal", "sumw2"}``.
 
     One compiled function per gradient step (the chunk body compiled once)."""
-    with reverse_mode():
-        yields, pullback = jax.vjp(
-            lambda v: fused_templates(kernel, v, params_fixed, stacked), u)
-        value, cotangent = jax.value_and_grad(lambda y: loss(objective, *y))(yields)
-        (grad,) = pullback(cotangent)
+    value, grad, cotangent = reverse_step(
+        lambda v: fused_templates(kernel, v, params_fixed, stacked),
+        lambda y: loss(objective, *y), u)
     return value, grad, cotangent[0]
 
 

@@ -22,13 +22,12 @@ from tqdm.auto import tqdm
 
 from diffana import budget, ragged
 from diffana.chunks import ChunkLayout, packed, packed_host_chunk, packed_layout
-from diffana.executors.chunked import ChunkedExecutor, loss_of_sums, sum_over
+from diffana.executors.chunked import ChunkedExecutor, loss_of_sums, reverse_step, sum_over
 from diffana.executors.setup import Setup
+from diffana.exported import persistent
 from diffana.generate import cache_dir
 from diffana.lowered_cache import LoweredCache, cache_key
 from diffana.prefetch import prefetched
-from diffana.exported import persistent
-from diffana.soft import reverse_mode
 from diffana.stages import chunk_yields_at, jit_cutflow, jit_events
 
 log = logging.getLogger("diffana")
@@ -38,16 +37,14 @@ IN_FLIGHT = 4  # chunk computations dispatched and not finished (each holds its 
 
 
 def _last_chunk_step(kernel, objective, u, params_fixed: dict, before, chunk: dict):
-    """``(loss, the last chunk's part of ∂loss/∂u, ∂loss/∂yields)``: the last chunk's yields
-    added to the sum of those ``before`` it (None: it is the only chunk), the loss and its
-    cotangent, and the chunk's VJP, in one function (traced for reverse mode only)."""
-    with reverse_mode():
-        y, pullback = jax.vjp(lambda v: chunk_yields_at(kernel, v, params_fixed, chunk), u)
+    """``(loss, the last chunk's part of ∂loss/∂u, ∂loss/∂yields)`` (:func:`reverse_step`):
+    the last chunk's yields added to the sum of those ``before`` it (None: it is the only
+    chunk), the loss and its cotangent, and the chunk's VJP, in one function."""
+    def loss_of(y):
         total = y if before is None else jax.tree_util.tree_map(jax.numpy.add, before, y)
-        value, cotangent = jax.value_and_grad(lambda t: loss_of_sums(kernel, objective, t))(
-            total)
-        (grad,) = pullback(cotangent)
-    return value, grad, cotangent
+        return loss_of_sums(kernel, objective, total)
+
+    return reverse_step(lambda v: chunk_yields_at(kernel, v, params_fixed, chunk), loss_of, u)
 
 
 jit_last_chunk_step = persistent(jax.jit(_last_chunk_step, static_argnums=(0, 1)),
