@@ -11,7 +11,7 @@ from pathlib import Path
 
 import mplhep
 import numpy as np
-from matplotlib import style
+from matplotlib import rcParams, style
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullLocator
 
@@ -107,14 +107,23 @@ def experiment_label(ax, cfg, fontsize: float = 16, offset: bool = True) -> None
                      rlabel=" ".join(parts), ax=ax, fontsize=fontsize, scilocator_adjust=offset)
 
 
-def _save(fig, path: Path) -> None:
+#: The figures' resolution as PNG (dots per inch).
+DPI = 120
+
+
+def save(fig, path: Path) -> None:
     """``path`` (PNG) and the same figure as PDF beside it, laid out once: a figure with a
-    layout engine (constrained) is laid out for the PNG and keeps that layout for the PDF, and
-    needs no tight bounding box (the layout is most of such a figure's drawing time)."""
-    tight = "tight" if fig.get_layout_engine() is None else None
+    layout engine (constrained) is laid out for the PNG and keeps that layout for the PDF;
+    one without gets its tight bounding box measured once, for both files (where
+    ``bbox_inches="tight"`` draws each file twice: once to measure, once to write). Call it
+    inside the figure's style context (``savefig.pad_inches``)."""
+    bbox, fig.dpi = None, DPI  # measured at the PNG's resolution: its pixels are as before
+    if fig.get_layout_engine() is None:
+        fig.draw_without_rendering()
+        bbox = fig.get_tightbbox().padded(rcParams["savefig.pad_inches"])
     for target in (path, path.with_suffix(".pdf")):
         with files.replacing(target) as tmp:
-            fig.savefig(tmp, dpi=120, bbox_inches=tight, format=target.suffix[1:])
+            fig.savefig(tmp, dpi=DPI, bbox_inches=bbox, format=target.suffix[1:])
         fig.set_layout_engine("none")
 
 
@@ -141,7 +150,7 @@ def history(hist: dict[str, np.ndarray], objective: str, path: Path,
                 ax.set_ylim(low - pad, high + pad)
             ax.set_ylabel(_with_unit(name.replace("_", " "), units.get(name)), fontsize=14)
         axes[-1].set_xlabel("optimiser step")
-        _save(fig, path)
+        save(fig, path)
 
 
 def systematic_band(workspace: dict) -> dict[str, np.ndarray]:
@@ -251,7 +260,7 @@ def templates(stages: dict[str, dict], path: Path, cfg, data: dict[str, dict] | 
         fig.draw_without_rendering()  # the layout and tick labels once, for every label
         for ax in labelled:
             experiment_label(ax, cfg, offset=bool(ax.yaxis.get_offset_text().get_text()))
-        _save(fig, path)
+        save(fig, path)
 
 
 def sensitivity(sens: dict[str, dict[str, float]], path: Path, cfg=None, top: int = 8) -> None:
@@ -282,4 +291,4 @@ def sensitivity(sens: dict[str, dict[str, float]], path: Path, cfg=None, top: in
                     ax.set_title(f"∂objective/∂{p}", fontsize=13)
                 if j == 0:
                     ax.set_ylabel(f"by {by}", fontsize=13)
-        _save(fig, path)
+        save(fig, path)

@@ -15,8 +15,6 @@ from pathlib import Path
 
 import numpy as np
 
-from diffana import files
-
 __all__ = ["FIGURES", "all_figures", "cls_scan", "correlation", "likelihood_scan", "ranking"]
 
 #: The figures (each as PNG and PDF); the first two only where there is something to show.
@@ -25,13 +23,6 @@ FIGURES = ("cls_scan", "ranking", "likelihood_scan", "correlation")
 RANKING_MAX = 20
 #: Parameters beyond which the correlation matrix shows no numbers in its cells.
 CORRELATION_LABELLED = 25
-
-
-def _save(fig, path: Path) -> None:
-    """``path`` (PNG) and the same figure as PDF beside it."""
-    for target in (path, path.with_suffix(".pdf")):
-        with files.replacing(target) as tmp:
-            fig.savefig(tmp, dpi=120, bbox_inches="tight", format=target.suffix[1:])
 
 
 def _context():
@@ -45,6 +36,8 @@ def cls_scan(poi: str, grid, observed, expected, limit: dict, path: Path) -> Non
     """Observed ``CLs`` against the POI over the expected median with ±1σ/±2σ bands, the
     ``CLs`` level and the limits."""
     from matplotlib.figure import Figure
+
+    from diffana.plot import save
 
     expected = np.asarray(expected)
     with _context():
@@ -75,13 +68,15 @@ def cls_scan(poi: str, grid, observed, expected, limit: dict, path: Path) -> Non
                     + rf" $^{{+{exp[3] - exp[2]:.2g}}}_{{-{exp[2] - exp[1]:.2g}}}$")
             ax.text(0.03, 0.97, text, transform=ax.transAxes, ha="left", va="top", fontsize=15)
         ax.legend(loc="upper right", fontsize=13, ncols=2)
-        _save(fig, path)
+        save(fig, path)
 
 
 def ranking(poi: str, rows: list[dict], path: Path, max_pars: int = RANKING_MAX) -> None:
     """Pre- and post-fit impacts on the POI (bars, top axis) and the pulls (points, bottom
     axis) of the parameters with the largest post-fit impacts, as cabinetry draws them."""
     from matplotlib.figure import Figure
+
+    from diffana.plot import save
 
     rows = rows[:max_pars]
     n = max(len(rows), 1)
@@ -118,12 +113,14 @@ def ranking(poi: str, rows: list[dict], path: Path, max_pars: int = RANKING_MAX)
         pull_handles = ax_pulls.get_legend_handles_labels()
         ax_pulls.legend(handles[0] + pull_handles[0], handles[1] + pull_handles[1],
                         loc="upper center", ncols=2, fontsize=10, frameon=False)
-        _save(fig, path)
+        save(fig, path)
 
 
 def likelihood_scan(poi: str, scan: dict, bestfit: dict, path: Path) -> None:
     """``-2 Δ ln L`` against the POI, with the 1σ and 2σ levels."""
     from matplotlib.figure import Figure
+
+    from diffana.plot import save
 
     x = np.array(scan["poi_values"], dtype=float)
     y = np.array([np.nan if v is None else v for v in scan["delta_twice_nll"]], dtype=float)
@@ -142,12 +139,14 @@ def likelihood_scan(poi: str, scan: dict, bestfit: dict, path: Path) -> None:
         ax.set_title(f"{poi} = {value:.4g} ± {error:.2g}" if error is not None
                      else f"{poi} = {value:.4g}", fontsize=16)
         ax.legend(loc="upper center", fontsize=15)
-        _save(fig, path)
+        save(fig, path)
 
 
 def correlation(corr: dict, path: Path) -> None:
     """The correlation matrix of the free parameters (numbers in the cells when few)."""
     from matplotlib.figure import Figure
+
+    from diffana.plot import save
 
     names = corr["parameters"]
     matrix = np.array([[np.nan if v is None else v for v in row] for row in corr["matrix"]],
@@ -173,7 +172,7 @@ def correlation(corr: dict, path: Path) -> None:
                         ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center",
                                 fontsize=max(5, fontsize - 3),
                                 color="white" if abs(matrix[i, j]) > 0.6 else "black")
-        _save(fig, path)
+        save(fig, path)
 
 
 def all_figures(result: dict, details: dict, out_dir: Path) -> list[Path]:

@@ -38,7 +38,7 @@ def pulls_plot(result: FitSummary, path: Path) -> None:
     from matplotlib import style
     from matplotlib.figure import Figure
 
-    from diffana.plot import _save
+    from diffana.plot import save
 
     pulls = []
     for name, (centre, width) in result.constraints.items():
@@ -60,7 +60,7 @@ def pulls_plot(result: FitSummary, path: Path) -> None:
         ax.set_xlabel(r"$(\hat{\theta} - \theta_0)/\Delta\theta$")
         value, uncertainty = result.value(result.poi)
         ax.set_title(f"{result.poi} = {value:.4f} ± {uncertainty:.4f}", fontsize=14)
-        _save(fig, path)
+        save(fig, path)
 
 
 def summary(result: FitSummary) -> str:
