@@ -18,6 +18,7 @@ their own with :func:`register_observable`:
     ...     return ops.sum(plan.collections[spec.collection].root, weights[spec.collection])
     >>> KINDS["n_soft"].requires
     ('collection',)
+    >>> del KINDS["n_soft"]  # the example's kind goes again (the registry is the process's)
 """
 
 from __future__ import annotations
