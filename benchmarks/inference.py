@@ -18,9 +18,10 @@ computes (the items above, the significance and the ``CLs`` scan of the Brazil b
 fresh model, and ``infer_s``, a whole :func:`diffana.inference.infer` on a model of its own
 (what ``diffana infer`` and a run's inference take: compilation, model and every fit); each
 also as the process's CPU seconds (``compile_cpu_s``, ``infer_cpu_s``: steadier than the wall
-clock on a shared machine). pyhf
-uses scipy's SLSQP (its default optimiser). Prints JSON with ``ratio`` = pyhf's faster
-backend / diffana per item:
+clock on a shared machine). ``numbers.newton`` counts each item's fits, their Newton
+iterations and the fits that did not converge (the same on every machine). pyhf uses scipy's
+SLSQP (its default optimiser). Prints JSON with ``ratio`` = pyhf's faster backend / diffana
+per item:
 
     python benchmarks/inference.py --json benchmarks/results/inference_cpu.json
     python benchmarks/inference.py --backends jax --repeat 3       # skip pyhf's NumPy backend
@@ -103,7 +104,23 @@ def diffana_times(workspace: dict, repeat: int, scan_points: int) -> tuple[dict,
 
     items = {"fit": fit, "cls_band": cls_band, "upper_limit": upper_limit,
              "ranking": ranking, "scan": scan}
-    results = {name: function() for name, function in items.items()}  # compiles
+    counted: dict = {}
+    run = fits.run
+
+    def counting_run(*args):  # each item's fits and their Newton iterations (not timed)
+        batch = run(*args)
+        counted["fits"] += len(batch.n_iter)
+        counted["iterations"] += int(batch.n_iter.sum())
+        counted["not_converged"] += int(np.count_nonzero(~batch.converged))
+        return batch
+
+    fits.run = counting_run
+    results, newton = {}, {}
+    for name, function in items.items():  # compiles
+        counted.update(fits=0, iterations=0, not_converged=0)
+        results[name] = function()
+        newton[name] = dict(counted)
+    fits.run = run
     significance()
     cls_scan()
     jax.block_until_ready(jax.numpy.zeros(1))
@@ -119,7 +136,8 @@ def diffana_times(workspace: dict, repeat: int, scan_points: int) -> tuple[dict,
                "limit_observed": results["upper_limit"][0],
                "limit_expected": results["upper_limit"][1].tolist(),
                "n_ranking_fits": int(np.count_nonzero(results["ranking"][0])),
-               "scan_points": scan_points}
+               "scan_points": scan_points,
+               "newton": newton}
     return times, numbers
 
 

@@ -72,6 +72,7 @@ class FitBatch(NamedTuple):
     hessian: np.ndarray
     poi_gradient: np.ndarray  # d(-2 ln L)/d(POI) at the best fit
     expected: np.ndarray  # expected main and auxiliary data at the best fit (Asimov data)
+    n_iter: np.ndarray  # Newton iterations taken
 
 
 def _one(model: Model, templates: Templates, data, init, lower, upper):
@@ -147,7 +148,7 @@ class Fits:
             for row in zip(data, init, lower, upper, strict=True):
                 result, *more = _jit_one(self.model, self.templates, *row)
                 parts.append([np.asarray(x)[None] for x in (
-                    result.bestfit, result.twice_nll, result.converged, *more)])
+                    result.bestfit, result.twice_nll, result.converged, *more, result.n_iter)])
             return FitBatch(*(np.concatenate(column) for column in zip(*parts, strict=True)))
         for start in range(0, k, self.batch):
             rows = [x[start:start + self.batch] for x in (data, init, lower, upper)]
@@ -157,7 +158,7 @@ class Fits:
                         for x in rows]
             result, *more = _jit_batched(self.model, self.templates, *rows)
             parts.append([np.asarray(x)[:n] for x in (result.bestfit, result.twice_nll,
-                                                       result.converged, *more)])
+                                                       result.converged, *more, result.n_iter)])
         return FitBatch(*(np.concatenate(column) for column in zip(*parts, strict=True)))
 
     def box(self, index: int | None = None, value: float | None = None):

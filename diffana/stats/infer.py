@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffana.stats.model import Model, Templates
+from diffana.stats.newton import projected_newton
 
 __all__ = [
     "FitResult",
@@ -87,95 +88,6 @@ def _fixed_mask(model: Model, fixed: dict[int, float] | None) -> np.ndarray:
     return mask
 
 
-def _projected_newton(objective, x0, lower, upper, tolerance, max_iterations, noise=1e-13,
-                      with_gradient=False):
-    """Minimise ``objective`` in the box ``[lower, upper]`` by damped projected Newton.
-
-    Each iteration computes the active set (parameters on a bound with the gradient pushing
-    outwards), solves ``(H + lam * diag|H|) d = -g`` on the remaining ones, and projects
-    ``x + d`` back into the box. A step is accepted when it does not raise the objective
-    beyond its round-off (``1e-13 * max(1, |f|)``); otherwise the
-    Levenberg-Marquardt damping ``lam`` grows tenfold, which turns the step into a short,
-    scaled gradient step that the projection cannot spoil (``noise``: the relative round-off
-    allowed). Accepted steps shrink ``lam``
-    tenfold, so the iteration ends in pure Newton steps with quadratic convergence.
-
-    The loop stops right after the gradient and Hessian were refreshed, when the scaled
-    projected gradient is below ``tolerance``, when ``max_iterations`` steps were tried, or
-    when no step is accepted any more (``lam`` huge). The Hessian is computed at one place in
-    the loop only (compile time), and it is returned: implicit differentiation reuses it.
-
-    Returns:
-        ``(x, f, hessian, active, n_iter, scaled_projected_gradient)`` at the solution, and
-        with ``with_gradient`` the gradient there.
-    """
-    tiny = jnp.finfo(jnp.float64).tiny
-    gradient = jax.grad(objective)
-
-    def grad_and_hessian(x):
-        hessian, g = jax.jacfwd(lambda y: (gradient(y), gradient(y)), has_aux=True)(x)
-        return g, hessian
-
-    def active_set(x, g):  # a parameter whose box is a point is always held
-        return ((x <= lower) & (g > 0.0)) | ((x >= upper) & (g < 0.0)) | (lower >= upper)
-
-    def scaled_gradient(x, g, hessian):
-        scale = jnp.sqrt(jnp.maximum(jnp.abs(jnp.diag(hessian)), tiny))
-        return jnp.max(jnp.where(active_set(x, g), 0.0, jnp.abs(g) / scale), initial=0.0)
-
-    n = x0.shape[0]
-    x0 = jnp.clip(x0, lower, upper)
-    state0 = dict(
-        x=x0,
-        f=objective(x0),
-        g=jnp.zeros(n, dtype=jnp.float64),
-        hessian=jnp.eye(n, dtype=jnp.float64),
-        refresh=jnp.asarray(True),
-        lam=jnp.asarray(1e-3, dtype=jnp.float64),
-        n_iter=jnp.asarray(0),
-        pgrad=jnp.asarray(jnp.inf, dtype=jnp.float64),
-        stop=jnp.asarray(False),
-    )
-
-    def body(state):
-        x, f, lam = state["x"], state["f"], state["lam"]
-        g, hessian = jax.lax.cond(
-            state["refresh"],
-            lambda: grad_and_hessian(x),
-            lambda: (state["g"], state["hessian"]),
-        )
-        pgrad = scaled_gradient(x, g, hessian)
-        stop = (pgrad <= tolerance) | (state["n_iter"] >= max_iterations) | (lam >= 1e12)
-
-        free = ~active_set(x, g)
-        both_free = free[:, None] & free[None, :]
-        diag = jnp.maximum(jnp.abs(jnp.diag(hessian)), 1e-12)
-        system = jnp.where(both_free, hessian, 0.0) + jnp.diag(jnp.where(free, lam * diag, 1.0))
-        direction = jnp.linalg.solve(system, jnp.where(free, -g, 0.0))
-        x_new = jnp.clip(x + direction, lower, upper)
-        f_new = objective(x_new)
-        # Close to the minimum, the change of f drowns in its round-off; a step that does not
-        # raise f beyond that is taken (Newton steps there only shrink the gradient).
-        allowed = noise * jnp.maximum(1.0, jnp.abs(f))
-        accept = ~stop & jnp.isfinite(f_new) & (f_new <= f + allowed)
-        return dict(
-            x=jnp.where(accept, x_new, x),
-            f=jnp.where(accept, f_new, f),
-            g=g,
-            hessian=hessian,
-            refresh=accept,
-            lam=jnp.where(stop, lam, jnp.where(accept, jnp.maximum(lam * 0.1, 1e-12), lam * 10.0)),
-            n_iter=state["n_iter"] + jnp.where(stop, 0, 1),
-            pgrad=pgrad,
-            stop=stop,
-        )
-
-    final = jax.lax.while_loop(lambda state: ~state["stop"], body, state0)
-    active = active_set(final["x"], final["g"])
-    out = final["x"], final["f"], final["hessian"], active, final["n_iter"], final["pgrad"]
-    return (*out, final["g"]) if with_gradient else out
-
-
 def fit(
     model: Model,
     data: jax.Array,
@@ -190,8 +102,8 @@ def fit(
 
     Minimises ``-2 ln L`` over the parameters that are neither fixed by pyhf
     (``model.suggested_fixed``) nor listed in ``fixed``, with a projected, damped Newton
-    method (see ``_projected_newton``): a fixed iteration cap inside ``lax.while_loop``, no
-    Python control flow on data, so it jit-compiles. A best fit on a bound (for instance
+    method (:func:`~diffana.stats.newton.projected_newton`): a fixed iteration cap inside
+    ``lax.while_loop``, no Python control flow on data, so it jit-compiles. A best fit on a bound (for instance
     ``mu = 0`` for background-like data) is handled by the active set: such parameters stay
     on the bound while the others are solved by Newton steps.
 
@@ -242,7 +154,7 @@ def fit(
         return FitResult(base, value, jnp.asarray(True), jnp.asarray(0, dtype=jnp.int32))
 
     def solve(theta):
-        return _projected_newton(
+        return projected_newton(
             lambda x: twice_nll(x, theta),
             theta[0][free_index],
             lower,
@@ -325,7 +237,7 @@ def fit_in_box(
     def twice_nll(x):
         return -2.0 * model.logpdf(x, data, templates)
 
-    x, f, hessian, _, n_iter, pgrad, gradient = _projected_newton(
+    x, f, hessian, _, n_iter, pgrad, gradient = projected_newton(
         twice_nll, jnp.asarray(init, dtype=jnp.float64), jnp.asarray(lower, dtype=jnp.float64),
         jnp.asarray(upper, dtype=jnp.float64), tolerance, max_iterations, noise=1e-11,
         with_gradient=True)
