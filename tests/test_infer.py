@@ -211,6 +211,7 @@ def test_a_fit_converges_where_a_projected_step_lands_on_a_bound():
     from_init = fits.fixed_poi(ref.asimov_data, 2.0)
     from_background = fits.fixed_poi(ref.asimov_data, 2.0, init=ref.background.bestfit[0])
     assert from_init.converged[0] and from_background.converged[0]
+    assert from_init.n_iter[0] < infer.MAX_ITERATIONS  # 39 (it used all 100)
     assert from_init.twice_nll[0] == pytest.approx(from_background.twice_nll[0], rel=1e-10)
     assert from_init.twice_nll[0] < 3330.0
 
