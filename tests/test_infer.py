@@ -9,9 +9,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pyhf  # noqa: E402
 import pytest  # noqa: E402
-from jax.test_util import check_grads  # noqa: E402
-
 from conftest import DATA  # noqa: E402
+from jax.test_util import check_grads  # noqa: E402
 
 from diffana.stats import Model, infer  # noqa: E402
 from diffana.stats import hypotest as ht  # noqa: E402
@@ -214,6 +213,21 @@ def test_a_fit_converges_where_a_projected_step_lands_on_a_bound():
     assert from_init.n_iter[0] < infer.MAX_ITERATIONS  # 39 (it used all 100)
     assert from_init.twice_nll[0] == pytest.approx(from_background.twice_nll[0], rel=1e-10)
     assert from_init.twice_nll[0] < 3330.0
+
+
+def test_batched_fits_equal_fits_one_at_a_time():
+    """The batched box fits (what an accelerator runs, 32 at a time; here 3, so the last
+    batch is padded) give each fit's numbers and iterations as one fit at a time does."""
+    templates = MODEL.templates()
+    one, batched = ht.Fits(MODEL, templates, batch=1), ht.Fits(MODEL, templates, batch=3)
+    data = np.asarray(pyhf.Model(make_spec()).expected_data(
+        pyhf.Model(make_spec()).config.suggested_init()), dtype=np.float64)
+    poi_values = [0.0, 0.5, 1.5, 3.0]
+    a, b = one.fixed_poi(data, poi_values), batched.fixed_poi(data, poi_values)
+    np.testing.assert_allclose(b.bestfit, a.bestfit, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(b.twice_nll, a.twice_nll, rtol=1e-12)
+    np.testing.assert_array_equal(b.n_iter, a.n_iter)
+    assert a.converged.all() and b.converged.all() and (a.n_iter > 0).all()
 
 
 def test_discovery_significance_matches_pyhf_q0():
