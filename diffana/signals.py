@@ -10,6 +10,7 @@ Example:
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 from contextlib import contextmanager
 
@@ -24,20 +25,31 @@ class Signals:
     as ``pending`` and raised by ``check()`` at the next point where stopping is safe: an
     exception raised in the middle of a JAX compilation leaves XLA in a state that crashes the
     interpreter as it exits (a segmentation fault instead of exit 130).
+
+    Every signal is also kept as ``pending`` when it is raised: one that arrives in a callback
+    whose exceptions Python ignores (a weak reference's, the garbage collector's) is swallowed
+    there, and ``check()`` raises it at the next safe point instead; while installed, such an
+    :class:`Interrupted` is not printed (``sys.unraisablehook``).
     """
 
     def __init__(self):
         self.hold = False
         self.pending: int | None = None
         self._deferred = False
+        self._unraisable_before = sys.unraisablehook
 
     def _handler(self, signum, frame):
         if self.hold:
             return
+        self.pending = self.pending or signum  # for check(), where the raise is swallowed
         if self._deferred or (frame is not None and frame.f_code.co_name == "__del__"):
-            self.pending = self.pending or signum
             return
         raise Interrupted(signum=signum)
+
+    def _unraisable(self, unraisable) -> None:
+        """An :class:`Interrupted` that Python could not raise is pending, not printed."""
+        if not isinstance(unraisable.exc_value, Interrupted):
+            self._unraisable_before(unraisable)
 
     def check(self) -> None:
         """Raise :class:`Interrupted` for a signal that arrived while it could not be raised."""
@@ -61,8 +73,10 @@ class Signals:
         # a signal the process was told to ignore (SIGINT under nohup or `cmd &`) stays ignored
         previous = {s: signal.signal(s, self._handler) for s in (signal.SIGINT, signal.SIGTERM)
                     if signal.getsignal(s) is not signal.SIG_IGN}
+        self._unraisable_before, sys.unraisablehook = sys.unraisablehook, self._unraisable
         try:
             yield
         finally:
+            sys.unraisablehook = self._unraisable_before
             for s, handler in previous.items():
                 signal.signal(s, signal.SIG_DFL if handler is None else handler)

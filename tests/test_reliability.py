@@ -254,3 +254,28 @@ def test_resume_refuses(tmp_path, capsys):
     assert cli.main(["run", "--resume", str(run_dir)]) == 2
     assert "the run has finished" in capsys.readouterr().err
     assert cli.main(["run"]) == 2
+
+
+def test_a_signal_swallowed_in_a_callback_is_raised_at_the_next_check(capfd):
+    """SIGINT that arrives while a weak reference's callback runs (the garbage collector's
+    moment, anywhere in a run): Python ignores what the callback raises, so the run went on
+    and finished with exit 0 after printing "Exception ignored in: ..." with a traceback.
+    The signal is now pending (check() raises it) and nothing is printed."""
+    import weakref
+
+    from diffana.optimise import Interrupted
+    from diffana.signals import Signals
+
+    class Owner:
+        pass
+
+    signals = Signals()
+    with signals.installed():
+        owner = Owner()
+        ref = weakref.ref(owner, lambda _: signal.raise_signal(signal.SIGINT))
+        del owner  # the callback runs, the handler raises inside it, Python swallows it
+        assert ref() is None and signals.pending == signal.SIGINT
+        with pytest.raises(Interrupted) as err:
+            signals.check()
+        assert err.value.signum == signal.SIGINT
+    assert capfd.readouterr().err == ""
