@@ -13,6 +13,7 @@ import pytest  # noqa: E402
 from jax.test_util import check_grads  # noqa: E402
 
 from diffana.stats import Model  # noqa: E402
+from diffana.stats.modifiers import modifier_settings  # noqa: E402
 
 RTOL = 1e-10
 
@@ -241,6 +242,46 @@ def test_zero_rate_with_data_is_floored_not_nan(full_model):
     value, grad = jax.jit(jax.value_and_grad(full_model.logpdf))(pars, data, templates)
     assert np.isfinite(value) and value < -1000.0
     assert np.all(np.isfinite(grad))
+
+
+def _hessian_points(model, seed):
+    """A random point, the same with the POI at 0 (a factor slot that is 0) and every
+    parameter at its lower bound (staterror and shapesys factors at 1e-10)."""
+    pars = random_pars(model, np.random.default_rng(seed))
+    at_zero = pars.copy()
+    at_zero[model.poi_index] = 0.0
+    lowest = np.where(model.suggested_fixed, model.suggested_init, model.suggested_bounds[:, 0])
+    return pars, at_zero, lowest
+
+
+@pytest.mark.parametrize("codes", [None, {"normsys": "code1", "histosys": "code0"}],
+                         ids=["default-codes", "code1-code0"])
+def test_hessian_equals_automatic_differentiation(model, codes):
+    """Newton's Hessian, from the layout of the rates (diffana.stats.curvature), is
+    jax.hessian's to round-off, with every modifier type and interpolation code."""
+    model = Model(model.spec, modifier_settings=modifier_settings(codes)) if codes else model
+    templates = model.templates()
+    data = jnp.asarray(observed_data(model))
+    structured = jax.jit(model.twice_nll_hessian)
+    automatic = jax.jit(jax.hessian(lambda p: -2.0 * model.logpdf(p, data, templates)))
+    for pars in _hessian_points(model, seed=11):
+        expected = np.asarray(automatic(jnp.asarray(pars)))
+        got = np.asarray(structured(jnp.asarray(pars), data, templates))
+        assert np.all(np.isfinite(got))
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12 * np.max(np.abs(expected)))
+
+
+def test_hessian_of_a_large_layout_is_differentiated(monkeypatch):
+    """Beyond MAX_PRODUCTS the layout's products would take too much memory: the Hessian is
+    jax.hessian's itself (bitwise; the structured one differs from it by round-off)."""
+    monkeypatch.setattr("diffana.stats.curvature.MAX_PRODUCTS", 0)
+    model = Model(SPECS["all"])
+    templates = model.templates()
+    data = jnp.asarray(observed_data(model))
+    pars = jnp.asarray(random_pars(model, np.random.default_rng(12)))
+    expected = jax.jit(jax.hessian(lambda p: -2.0 * model.logpdf(p, data, templates)))(pars)
+    got = jax.jit(model.twice_nll_hessian)(pars, data, templates)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
 
 
 def test_workspace_spec_uses_measurement():

@@ -105,6 +105,10 @@ class MainModel:
                                             where.astype(np.int64)))
 
         one_index = n_values  # the trailing 1.0 of the factor values fills unused slots
+        # The parameter each factor value depends on (-1: the trailing 1.0).
+        self.factor_pars = np.concatenate(
+            [np.arange(n_pars), *[applied.alpha for applied in self.factors], [-1]]
+        ).astype(np.int64)
         depth = max([1] + [len(f) for per_sample in slot_lists for f in per_sample])
         factor_index = np.full((depth, self.n_samples, n_bins), one_index, dtype=np.int64)
         for s, per_sample in enumerate(slot_lists):
@@ -120,6 +124,24 @@ class MainModel:
         sites = [(templates[c][s], m) for c, s, m in applied.sites]
         return applied.kind.apply(pars[applied.alpha], sites)
 
+    def nominal(self, templates: dict) -> jax.Array:
+        """The nominal yields, flattened ``(sample, bin)``, shape ``(n_samples * n_bins,)``."""
+        nominal_values = [templates[c][s]["data"] for c, s in self.nominal_sites]
+        flat = jnp.zeros(self.n_samples * self.n_bins, dtype=jnp.float64)
+        return flat.at[self.nominal_positions].set(jnp.concatenate(nominal_values))
+
+    def shift_values(self, pars: jax.Array, templates: dict) -> list[jax.Array]:
+        """The ``"shift"`` types' shifts, one array per type (bins at ``positions``); each
+        entry depends on one parameter (``alpha``)."""
+        return [self._apply(applied, pars, templates) for applied in self.shifts]
+
+    def factor_values(self, pars: jax.Array, templates: dict) -> jax.Array:
+        """The values the factor slots gather (``factor_index``): the parameters, the
+        interpolated factors and a trailing 1.0; each depends on one parameter
+        (``factor_pars``)."""
+        interpolated = [self._apply(applied, pars, templates) for applied in self.factors]
+        return jnp.concatenate([pars, *interpolated, jnp.ones(1, dtype=jnp.float64)])
+
     def rates_by_sample(self, pars: jax.Array, templates: dict) -> jax.Array:
         """Expected rates, shape ``(n_samples, n_bins)``, samples in pyhf order.
 
@@ -127,21 +149,17 @@ class MainModel:
             pars: float64 parameter values, pyhf order.
             templates: The numbers of the spec (see :meth:`diffana.stats.Model.templates`).
         """
-        n_samples, n_bins = self.n_samples, self.n_bins
-        nominal_values = [templates[c][s]["data"] for c, s in self.nominal_sites]
-        flat = jnp.zeros(n_samples * n_bins, dtype=jnp.float64)
-        flat = flat.at[self.nominal_positions].set(jnp.concatenate(nominal_values))
-        for applied in self.shifts:
-            flat = flat.at[applied.positions].add(self._apply(applied, pars, templates))
-        interpolated = [self._apply(applied, pars, templates) for applied in self.factors]
-        factor_values = jnp.concatenate([pars, *interpolated, jnp.ones(1, dtype=jnp.float64)])
-        gathered = factor_values[self.factor_index]
+        flat = self.nominal(templates)
+        for applied, shift in zip(self.shifts, self.shift_values(pars, templates),
+                                  strict=True):
+            flat = flat.at[applied.positions].add(shift)
+        gathered = self.factor_values(pars, templates)[self.factor_index]
         # An explicit product over the (few, static) factor slots: jnp.prod's derivative rule
         # guards against zeros and makes second derivatives (Newton's Hessian) costly to compile.
         factors = gathered[0]
         for k in range(1, gathered.shape[0]):
             factors = factors * gathered[k]
-        return factors * flat.reshape(n_samples, n_bins)
+        return factors * flat.reshape(self.n_samples, self.n_bins)
 
     def expected(self, pars: jax.Array, templates: dict) -> jax.Array:
         """Expected yields of all bins (summed over samples), shape ``(n_bins,)``."""

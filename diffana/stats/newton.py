@@ -46,7 +46,7 @@ def _step(objective, x, target, lower, upper):
 
 
 def projected_newton(objective, x0, lower, upper, tolerance, max_iterations, noise=1e-13,
-                     with_gradient=False):
+                     with_gradient=False, hessian=None):
     """Minimise ``objective`` in the box ``[lower, upper]`` by damped projected Newton.
 
     Each iteration computes the active set (parameters on a bound with the gradient pushing
@@ -58,6 +58,10 @@ def projected_newton(objective, x0, lower, upper, tolerance, max_iterations, noi
     scaled gradient step that the projection cannot spoil (``noise``: the relative round-off
     allowed). Accepted steps shrink ``lam``
     tenfold, so the iteration ends in pure Newton steps with quadratic convergence.
+
+    ``hessian``, a function of ``x``, gives the Hessian of ``objective`` (a cheaper one than
+    automatic differentiation's, :meth:`diffana.stats.Model.twice_nll_hessian`); without it,
+    the Hessian is ``jax.jacfwd`` of the gradient.
 
     The loop stops right after the gradient and Hessian were refreshed, when the scaled
     projected gradient is below ``tolerance``, when ``max_iterations`` steps were tried, or
@@ -76,8 +80,10 @@ def projected_newton(objective, x0, lower, upper, tolerance, max_iterations, noi
         return g, g
 
     def grad_and_hessian(x):  # one reverse pass traced (not two: a quarter of the program)
-        hessian, g = jax.jacfwd(gradient_twice, has_aux=True)(x)
-        return g, hessian
+        if hessian is not None:
+            return gradient(x), hessian(x)
+        matrix, g = jax.jacfwd(gradient_twice, has_aux=True)(x)
+        return g, matrix
 
     def active_set(x, g):  # a parameter whose box is a point is always held
         return ((x <= lower) & (g > 0.0)) | ((x >= upper) & (g < 0.0)) | (lower >= upper)
