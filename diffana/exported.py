@@ -206,33 +206,50 @@ class Persistent:
         return getattr(self._jitted, name)
 
     def __call__(self, *args):
+        call, dynamic, out = self._resolve(args)
+        return call(*dynamic) if out is _PENDING else out
+
+    def bind(self, *leading) -> Bound:
+        """This function with its first arguments given once: ``bind(a, b)(c, d)`` is
+        ``self(a, b, c, d)``, with ``a`` and ``b`` read once, not at every call (a box fit's
+        model and its 316 template arrays took 0.15 ms a call to read; a fit that starts at
+        its minimum takes 0.33 ms). Every static argument must be among them."""
+        if any(i >= len(leading) for i in self._static):
+            raise ValueError(f"{self._name}: bind() needs every static argument")
+        return Bound(self, leading)
+
+    def _resolve(self, args: tuple):
+        """``(call, dynamic, out)``: the function to call with the traced arguments
+        ``dynamic``, compiled or loaded at the first call with their signature (whose result
+        is ``out``; otherwise ``out`` is ``_PENDING``). ``call`` is ``None`` where there is
+        none to keep (``out`` is then the result)."""
         static = tuple(args[i] for i in self._static)
         dynamic = tuple(a for i, a in enumerate(args) if i not in self._static)
         leaves, tree = jax.tree_util.tree_flatten(dynamic)
         signature = _signature(leaves)
         if signature is None:  # under a trace, or a Python scalar
-            return self._jitted(*args)
+            return None, dynamic, self._jitted(*args)
         avals, sharding = signature
         directory = compilation.exported_dir()
         if directory is None:
-            return self._placing(sharding)(*args)
+            return self._with_static(static, sharding), dynamic, _PENDING
         try:
             memo = (*static, tree, avals, sharding)
             call = self._calls.get(memo)
         except TypeError:  # an unhashable static argument: jit would refuse it too
-            return self._jitted(*args)
+            return None, dynamic, self._jitted(*args)
         if call is not None:
-            return call(*dynamic)
+            return call, dynamic, _PENDING
         with self._first:  # a second thread's first call waits for this one's compilation
             call = self._calls.get(memo)
-            if call is None:
-                call = self._load_or_export(directory, static, tree, avals, args, sharding)
-                out = call(*dynamic)  # compiles
-                if len(self._calls) >= MEMO:  # the oldest: its kernel is likely gone
-                    self._calls.pop(next(iter(self._calls)))
-                self._calls[memo] = call
-                return out
-        return call(*dynamic)
+            if call is not None:
+                return call, dynamic, _PENDING
+            call = self._load_or_export(directory, static, tree, avals, args, sharding)
+            out = call(*dynamic)  # compiles
+            if len(self._calls) >= MEMO:  # the oldest: its kernel is likely gone
+                self._calls.pop(next(iter(self._calls)))
+            self._calls[memo] = call
+            return call, dynamic, out
 
     def _load_or_export(self, directory: Path, static: tuple, tree, avals, args, sharding):
         try:
@@ -275,6 +292,31 @@ class Persistent:
         return call
 
 
+class Bound:
+    """A :class:`Persistent` function with its first arguments given (:meth:`Persistent.bind`).
+
+    The function to call is looked up once per signature of the other arguments; the given
+    ones are held, so they stay the same objects.
+    """
+
+    def __init__(self, function: Persistent, leading: tuple):
+        self._function, self._leading = function, leading
+        self._calls: dict = {}  # (tree, avals, sharding) of the other arguments → call
+
+    def __call__(self, *rest):
+        leaves, tree = jax.tree_util.tree_flatten(rest)
+        signature = _signature(leaves)
+        found = None if signature is None else self._calls.get((tree, signature))
+        if found is None:
+            call, dynamic, out = self._function._resolve((*self._leading, *rest))
+            if call is not None and signature is not None:
+                self._calls[(tree, signature)] = (call, dynamic[:len(dynamic) - len(rest)])
+            return call(*dynamic) if out is _PENDING else out
+        call, given = found
+        return call(*given, *rest)
+
+
+_PENDING = object()  # Persistent._resolve: the function is to be called still
 _TRACER, _ARRAY, _OTHER, _NONE = range(4)
 _KINDS: dict[type, int] = {}  # what each type of argument is: checked once per type
 

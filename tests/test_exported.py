@@ -52,6 +52,29 @@ def test_read_back_without_tracing(directory):
     assert TRACES == [3, 4, 3] and len(list(directory.glob("test-scaled-*"))) == 3
 
 
+@pytest.mark.parametrize("cache", [True, False], ids=["cache-on", "cache-off"])
+def test_bound_arguments_give_the_same_calls(directory, cache):
+    """bind(n, a)(x) is f(n, a, x): one trace per signature of x, the same numbers."""
+    compilation.use_compilation_cache(cache)
+
+    def offset(n, a, x):  # a function of its own: jax.jit keeps traces per function
+        TRACES.append(n)
+        return jnp.sin(x) * n + a
+
+    function = exported.persistent(jax.jit(offset, static_argnums=0), f"test-offset-{cache}",
+                                   (0,))
+    a, x = jnp.arange(5.0), jnp.linspace(0.0, 1.0, 5)
+    TRACES.clear()
+    bound = function.bind(2, a)
+    for y in (x, x + 1.0, np.asarray(x)):  # a NumPy array: the same signature
+        np.testing.assert_array_equal(np.asarray(bound(y)), np.asarray(jnp.sin(y) * 2 + a))
+    assert TRACES == [2]
+    np.testing.assert_array_equal(np.asarray(bound(jnp.zeros(1))), np.asarray(a))  # broadcast
+    assert TRACES == [2, 2]  # another shape of x: traced again
+    with pytest.raises(ValueError, match="static"):
+        function.bind()
+
+
 def test_a_damaged_entry_is_traced_again(directory):
     x = jnp.arange(4.0)
     _wrapped()(2, x)

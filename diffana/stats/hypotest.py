@@ -75,24 +75,22 @@ class FitBatch(NamedTuple):
     n_iter: np.ndarray  # Newton iterations taken
 
 
-def _one(model: Model, packed: jax.Array, data, init, lower, upper):
-    """One box fit of the templates ``packed`` into one array (:meth:`Model.pack`): its
-    result, and the Hessian, the POI's gradient and the expected data at the best fit."""
-    templates = model.unpack(packed)
+def _one(model: Model, templates: Templates, data, init, lower, upper):
+    """One box fit: its result, and the Hessian, the POI's gradient and the expected data at
+    the best fit."""
     result, hessian, gradient = fit_in_box(model, data, templates, init, lower, upper)
     poi = model.poi_index if model.poi_index is not None else 0
     return result, hessian, gradient[poi], model.expected_data(result.bestfit, templates)
 
 
-def _batched(model: Model, packed: jax.Array, data, init, lower, upper):
-    return jax.vmap(lambda *row: _one(model, packed, *row))(data, init, lower, upper)
+def _batched(model: Model, templates: Templates, data, init, lower, upper):
+    return jax.vmap(lambda *row: _one(model, templates, *row))(data, init, lower, upper)
 
 
 # One function compiled per model: the fit, which also gives the Asimov data at its best fit
 # and (in a box that is a point) -2 ln L at given parameters. Batched on accelerators, where
-# batching pays; a batch of one is not vmapped (that traces in half the time). The templates
-# go in as one array: as a pytree, the AGC's 316 arrays cost more to pass, call by call,
-# than a short fit (0.65 against 0.33 ms for a fit that starts at its minimum).
+# batching pays; a batch of one is not vmapped (that traces in half the time). Fits binds the
+# model and its templates once (Persistent.bind).
 # what the fits return, serialisable (kept across runs, diffana.exported)
 jax.export.register_namedtuple_serialization(FitResult, serialized_name="diffana.FitResult")
 _jit_one = persistent(jax.jit(_one, static_argnums=0), "box_fit", (0,))
@@ -122,7 +120,8 @@ class Fits:
 
     def __init__(self, model: Model, templates: Templates, batch: int | None = None):
         self.model, self.templates = model, templates
-        self._packed = model.pack(templates)
+        self._one = _jit_one.bind(model, templates)
+        self._batched = _jit_batched.bind(model, templates)
         self.batch = batch or (1 if jax.default_backend() == "cpu" else 32)
         fixed = np.asarray(model.suggested_fixed, dtype=bool)
         self.init = np.asarray(model.suggested_init, dtype=np.float64)
@@ -150,7 +149,7 @@ class Fits:
         parts = []
         if self.batch == 1:
             for row in zip(data, init, lower, upper, strict=True):
-                result, *more = _jit_one(self.model, self._packed, *row)
+                result, *more = self._one(*row)
                 parts.append([np.asarray(x)[None] for x in (
                     result.bestfit, result.twice_nll, result.converged, *more, result.n_iter)])
             return FitBatch(*(np.concatenate(column) for column in zip(*parts, strict=True)))
@@ -160,7 +159,7 @@ class Fits:
             if n < self.batch:  # pad with copies of the last fit
                 rows = [np.concatenate([x, np.repeat(x[-1:], self.batch - n, axis=0)])
                         for x in rows]
-            result, *more = _jit_batched(self.model, self._packed, *rows)
+            result, *more = self._batched(*rows)
             parts.append([np.asarray(x)[:n] for x in (result.bestfit, result.twice_nll,
                                                        result.converged, *more, result.n_iter)])
         return FitBatch(*(np.concatenate(column) for column in zip(*parts, strict=True)))

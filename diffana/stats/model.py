@@ -40,7 +40,6 @@ import copy
 from typing import Any
 
 import jax
-import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 
@@ -189,17 +188,6 @@ class Model:
                 if observation["name"] in observations:
                     observation["data"] = floats(observations[observation["name"]])
         return spec
-
-    def pack(self, templates: Templates) -> jax.Array:
-        """``templates`` as one float64 array (:meth:`unpack` reverses it): one argument
-        of a compiled function instead of one per number of the spec."""
-        return jax.flatten_util.ravel_pytree(templates)[0]
-
-    def unpack(self, packed: jax.Array) -> Templates:
-        """The templates from :meth:`pack`'s array (in the layout of :meth:`templates`)."""
-        # not kept on the model: a function among its attributes would keep its traced
-        # functions from being fingerprinted (diffana.exported)
-        return jax.flatten_util.ravel_pytree(self.templates())[1](packed)
 
     # ------------------------------------------------------------------ likelihood
 

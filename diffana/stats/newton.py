@@ -116,12 +116,17 @@ def projected_newton(objective, x0, lower, upper, tolerance, max_iterations, noi
         pgrad = scaled_gradient(x, g, hessian)
         stop = (pgrad <= tolerance) | (state["n_iter"] >= max_iterations) | (lam >= 1e12)
 
-        free = ~active_set(x, g)
-        both_free = free[:, None] & free[None, :]
-        diag = jnp.maximum(jnp.abs(jnp.diag(hessian)), 1e-12)
-        system = jnp.where(both_free, hessian, 0.0) + jnp.diag(jnp.where(free, lam * diag, 1.0))
-        direction = jnp.linalg.solve(system, jnp.where(free, -g, 0.0))
-        x_new, f_new = _step(objective, x, x + direction, lower, upper)
+        def newton_step():
+            free = ~active_set(x, g)
+            both_free = free[:, None] & free[None, :]
+            diag = jnp.maximum(jnp.abs(jnp.diag(hessian)), 1e-12)
+            system = (jnp.where(both_free, hessian, 0.0)
+                      + jnp.diag(jnp.where(free, lam * diag, 1.0)))
+            direction = jnp.linalg.solve(system, jnp.where(free, -g, 0.0))
+            return _step(objective, x, x + direction, lower, upper)
+
+        # the last pass (stop) only refreshed the gradient and Hessian: no step to try
+        x_new, f_new = jax.lax.cond(stop, lambda: (x, f), newton_step)
         # Close to the minimum, the change of f drowns in its round-off; a step that does not
         # raise f beyond that is taken (Newton steps there only shrink the gradient).
         allowed = noise * jnp.maximum(1.0, jnp.abs(f))
