@@ -256,32 +256,44 @@ def _hessian_points(model, seed):
 
 @pytest.mark.parametrize("codes", [None, {"normsys": "code1", "histosys": "code0"}],
                          ids=["default-codes", "code1-code0"])
-def test_hessian_equals_automatic_differentiation(model, codes):
-    """Newton's Hessian, from the layout of the rates (diffana.stats.curvature), is
-    jax.hessian's to round-off, with every modifier type and interpolation code."""
+def test_derivatives_equal_automatic_differentiation(model, codes):
+    """Newton's gradient and Hessian, from the layout of the rates (diffana.stats.curvature),
+    are jax.grad's and jax.hessian's to round-off, with every modifier type and code."""
     model = Model(model.spec, modifier_settings=modifier_settings(codes)) if codes else model
     templates = model.templates()
     data = jnp.asarray(observed_data(model))
-    structured = jax.jit(model.twice_nll_hessian)
-    automatic = jax.jit(jax.hessian(lambda p: -2.0 * model.logpdf(p, data, templates)))
+
+    def twice_nll(p):
+        return -2.0 * model.logpdf(p, data, templates)
+
+    structured = jax.jit(model.twice_nll_derivatives)
+    automatic = jax.jit(lambda p: (jax.grad(twice_nll)(p), jax.hessian(twice_nll)(p)))
     for pars in _hessian_points(model, seed=11):
-        expected = np.asarray(automatic(jnp.asarray(pars)))
-        got = np.asarray(structured(jnp.asarray(pars), data, templates))
-        assert np.all(np.isfinite(got))
-        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12 * np.max(np.abs(expected)))
+        for got, expected in zip(structured(jnp.asarray(pars), data, templates),
+                                 automatic(jnp.asarray(pars)), strict=True):
+            got, expected = np.asarray(got), np.asarray(expected)
+            assert np.all(np.isfinite(got))
+            np.testing.assert_allclose(got, expected, rtol=0,
+                                       atol=1e-12 * np.max(np.abs(expected)))
 
 
-def test_hessian_of_a_large_layout_is_differentiated(monkeypatch):
+def test_derivatives_of_a_large_layout_are_differentiated(monkeypatch):
     """Beyond MAX_PRODUCTS the layout's products would take too much memory: the Hessian is
-    jax.hessian's itself (bitwise; the structured one differs from it by round-off)."""
+    jax.hessian's itself (bitwise; the structured one differs from it by round-off), the
+    gradient jax.grad's."""
     monkeypatch.setattr("diffana.stats.curvature.MAX_PRODUCTS", 0)
     model = Model(SPECS["all"])
     templates = model.templates()
     data = jnp.asarray(observed_data(model))
     pars = jnp.asarray(random_pars(model, np.random.default_rng(12)))
-    expected = jax.jit(jax.hessian(lambda p: -2.0 * model.logpdf(p, data, templates)))(pars)
-    got = jax.jit(model.twice_nll_hessian)(pars, data, templates)
-    np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
+
+    def twice_nll(p):
+        return -2.0 * model.logpdf(p, data, templates)
+
+    expected = jax.jit(lambda p: (jax.grad(twice_nll)(p), jax.hessian(twice_nll)(p)))(pars)
+    got = jax.jit(model.twice_nll_derivatives)(pars, data, templates)
+    np.testing.assert_allclose(np.asarray(got[0]), np.asarray(expected[0]), rtol=1e-12)
+    np.testing.assert_array_equal(np.asarray(got[1]), np.asarray(expected[1]))
 
 
 def test_workspace_spec_uses_measurement():

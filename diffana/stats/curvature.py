@@ -1,4 +1,4 @@
-"""The Hessian of the main term, ``-2 ln L_main``, from the layout of the expected rates.
+"""The gradient and Hessian of the main term, ``-2 ln L_main``, from the layout of the rates.
 
 Newton's fits need the Hessian of ``-2 ln L`` at every step. By automatic differentiation
 (forward over reverse) it costs 34 reverse passes on the AGC workspace, whose reverse
@@ -38,12 +38,13 @@ __all__ = ["Curvature"]
 
 #: The largest layout :class:`Curvature` takes on: its products over the slots of every
 #: pair of slots at a rate hold ``n_pairs * depth`` numbers (8 M: 64 MB of float64; the
-#: AGC's are 49 k). Beyond it, :meth:`diffana.stats.Model.twice_nll_hessian` differentiates.
+#: AGC's are 49 k). Beyond it, :meth:`diffana.stats.Model.twice_nll_derivatives`
+#: differentiates.
 MAX_PRODUCTS = 1 << 23
 
 
 class Curvature:
-    """The Hessian of ``-2 ln L_main`` with respect to the parameters.
+    """The gradient and Hessian of ``-2 ln L_main`` with respect to the parameters.
 
     Args:
         main: The main term, whose layout (factor slots and shifts) is read once.
@@ -113,8 +114,10 @@ class Curvature:
         return (jnp.prod(slots, axis=0), jnp.prod(jnp.where(self.others, at_slots, 1.0), axis=1),
                 jnp.prod(jnp.where(self.remaining, at_pairs, 1.0), axis=1))
 
-    def hessian(self, pars: jax.Array, main_data: jax.Array, templates: dict) -> jax.Array:
-        """The Hessian of ``-2 ln L_main`` at ``pars``, shape ``(n_pars, n_pars)``.
+    def derivatives(self, pars: jax.Array, main_data: jax.Array, templates: dict
+                    ) -> tuple[jax.Array, jax.Array]:
+        """The gradient and the Hessian of ``-2 ln L_main`` at ``pars``, shapes ``(n_pars,)``
+        and ``(n_pars, n_pars)`` (the gradient is ``J^T l'``: no reverse pass).
 
         Args:
             pars: float64 parameter values, pyhf order.
@@ -133,8 +136,9 @@ class Curvature:
             return -2.0 * jnp.sum(poisson_logpdf(main_data, nu))
 
         # l' and l'' per bin (the main term is a sum over bins)
-        slope, curvature = jax.jvp(jax.grad(twice_nll), (expected,), (jnp.ones_like(expected),))
-        slope = slope[self.bin_of_rate]
+        bin_slope, curvature = jax.jvp(jax.grad(twice_nll), (expected,),
+                                       (jnp.ones_like(expected),))
+        slope = bin_slope[self.bin_of_rate]
 
         # d r / d pars per rate: the factor slots' part (times A) and the shifts' (times F)
         k, rate = self.slot_k, self.slot_rate
@@ -157,4 +161,4 @@ class Curvature:
         ])
         half = jnp.zeros(n_pars * n_pars, dtype=jnp.float64).at[self.second_order_index].add(
             terms).reshape(n_pars, n_pars) + by_slot.T @ (slope[:, None] * by_shift)
-        return jacobian.T @ (curvature[:, None] * jacobian) + half + half.T
+        return jacobian.T @ bin_slope, jacobian.T @ (curvature[:, None] * jacobian) + half + half.T

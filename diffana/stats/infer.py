@@ -103,7 +103,7 @@ def fit(
     Minimises ``-2 ln L`` over the parameters that are neither fixed by pyhf
     (``model.suggested_fixed``) nor listed in ``fixed``, with a projected, damped Newton
     method (:func:`~diffana.stats.newton.projected_newton`, with the Hessian of
-    :meth:`~diffana.stats.Model.twice_nll_hessian`): a fixed iteration cap inside
+    :meth:`~diffana.stats.Model.twice_nll_derivatives`): a fixed iteration cap inside
     ``lax.while_loop``, no Python control flow on data, so it jit-compiles. A best fit on a
     bound (for instance ``mu = 0`` for background-like data) is handled by the active set:
     such parameters stay on the bound while the others are solved by Newton steps.
@@ -157,9 +157,10 @@ def fit(
     def solve(theta):
         base_pars, data_, templates_ = theta
 
-        def hessian(x):
-            matrix = model.twice_nll_hessian(base_pars.at[free_index].set(x), data_, templates_)
-            return matrix[np.ix_(free_index, free_index)]
+        def derivatives(x):
+            gradient, hessian = model.twice_nll_derivatives(base_pars.at[free_index].set(x),
+                                                            data_, templates_)
+            return gradient[free_index], hessian[np.ix_(free_index, free_index)]
 
         return projected_newton(
             lambda x: twice_nll(x, theta),
@@ -168,7 +169,7 @@ def fit(
             upper,
             tolerance,
             max_iterations,
-            hessian=hessian,
+            derivatives=derivatives,
         )
 
     @jax.custom_jvp
@@ -248,7 +249,8 @@ def fit_in_box(
     x, f, hessian, _, n_iter, pgrad, gradient = projected_newton(
         twice_nll, jnp.asarray(init, dtype=jnp.float64), jnp.asarray(lower, dtype=jnp.float64),
         jnp.asarray(upper, dtype=jnp.float64), tolerance, max_iterations, noise=1e-11,
-        with_gradient=True, hessian=lambda x: model.twice_nll_hessian(x, data, templates))
+        with_gradient=True,
+        derivatives=lambda x: model.twice_nll_derivatives(x, data, templates))
     result = FitResult(bestfit=x, twice_nll=f, converged=pgrad <= 1e-6,
                        n_iter=n_iter.astype(jnp.int32))
     return result, hessian, gradient

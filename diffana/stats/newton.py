@@ -46,7 +46,7 @@ def _step(objective, x, target, lower, upper):
 
 
 def projected_newton(objective, x0, lower, upper, tolerance, max_iterations, noise=1e-13,
-                     with_gradient=False, hessian=None):
+                     with_gradient=False, derivatives=None):
     """Minimise ``objective`` in the box ``[lower, upper]`` by damped projected Newton.
 
     Each iteration computes the active set (parameters on a bound with the gradient pushing
@@ -59,9 +59,9 @@ def projected_newton(objective, x0, lower, upper, tolerance, max_iterations, noi
     allowed). Accepted steps shrink ``lam``
     tenfold, so the iteration ends in pure Newton steps with quadratic convergence.
 
-    ``hessian``, a function of ``x``, gives the Hessian of ``objective`` (a cheaper one than
-    automatic differentiation's, :meth:`diffana.stats.Model.twice_nll_hessian`); without it,
-    the Hessian is ``jax.jacfwd`` of the gradient.
+    ``derivatives``, a function of ``x``, gives the gradient and Hessian of ``objective``
+    (cheaper than automatic differentiation's, :meth:`diffana.stats.Model.twice_nll_derivatives`);
+    without it, they are ``jax.grad`` and its ``jax.jacfwd``.
 
     The loop stops right after the gradient and Hessian were refreshed, when the scaled
     projected gradient is below ``tolerance``, when ``max_iterations`` steps were tried, or
@@ -80,8 +80,8 @@ def projected_newton(objective, x0, lower, upper, tolerance, max_iterations, noi
         return g, g
 
     def grad_and_hessian(x):  # one reverse pass traced (not two: a quarter of the program)
-        if hessian is not None:
-            return gradient(x), hessian(x)
+        if derivatives is not None:
+            return derivatives(x)
         matrix, g = jax.jacfwd(gradient_twice, has_aux=True)(x)
         return g, matrix
 
