@@ -268,8 +268,9 @@ def test_derivatives_equal_automatic_differentiation(model, codes):
 
     structured = jax.jit(model.twice_nll_derivatives)
     automatic = jax.jit(lambda p: (jax.grad(twice_nll)(p), jax.hessian(twice_nll)(p)))
+    prepared = model.prepare(templates)
     for pars in _hessian_points(model, seed=11):
-        for got, expected in zip(structured(jnp.asarray(pars), data, templates),
+        for got, expected in zip(structured(jnp.asarray(pars), data, prepared),
                                  automatic(jnp.asarray(pars)), strict=True):
             got, expected = np.asarray(got), np.asarray(expected)
             assert np.all(np.isfinite(got))
@@ -291,7 +292,7 @@ def test_derivatives_of_a_large_layout_are_differentiated(monkeypatch):
         return -2.0 * model.logpdf(p, data, templates)
 
     expected = jax.jit(lambda p: (jax.grad(twice_nll)(p), jax.hessian(twice_nll)(p)))(pars)
-    got = jax.jit(model.twice_nll_derivatives)(pars, data, templates)
+    got = jax.jit(model.twice_nll_derivatives)(pars, data, model.prepare(templates))
     np.testing.assert_allclose(np.asarray(got[0]), np.asarray(expected[0]), rtol=1e-12)
     np.testing.assert_array_equal(np.asarray(got[1]), np.asarray(expected[1]))
 

@@ -129,15 +129,17 @@ class ConstraintModel:
         factor = jnp.where(self.factor_from_templates, tau_par[aux_pars], self.static_factor)
         return auxdata, sigma, factor
 
-    def expected(self, pars: jax.Array, templates: dict) -> jax.Array:
-        """Expected auxiliary data: the parameter for Gaussian, ``gamma * tau`` for Poisson."""
-        _, _, factor = self.numbers(templates)
+    def expected(self, pars: jax.Array, numbers: tuple) -> jax.Array:
+        """Expected auxiliary data: the parameter for Gaussian, ``gamma * tau`` for Poisson
+        (``numbers``: what :meth:`numbers` gave)."""
+        _, _, factor = numbers
         constrained = pars[self.aux_pars]
         return jnp.where(self.aux_is_normal, constrained, constrained * factor)
 
-    def logpdf(self, pars: jax.Array, aux_data: jax.Array, templates: dict) -> jax.Array:
-        """The summed Gaussian and Poisson constraint log densities (float64 inputs)."""
-        _, sigma, factor = self.numbers(templates)
+    def logpdf(self, pars: jax.Array, aux_data: jax.Array, numbers: tuple) -> jax.Array:
+        """The summed Gaussian and Poisson constraint log densities (float64 inputs;
+        ``numbers``: what :meth:`numbers` gave)."""
+        _, sigma, factor = numbers
         constrained = pars[self.aux_pars]
         result = jnp.zeros((), dtype=jnp.float64)
         if self.normal_aux.size:

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffana.stats.densities import poisson_logpdf
-from diffana.stats.main import MainModel
+from diffana.stats.main import MainModel, MainNumbers
 
 __all__ = ["Curvature"]
 
@@ -89,14 +89,14 @@ class Curvature:
                                   self.shift_par])
         self.second_order_index = rows * n_pars + columns
 
-    def _values(self, pars: jax.Array, templates: dict):
+    def _values(self, pars: jax.Array, numbers: MainNumbers):
         """The factor values and the shifts, each with its first and second derivative
         along its own parameter: the directional derivatives along all ones, since each of
         them depends on one parameter."""
 
         def values(p):
-            shifts = self.main.shift_values(p, templates)
-            return self.main.factor_values(p, templates), jnp.concatenate(
+            shifts = self.main.shift_values(p, numbers)
+            return self.main.factor_values(p, numbers), jnp.concatenate(
                 [*shifts, jnp.zeros(0, dtype=jnp.float64)])
 
         ones = jnp.ones_like(pars)
@@ -114,7 +114,7 @@ class Curvature:
         return (jnp.prod(slots, axis=0), jnp.prod(jnp.where(self.others, at_slots, 1.0), axis=1),
                 jnp.prod(jnp.where(self.remaining, at_pairs, 1.0), axis=1))
 
-    def derivatives(self, pars: jax.Array, main_data: jax.Array, templates: dict
+    def derivatives(self, pars: jax.Array, main_data: jax.Array, numbers: MainNumbers
                     ) -> tuple[jax.Array, jax.Array]:
         """The gradient and the Hessian of ``-2 ln L_main`` at ``pars``, shapes ``(n_pars,)``
         and ``(n_pars, n_pars)`` (the gradient is ``J^T l'``: no reverse pass).
@@ -122,13 +122,13 @@ class Curvature:
         Args:
             pars: float64 parameter values, pyhf order.
             main_data: The main measurement's data, shape ``(n_bins,)``.
-            templates: The numbers of the spec.
+            numbers: The main term's numbers (:meth:`~diffana.stats.main.MainModel.numbers`).
         """
         main, n_pars, n_rates = self.main, self.n_pars, self.n_rates
-        (factor, shift), (factor_1, shift_1), (factor_2, shift_2) = self._values(pars, templates)
+        (factor, shift), (factor_1, shift_1), (factor_2, shift_2) = self._values(pars, numbers)
         index = main.factor_index.reshape(self.depth, n_rates)
         slots, slots_1, slots_2 = factor[index], factor_1[index], factor_2[index]
-        additive = main.nominal(templates).at[self.shift_rate].add(shift)
+        additive = numbers.nominal.at[self.shift_rate].add(shift)
         product, all_but_one, all_but_two = self._products(slots)
         expected = jnp.sum((additive * product).reshape(-1, main.n_bins), axis=0)
 

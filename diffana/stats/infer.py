@@ -156,14 +156,18 @@ def fit(
 
     def solve(theta):
         base_pars, data_, templates_ = theta
+        prepared = model.prepare(templates_)  # once, not in every iteration
+
+        def objective(x):
+            return -2.0 * model.prepared_logpdf(base_pars.at[free_index].set(x), data_, prepared)
 
         def derivatives(x):
             gradient, hessian = model.twice_nll_derivatives(base_pars.at[free_index].set(x),
-                                                            data_, templates_)
+                                                            data_, prepared)
             return gradient[free_index], hessian[np.ix_(free_index, free_index)]
 
         return projected_newton(
-            lambda x: twice_nll(x, theta),
+            objective,
             theta[0][free_index],
             lower,
             upper,
@@ -242,15 +246,16 @@ def fit_in_box(
         ``(n_pars, n_pars)`` and ``(n_pars,)``.
     """
     data = jnp.asarray(data, dtype=jnp.float64)
+    prepared = model.prepare(templates)  # once, not in every iteration
 
     def twice_nll(x):
-        return -2.0 * model.logpdf(x, data, templates)
+        return -2.0 * model.prepared_logpdf(x, data, prepared)
 
     x, f, hessian, _, n_iter, pgrad, gradient = projected_newton(
         twice_nll, jnp.asarray(init, dtype=jnp.float64), jnp.asarray(lower, dtype=jnp.float64),
         jnp.asarray(upper, dtype=jnp.float64), tolerance, max_iterations, noise=1e-11,
         with_gradient=True,
-        derivatives=lambda x: model.twice_nll_derivatives(x, data, templates))
+        derivatives=lambda x: model.twice_nll_derivatives(x, data, prepared))
     result = FitResult(bestfit=x, twice_nll=f, converged=pgrad <= 1e-6,
                        n_iter=n_iter.astype(jnp.int32))
     return result, hessian, gradient

@@ -17,7 +17,7 @@ Example:
     >>> main = MainModel(Structure(spec))
     >>> templates = {"SR": {"signal": {"data": jnp.array([5.0, 2.0])},
     ...                     "ttbar": {"data": jnp.array([50.0, 20.0])}}}
-    >>> main.expected(jnp.array([2.0]), templates).tolist()
+    >>> main.expected(jnp.array([2.0]), main.numbers(templates)).tolist()
     [60.0, 24.0]
 """
 
@@ -33,7 +33,16 @@ from diffana.stats.densities import poisson_logpdf
 from diffana.stats.modifiers import MODIFIERS, ModifierType, interpolation
 from diffana.stats.structure import Structure
 
-__all__ = ["MainModel"]
+__all__ = ["MainModel", "MainNumbers"]
+
+
+class MainNumbers(NamedTuple):
+    """What the main term reads from the templates (:meth:`MainModel.numbers`), gathered once
+    for many evaluations at other parameters (a fit)."""
+
+    nominal: jax.Array  # flattened (sample, bin)
+    shifts: list[tuple]  # each "shift" type's numbers (ModifierType.numbers)
+    factors: list[tuple]  # each "factor" type's numbers
 
 
 class _Applied(NamedTuple):
@@ -119,41 +128,48 @@ class MainModel:
                 ]
         self.factor_index = factor_index
 
-    @staticmethod
-    def _apply(applied: _Applied, pars: jax.Array, templates: dict) -> jax.Array:
-        sites = [(templates[c][s], m) for c, s, m in applied.sites]
-        return applied.kind.apply(pars[applied.alpha], sites)
+    def numbers(self, templates: dict) -> MainNumbers:
+        """The numbers of ``templates`` the main term reads: the nominal yields, flattened
+        ``(sample, bin)``, and each interpolated type's numbers.
 
-    def nominal(self, templates: dict) -> jax.Array:
-        """The nominal yields, flattened ``(sample, bin)``, shape ``(n_samples * n_bins,)``."""
+        Args:
+            templates: The numbers of the spec (see :meth:`diffana.stats.Model.templates`).
+        """
         nominal_values = [templates[c][s]["data"] for c, s in self.nominal_sites]
         flat = jnp.zeros(self.n_samples * self.n_bins, dtype=jnp.float64)
-        return flat.at[self.nominal_positions].set(jnp.concatenate(nominal_values))
 
-    def shift_values(self, pars: jax.Array, templates: dict) -> list[jax.Array]:
+        def gathered(applied: _Applied) -> tuple:
+            return applied.kind.numbers([(templates[c][s], m) for c, s, m in applied.sites])
+
+        return MainNumbers(flat.at[self.nominal_positions].set(jnp.concatenate(nominal_values)),
+                           [gathered(applied) for applied in self.shifts],
+                           [gathered(applied) for applied in self.factors])
+
+    def shift_values(self, pars: jax.Array, numbers: MainNumbers) -> list[jax.Array]:
         """The ``"shift"`` types' shifts, one array per type (bins at ``positions``); each
         entry depends on one parameter (``alpha``)."""
-        return [self._apply(applied, pars, templates) for applied in self.shifts]
+        return [applied.kind.apply(pars[applied.alpha], *n)
+                for applied, n in zip(self.shifts, numbers.shifts, strict=True)]
 
-    def factor_values(self, pars: jax.Array, templates: dict) -> jax.Array:
+    def factor_values(self, pars: jax.Array, numbers: MainNumbers) -> jax.Array:
         """The values the factor slots gather (``factor_index``): the parameters, the
         interpolated factors and a trailing 1.0; each depends on one parameter
         (``factor_pars``)."""
-        interpolated = [self._apply(applied, pars, templates) for applied in self.factors]
+        interpolated = [applied.kind.apply(pars[applied.alpha], *n)
+                        for applied, n in zip(self.factors, numbers.factors, strict=True)]
         return jnp.concatenate([pars, *interpolated, jnp.ones(1, dtype=jnp.float64)])
 
-    def rates_by_sample(self, pars: jax.Array, templates: dict) -> jax.Array:
+    def rates_by_sample(self, pars: jax.Array, numbers: MainNumbers) -> jax.Array:
         """Expected rates, shape ``(n_samples, n_bins)``, samples in pyhf order.
 
         Args:
             pars: float64 parameter values, pyhf order.
-            templates: The numbers of the spec (see :meth:`diffana.stats.Model.templates`).
+            numbers: What :meth:`numbers` gave for the templates.
         """
-        flat = self.nominal(templates)
-        for applied, shift in zip(self.shifts, self.shift_values(pars, templates),
-                                  strict=True):
+        flat = numbers.nominal
+        for applied, shift in zip(self.shifts, self.shift_values(pars, numbers), strict=True):
             flat = flat.at[applied.positions].add(shift)
-        gathered = self.factor_values(pars, templates)[self.factor_index]
+        gathered = self.factor_values(pars, numbers)[self.factor_index]
         # An explicit product over the (few, static) factor slots: jnp.prod's derivative rule
         # guards against zeros and makes second derivatives (Newton's Hessian) costly to compile.
         factors = gathered[0]
@@ -161,9 +177,9 @@ class MainModel:
             factors = factors * gathered[k]
         return factors * flat.reshape(self.n_samples, self.n_bins)
 
-    def expected(self, pars: jax.Array, templates: dict) -> jax.Array:
+    def expected(self, pars: jax.Array, numbers: MainNumbers) -> jax.Array:
         """Expected yields of all bins (summed over samples), shape ``(n_bins,)``."""
-        return jnp.sum(self.rates_by_sample(pars, templates), axis=0)
+        return jnp.sum(self.rates_by_sample(pars, numbers), axis=0)
 
     def logpdf(self, data: jax.Array, rates: jax.Array) -> jax.Array:
         """The summed Poisson log density of the main ``data`` at the expected ``rates``."""

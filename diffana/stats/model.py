@@ -37,7 +37,7 @@ Example:
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -46,14 +46,21 @@ import numpy as np
 from diffana.stats.constraint import ConstraintModel
 from diffana.stats.curvature import Curvature
 from diffana.stats.densities import RATE_FLOOR, f64
-from diffana.stats.main import MainModel
+from diffana.stats.main import MainModel, MainNumbers
 from diffana.stats.modifiers import MODIFIERS
 from diffana.stats.structure import Structure
 
-__all__ = ["Model", "RATE_FLOOR", "Templates"]
+__all__ = ["Model", "Prepared", "RATE_FLOOR", "Templates"]
 
 #: A nested dict ``{channel: {sample: {...}}}`` of float64 JAX arrays; see :meth:`Model.templates`.
 Templates = dict[str, dict[str, dict[str, Any]]]
+
+
+class Prepared(NamedTuple):
+    """What the likelihood reads from the templates (:meth:`Model.prepare`)."""
+
+    main: MainNumbers
+    constraint: tuple  # auxdata, Gaussian widths, Poisson rate factors
 
 
 _FROM_STRUCTURE = ("pyhf_model", "spec", "par_names", "poi_index", "suggested_init",
@@ -201,7 +208,7 @@ class Model:
         Returns:
             Expected yields, shape ``(n_bins,)``.
         """
-        return self._main.expected(f64(pars), templates)
+        return self._main.expected(f64(pars), self._main.numbers(templates))
 
     def auxdata(self, templates: Templates) -> jax.Array:
         """Auxiliary data in pyhf order (``model.config.auxdata``).
@@ -220,7 +227,7 @@ class Model:
 
     def expected_auxdata(self, pars: jax.Array, templates: Templates) -> jax.Array:
         """Expected auxiliary data: the parameter for Gaussian, ``gamma * tau`` for Poisson."""
-        return self._constraint.expected(f64(pars), templates)
+        return self._constraint.expected(f64(pars), self._constraint.numbers(templates))
 
     def expected_data(
         self, pars: jax.Array, templates: Templates, include_auxdata: bool = True
@@ -268,11 +275,25 @@ class Model:
         Returns:
             The log-likelihood, a float64 scalar.
         """
+        return self.prepared_logpdf(pars, data, self.prepare(templates))
+
+    def prepare(self, templates: Templates) -> Prepared:
+        """What the likelihood reads from ``templates`` (nominal yields, interpolation
+        numbers, constraint widths), gathered once for many evaluations at other parameters:
+        a fit's (:meth:`prepared_logpdf`, :meth:`twice_nll_derivatives`).
+
+        Args:
+            templates: The numbers of the spec (see :meth:`templates`).
+        """
+        return Prepared(self._main.numbers(templates), self._constraint.numbers(templates))
+
+    def prepared_logpdf(self, pars: jax.Array, data: jax.Array, prepared: Prepared) -> jax.Array:
+        """:meth:`logpdf` of the templates ``prepared`` (:meth:`prepare`): the same numbers."""
         pars, data = f64(pars), f64(data)
         main_data, aux_data = data[: self.n_bins], data[self.n_bins :]
-        rates = self.expected_actualdata(pars, templates)
+        rates = self._main.expected(pars, prepared.main)
         main = self._main.logpdf(main_data, rates)
-        return main + self.constraint_logpdf(pars, aux_data, templates)
+        return main + self._constraint.logpdf(pars, f64(aux_data), prepared.constraint)
 
     def constraint_logpdf(
         self, pars: jax.Array, aux_data: jax.Array, templates: Templates
@@ -287,9 +308,10 @@ class Model:
         Returns:
             The summed Gaussian and Poisson constraint log densities.
         """
-        return self._constraint.logpdf(f64(pars), f64(aux_data), templates)
+        return self._constraint.logpdf(f64(pars), f64(aux_data),
+                                       self._constraint.numbers(templates))
 
-    def twice_nll_derivatives(self, pars: jax.Array, data: jax.Array, templates: Templates
+    def twice_nll_derivatives(self, pars: jax.Array, data: jax.Array, prepared: Prepared
                               ) -> tuple[jax.Array, jax.Array]:
         """The gradient and the Hessian of ``-2 ln L`` with respect to ``pars`` (what
         Newton's fits use).
@@ -304,7 +326,7 @@ class Model:
         Args:
             pars: Parameter values, shape ``(n_pars,)``, pyhf order.
             data: Main data followed by auxiliary data, shape ``(n_bins + n_aux,)``.
-            templates: The numbers of the spec (see :meth:`templates`).
+            prepared: The templates, prepared (:meth:`prepare`).
 
         Returns:
             Shapes ``(n_pars,)`` and ``(n_pars, n_pars)``.
@@ -313,15 +335,15 @@ class Model:
         if not self._curvature.affordable:  # a layout too large for it
 
             def twice_nll(p):
-                return -2.0 * self.logpdf(p, data, templates)
+                return -2.0 * self.prepared_logpdf(p, data, prepared)
 
             return jax.grad(twice_nll)(pars), jax.hessian(twice_nll)(pars)
         main_data, aux_data = data[: self.n_bins], data[self.n_bins :]
 
         def constraint(p):
-            return -2.0 * self.constraint_logpdf(p, aux_data, templates)
+            return -2.0 * self._constraint.logpdf(p, aux_data, prepared.constraint)
 
-        gradient, hessian = self._curvature.derivatives(pars, main_data, templates)
+        gradient, hessian = self._curvature.derivatives(pars, main_data, prepared.main)
         return gradient + jax.grad(constraint)(pars), hessian + jax.hessian(constraint)(pars)
 
     def __repr__(self) -> str:

@@ -7,7 +7,8 @@ A record (:class:`ModifierType`) says everything the likelihood needs to know ab
   interpolated per-bin shift is added to the nominal yields, before any factor),
 - ``pars``: which parameter acts on each bin of a sample,
 - ``read``/``write``: its numbers in the spec <-> its leaf of the templates pytree,
-- ``apply``: the interpolation of a ``"factor"`` or ``"shift"``,
+- ``numbers``/``apply``: a ``"factor"``'s or ``"shift"``'s numbers gathered from its sites
+  (once for many evaluations: a fit) and its interpolation of them,
 - ``constrain``: how its templates set the numbers of its constraint (staterror widths,
   shapesys ``tau``), and ``templated``, which of them,
 - ``settings``: its pyhf modifier settings (the interpolation code).
@@ -205,9 +206,11 @@ class ModifierType(NamedTuple):
             ``None`` for a type without numbers.
         write: ``write(leaf, floats)``: the leaf back as the spec's ``data``, each array
             through ``floats``.
-        apply: For ``"factor"``: ``apply(alpha, sites)`` with one ``alpha`` per site gives one
-            factor per site; for ``"shift"``: ``alpha`` per bin gives the shift per bin.
-            ``sites`` lists ``(templates of the sample, modifier name)``.
+        numbers: For ``"factor"`` and ``"shift"`` types, ``numbers(sites)``: the arrays their
+            interpolation reads, gathered from ``sites``, a list of ``(templates of the
+            sample, modifier name)``.
+        apply: ``apply(alpha, *numbers)``: for ``"factor"``, with one ``alpha`` per site, one
+            factor per site; for ``"shift"``, with ``alpha`` per bin, the shift per bin.
         templated: ``"sigma"`` or ``"tau"``: the constraint number its templates set.
         constrain: ``constrain(scales, pars, nominal, uncertainty)``: the
             :class:`ConstraintScales` with those numbers set, from the nominal yields and
@@ -221,11 +224,12 @@ class ModifierType(NamedTuple):
     pars: Callable[[Site], list[int]]
     read: Callable[[Any], Any] | None = None
     write: Callable[[Any, Callable[[Any], Any]], Any] | None = None
-    apply: Callable[[jax.Array, list[tuple[dict, str]]], jax.Array] | None = None
+    apply: Callable[..., jax.Array] | None = None
     templated: str | None = None
     constrain: Callable[..., ConstraintScales] | None = None
     settings: dict | None = None
     interpolations: dict[str, Callable] | None = None
+    numbers: Callable[[list[tuple[dict, str]]], tuple] | None = None
 
 
 # --- parameters per bin -----------------------------------------------------------------------
@@ -269,29 +273,19 @@ def _write_array(leaf: Any, floats: Callable) -> Any:
 # --- interpolations ---------------------------------------------------------------------------
 
 
-def _normsys_factors(alpha: jax.Array, sites: list[tuple[dict, str]],
-                     code: Callable = normsys_code4) -> jax.Array:
+def _normsys_numbers(sites: list[tuple[dict, str]]) -> tuple[jax.Array, jax.Array]:
     hi = jnp.stack([f64(leaves["normsys"][name]["hi"]) for leaves, name in sites])
     lo = jnp.stack([f64(leaves["normsys"][name]["lo"]) for leaves, name in sites])
-    return code(alpha, hi, lo)
+    return hi, lo
 
 
-def _histosys_shift(alpha: jax.Array, sites: list[tuple[dict, str]],
-                    code: Callable = histosys_code4p) -> jax.Array:
+def _histosys_numbers(sites: list[tuple[dict, str]]) -> tuple[jax.Array, jax.Array, jax.Array]:
     his, los, noms = [], [], []
     for leaves, name in sites:
         his.append(leaves["histosys"][name]["hi_data"])
         los.append(leaves["histosys"][name]["lo_data"])
         noms.append(leaves["data"])
-    return code(alpha, jnp.concatenate(los), jnp.concatenate(noms), jnp.concatenate(his))
-
-
-def _normsys_factors_code1(alpha: jax.Array, sites: list[tuple[dict, str]]) -> jax.Array:
-    return _normsys_factors(alpha, sites, normsys_code1)
-
-
-def _histosys_shift_code0(alpha: jax.Array, sites: list[tuple[dict, str]]) -> jax.Array:
-    return _histosys_shift(alpha, sites, histosys_code0)
+    return jnp.concatenate(los), jnp.concatenate(noms), jnp.concatenate(his)
 
 
 # --- constraints from the templates ------------------------------------------------------------
@@ -327,13 +321,13 @@ def _shapesys_tau(scales: ConstraintScales, index: np.ndarray, nominal: jax.Arra
 MODIFIERS: dict[str, ModifierType] = {
     "normfactor": ModifierType("scale", _one_par),
     "normsys": ModifierType("factor", _one_par, _read_normsys, _write_normsys,
-                            apply=_normsys_factors, settings={"interpcode": "code4"},
-                            interpolations={"code1": _normsys_factors_code1,
-                                            "code4": _normsys_factors}),
+                            apply=normsys_code4, settings={"interpcode": "code4"},
+                            interpolations={"code1": normsys_code1, "code4": normsys_code4},
+                            numbers=_normsys_numbers),
     "histosys": ModifierType("shift", _one_par, _read_histosys, _write_histosys,
-                             apply=_histosys_shift, settings={"interpcode": "code4p"},
-                             interpolations={"code0": _histosys_shift_code0,
-                                             "code4p": _histosys_shift}),
+                             apply=histosys_code4p, settings={"interpcode": "code4p"},
+                             interpolations={"code0": histosys_code0, "code4p": histosys_code4p},
+                             numbers=_histosys_numbers),
     "staterror": ModifierType("scale", _par_per_covered_bin, f64, _write_array,
                               templated="sigma", constrain=_staterror_widths),
     "shapesys": ModifierType("scale", _par_per_bin, f64, _write_array,
