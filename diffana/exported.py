@@ -206,7 +206,7 @@ class Persistent:
         return getattr(self._jitted, name)
 
     def __call__(self, *args):
-        call, dynamic, out = self._resolve(args)
+        call, dynamic, out = self.resolve(args)
         return call(*dynamic) if out is _PENDING else out
 
     def bind(self, *leading) -> Bound:
@@ -218,7 +218,7 @@ class Persistent:
             raise ValueError(f"{self._name}: bind() needs every static argument")
         return Bound(self, leading)
 
-    def _resolve(self, args: tuple):
+    def resolve(self, args: tuple):
         """``(call, dynamic, out)``: the function to call with the traced arguments
         ``dynamic``, compiled or loaded at the first call with their signature (whose result
         is ``out``; otherwise ``out`` is ``_PENDING``). ``call`` is ``None`` where there is
@@ -308,7 +308,7 @@ class Bound:
         signature = _signature(leaves)
         found = None if signature is None else self._calls.get((tree, signature))
         if found is None:
-            call, dynamic, out = self._function._resolve((*self._leading, *rest))
+            call, dynamic, out = self._function.resolve((*self._leading, *rest))
             if call is not None and signature is not None:
                 self._calls[(tree, signature)] = (call, dynamic[:len(dynamic) - len(rest)])
             return call(*dynamic) if out is _PENDING else out
@@ -316,7 +316,7 @@ class Bound:
         return call(*given, *rest)
 
 
-_PENDING = object()  # Persistent._resolve: the function is to be called still
+_PENDING = object()  # Persistent.resolve: the function is to be called still
 _TRACER, _ARRAY, _OTHER, _NONE = range(4)
 _KINDS: dict[type, int] = {}  # what each type of argument is: checked once per type
 
