@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffana.stats.densities import poisson_logpdf
-from diffana.stats.modifiers import MODIFIERS, ModifierType, interpolation
+from diffana.stats.modifiers import MODIFIERS, Interpolation, ModifierType, interpolation
 from diffana.stats.structure import Structure
 
 __all__ = ["MainModel", "MainNumbers"]
@@ -41,8 +41,8 @@ class MainNumbers(NamedTuple):
     for many evaluations at other parameters (a fit)."""
 
     nominal: jax.Array  # flattened (sample, bin)
-    shifts: list[tuple]  # each "shift" type's numbers (ModifierType.numbers)
-    factors: list[tuple]  # each "factor" type's numbers
+    shifts: list[tuple]  # each "shift" type's interpolation terms (Interpolation.terms)
+    factors: list[tuple]  # each "factor" type's
 
 
 class _Applied(NamedTuple):
@@ -52,6 +52,7 @@ class _Applied(NamedTuple):
     sites: list[tuple[str, str, str]]  # (channel, sample, modifier name)
     alpha: np.ndarray  # parameter per site ("factor") or per bin ("shift")
     positions: np.ndarray  # "shift": its bins in the flattened (sample, bin) rates
+    interpolation: Interpolation  # the code the model uses
 
 
 class MainModel:
@@ -101,17 +102,18 @@ class MainModel:
             if not sites or kind.effect == "scale":
                 continue
             names = [(site.channel, site.sample, site.name) for site, _, _ in sites]
-            kind = kind._replace(apply=interpolation(m_type, structure.modifier_settings))
+            code = interpolation(m_type, structure.modifier_settings)
             if kind.effect == "factor":
                 first_factor[m_type] = n_values
                 n_values += len(sites)
                 alpha = np.array([pars[0] for _, pars, _ in sites], dtype=np.int64)
-                self.factors.append(_Applied(kind, names, alpha, np.zeros(0, dtype=np.int64)))
+                self.factors.append(_Applied(kind, names, alpha, np.zeros(0, dtype=np.int64),
+                                             code))
             else:
                 alpha = np.concatenate([np.asarray(pars) for _, pars, _ in sites])
                 where = np.concatenate([p for _, _, p in sites])
                 self.shifts.append(_Applied(kind, names, alpha.astype(np.int64),
-                                            where.astype(np.int64)))
+                                            where.astype(np.int64), code))
 
         one_index = n_values  # the trailing 1.0 of the factor values fills unused slots
         # The parameter each factor value depends on (-1: the trailing 1.0).
@@ -130,7 +132,8 @@ class MainModel:
 
     def numbers(self, templates: dict) -> MainNumbers:
         """The numbers of ``templates`` the main term reads: the nominal yields, flattened
-        ``(sample, bin)``, and each interpolated type's numbers.
+        ``(sample, bin)``, and each interpolated type's terms (what its interpolation code
+        computes from the templates alone).
 
         Args:
             templates: The numbers of the spec (see :meth:`diffana.stats.Model.templates`).
@@ -139,7 +142,8 @@ class MainModel:
         flat = jnp.zeros(self.n_samples * self.n_bins, dtype=jnp.float64)
 
         def gathered(applied: _Applied) -> tuple:
-            return applied.kind.numbers([(templates[c][s], m) for c, s, m in applied.sites])
+            numbers = applied.kind.numbers([(templates[c][s], m) for c, s, m in applied.sites])
+            return applied.interpolation.terms(*numbers)
 
         return MainNumbers(flat.at[self.nominal_positions].set(jnp.concatenate(nominal_values)),
                            [gathered(applied) for applied in self.shifts],
@@ -148,14 +152,14 @@ class MainModel:
     def shift_values(self, pars: jax.Array, numbers: MainNumbers) -> list[jax.Array]:
         """The ``"shift"`` types' shifts, one array per type (bins at ``positions``); each
         entry depends on one parameter (``alpha``)."""
-        return [applied.kind.apply(pars[applied.alpha], *n)
+        return [applied.interpolation.at(pars[applied.alpha], *n)
                 for applied, n in zip(self.shifts, numbers.shifts, strict=True)]
 
     def factor_values(self, pars: jax.Array, numbers: MainNumbers) -> jax.Array:
         """The values the factor slots gather (``factor_index``): the parameters, the
         interpolated factors and a trailing 1.0; each depends on one parameter
         (``factor_pars``)."""
-        interpolated = [applied.kind.apply(pars[applied.alpha], *n)
+        interpolated = [applied.interpolation.at(pars[applied.alpha], *n)
                         for applied, n in zip(self.factors, numbers.factors, strict=True)]
         return jnp.concatenate([pars, *interpolated, jnp.ones(1, dtype=jnp.float64)])
 

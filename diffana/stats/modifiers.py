@@ -7,8 +7,9 @@ A record (:class:`ModifierType`) says everything the likelihood needs to know ab
   interpolated per-bin shift is added to the nominal yields, before any factor),
 - ``pars``: which parameter acts on each bin of a sample,
 - ``read``/``write``: its numbers in the spec <-> its leaf of the templates pytree,
-- ``numbers``/``apply``: a ``"factor"``'s or ``"shift"``'s numbers gathered from its sites
-  (once for many evaluations: a fit) and its interpolation of them,
+- ``numbers``/``interpolations``: a ``"factor"``'s or ``"shift"``'s numbers gathered from
+  its sites, and each interpolation code's terms of them (both once for many evaluations: a
+  fit) and value,
 - ``constrain``: how its templates set the numbers of its constraint (staterror widths,
   shapesys ``tau``), and ``templated``, which of them,
 - ``settings``: its pyhf modifier settings (the interpolation code).
@@ -83,11 +84,21 @@ def normsys_code4(alpha: jax.Array, hi: jax.Array, lo: jax.Array) -> jax.Array:
     Returns:
         The factor, with the broadcast shape of the inputs.
     """
+    return _code4_at(alpha, *_code4_terms(hi, lo))
+
+
+def _code4_terms(hi: jax.Array, lo: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``log hi``, ``log lo`` and the polynomial's coefficients, shape ``(6, ...)``."""
     log_hi, log_lo = jnp.log(hi), jnp.log(lo)
     rhs = jnp.stack(
         [hi - 1.0, lo - 1.0, log_hi * hi, -log_lo * lo, log_hi**2 * hi, log_lo**2 * lo]
     )
-    a1, a2, a3, a4, a5, a6 = jnp.tensordot(f64(_CODE4_A_INVERSE), rhs, axes=1)
+    return log_hi, log_lo, jnp.tensordot(f64(_CODE4_A_INVERSE), rhs, axes=1)
+
+
+def _code4_at(alpha: jax.Array, log_hi: jax.Array, log_lo: jax.Array,
+              coefficients: jax.Array) -> jax.Array:
+    a1, a2, a3, a4, a5, a6 = coefficients
     # Horner form: cheaper to differentiate twice (and to compile) than a sum of powers.
     polynomial = 1.0 + alpha * (
         a1 + alpha * (a2 + alpha * (a3 + alpha * (a4 + alpha * (a5 + alpha * a6))))
@@ -117,10 +128,18 @@ def histosys_code4p(
     Returns:
         The shift to add to the nominal yields.
     """
+    return _code4p_at(alpha, *_code4p_terms(lo, nominal, hi))
+
+
+def _code4p_terms(lo: jax.Array, nominal: jax.Array, hi: jax.Array) -> tuple:
     delta_up = hi - nominal
     delta_down = nominal - lo
-    symmetric = 0.5 * (delta_up + delta_down)
-    antisymmetric = 0.0625 * (delta_up - delta_down)
+    return (delta_up, delta_down, 0.5 * (delta_up + delta_down),
+            0.0625 * (delta_up - delta_down))
+
+
+def _code4p_at(alpha: jax.Array, delta_up: jax.Array, delta_down: jax.Array,
+               symmetric: jax.Array, antisymmetric: jax.Array) -> jax.Array:
     alpha2 = alpha**2
     inside = alpha2 * (alpha2 * (alpha2 * 3.0 - 10.0) + 15.0) * antisymmetric
     inside = inside + alpha * symmetric
@@ -147,7 +166,15 @@ def normsys_code1(alpha: jax.Array, hi: jax.Array, lo: jax.Array) -> jax.Array:
     """
     # alpha * (-log lo), not |alpha| * log lo: the same numbers, but a gradient at alpha = 0
     # (the left one), where a fit starts; |alpha|'s is 0 there and the fit would not move
-    return jnp.exp(alpha * jnp.where(alpha > 0.0, jnp.log(hi), -jnp.log(lo)))
+    return _code1_at(alpha, *_code1_terms(hi, lo))
+
+
+def _code1_terms(hi: jax.Array, lo: jax.Array) -> tuple[jax.Array, jax.Array]:
+    return jnp.log(hi), -jnp.log(lo)
+
+
+def _code1_at(alpha: jax.Array, log_hi: jax.Array, minus_log_lo: jax.Array) -> jax.Array:
+    return jnp.exp(alpha * jnp.where(alpha > 0.0, log_hi, minus_log_lo))
 
 
 def histosys_code0(
@@ -166,7 +193,25 @@ def histosys_code0(
     Returns:
         The shift to add to the nominal yields.
     """
-    return jnp.where(alpha > 0.0, alpha * (hi - nominal), alpha * (nominal - lo))
+    return _code0_at(alpha, *_code0_terms(lo, nominal, hi))
+
+
+def _code0_terms(lo: jax.Array, nominal: jax.Array, hi: jax.Array) -> tuple[jax.Array, jax.Array]:
+    return hi - nominal, nominal - lo
+
+
+def _code0_at(alpha: jax.Array, up: jax.Array, down: jax.Array) -> jax.Array:
+    return jnp.where(alpha > 0.0, alpha * up, alpha * down)
+
+
+class Interpolation(NamedTuple):
+    """One pyhf interpolation code in two steps: ``terms(*numbers)``, what it computes from
+    the templates alone (once per fit), and ``at(alpha, *terms)``, its value at ``alpha``.
+    ``at(alpha, *terms(*numbers))`` is the code function itself (:func:`normsys_code4`, ...),
+    operation for operation."""
+
+    terms: Callable[..., tuple]
+    at: Callable[..., jax.Array]
 
 
 class Site(NamedTuple):
@@ -209,26 +254,25 @@ class ModifierType(NamedTuple):
         numbers: For ``"factor"`` and ``"shift"`` types, ``numbers(sites)``: the arrays their
             interpolation reads, gathered from ``sites``, a list of ``(templates of the
             sample, modifier name)``.
-        apply: ``apply(alpha, *numbers)``: for ``"factor"``, with one ``alpha`` per site, one
-            factor per site; for ``"shift"``, with ``alpha`` per bin, the shift per bin.
         templated: ``"sigma"`` or ``"tau"``: the constraint number its templates set.
         constrain: ``constrain(scales, pars, nominal, uncertainty)``: the
             :class:`ConstraintScales` with those numbers set, from the nominal yields and
             the uncertainties of all its sites' bins (``pars``: their parameters).
         settings: pyhf's ``modifier_settings`` entry for the type (the default code).
-        interpolations: For ``"factor"`` and ``"shift"`` types, ``apply`` per pyhf
-            interpolation code (``"code1"``: ...); ``apply`` is the default code's.
+        interpolations: For ``"factor"`` and ``"shift"`` types, the :class:`Interpolation`
+            of each pyhf code (``"code1"``: ...): for ``"factor"``, with one ``alpha`` per
+            site, one factor per site; for ``"shift"``, with ``alpha`` per bin, the shift per
+            bin. ``settings`` names the default code.
     """
 
     effect: str
     pars: Callable[[Site], list[int]]
     read: Callable[[Any], Any] | None = None
     write: Callable[[Any, Callable[[Any], Any]], Any] | None = None
-    apply: Callable[..., jax.Array] | None = None
     templated: str | None = None
     constrain: Callable[..., ConstraintScales] | None = None
     settings: dict | None = None
-    interpolations: dict[str, Callable] | None = None
+    interpolations: dict[str, Interpolation] | None = None
     numbers: Callable[[list[tuple[dict, str]]], tuple] | None = None
 
 
@@ -321,12 +365,14 @@ def _shapesys_tau(scales: ConstraintScales, index: np.ndarray, nominal: jax.Arra
 MODIFIERS: dict[str, ModifierType] = {
     "normfactor": ModifierType("scale", _one_par),
     "normsys": ModifierType("factor", _one_par, _read_normsys, _write_normsys,
-                            apply=normsys_code4, settings={"interpcode": "code4"},
-                            interpolations={"code1": normsys_code1, "code4": normsys_code4},
+                            settings={"interpcode": "code4"},
+                            interpolations={"code1": Interpolation(_code1_terms, _code1_at),
+                                            "code4": Interpolation(_code4_terms, _code4_at)},
                             numbers=_normsys_numbers),
     "histosys": ModifierType("shift", _one_par, _read_histosys, _write_histosys,
-                             apply=histosys_code4p, settings={"interpcode": "code4p"},
-                             interpolations={"code0": histosys_code0, "code4p": histosys_code4p},
+                             settings={"interpcode": "code4p"},
+                             interpolations={"code0": Interpolation(_code0_terms, _code0_at),
+                                             "code4p": Interpolation(_code4p_terms, _code4p_at)},
                              numbers=_histosys_numbers),
     "staterror": ModifierType("scale", _par_per_covered_bin, f64, _write_array,
                               templated="sigma", constrain=_staterror_widths),
@@ -370,18 +416,19 @@ def modifier_settings(codes: dict[str, str] | None = None) -> dict:
     return settings
 
 
-def interpolation(m_type: str, settings: dict | None) -> Callable | None:
-    """The ``apply`` function of ``m_type`` for the interpolation code in ``settings``.
+def interpolation(m_type: str, settings: dict | None) -> Interpolation | None:
+    """The :class:`Interpolation` of ``m_type`` for the interpolation code in ``settings``.
 
     Args:
         m_type: A modifier type of :data:`MODIFIERS`.
         settings: pyhf ``modifier_settings`` (``None``: the defaults).
 
     Returns:
-        The type's ``apply`` for that code (its default ``apply`` when ``settings`` names none).
+        That code's (the type's default code's when ``settings`` names none; ``None`` for a
+        type without interpolation).
     """
     kind = MODIFIERS[m_type]
-    code = (settings or {}).get(m_type, {}).get("interpcode")
-    if code is None or kind.interpolations is None:
-        return kind.apply
+    if kind.interpolations is None:
+        return None
+    code = (settings or {}).get(m_type, {}).get("interpcode") or kind.settings["interpcode"]
     return kind.interpolations[code]
