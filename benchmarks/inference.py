@@ -18,7 +18,10 @@ computes (the items above, the significance and the ``CLs`` scan of the Brazil b
 fresh model, and ``infer_s``, a whole :func:`diffana.inference.infer` on a model of its own
 (what ``diffana infer`` and a run's inference take: compilation, model and every fit); each
 also as the process's CPU seconds (``compile_cpu_s``, ``infer_cpu_s``: steadier than the wall
-clock on a shared machine). ``numbers.newton`` counts each item's fits, their Newton
+clock on a shared machine). ``fit_interleaved``: the free fit of diffana and of pyhf's JAX
+backend called in turns (``--interleaved-pairs`` each; the medians, the median of the
+pairwise ratios and their 10th percentile), the fairest comparison for the shortest item.
+``numbers.newton`` counts each item's fits, their Newton
 iterations and the fits that did not converge (the same on every machine). pyhf uses scipy's
 SLSQP (its default optimiser). Prints JSON with ``ratio`` = pyhf's faster backend / diffana
 per item:
@@ -225,6 +228,43 @@ def pyhf_times(workspace: dict, backend: str, repeat: int, scan_points: int,
     return times, numbers
 
 
+def interleaved_fit(workspace: dict, pairs: int) -> dict:
+    """The free fit, diffana's and pyhf's JAX backend's, called in turns ``pairs`` times:
+    both timed under the same load (the items above are timed minutes apart, and a fit of
+    a few milliseconds moves with whatever else the machine runs)."""
+    import pyhf
+
+    from diffana.stats import Model
+    from diffana.stats import hypotest as ht
+
+    model = Model(workspace)
+    fits = ht.Fits(model, model.templates())
+    pyhf.set_backend("jax", "scipy")
+    ws = pyhf.Workspace(workspace)
+    theirs_model = ws.model()
+    data = ws.data(theirs_model)
+    ours_data = np.asarray(data, dtype=np.float64)
+
+    def ours():
+        return fits.run(ours_data, fits.init, fits.lower, fits.upper)
+
+    def theirs():
+        return pyhf.infer.mle.fit(data, theirs_model)
+
+    ours(), theirs()  # compiled
+    times = np.zeros((pairs, 2))
+    for row in times:
+        for column, function in enumerate((ours, theirs)):
+            start = time.perf_counter()
+            function()
+            row[column] = time.perf_counter() - start
+    ratios = times[:, 1] / times[:, 0]
+    return {"pairs": pairs, "diffana_s": float(np.median(times[:, 0])),
+            "pyhf_jax_s": float(np.median(times[:, 1])),
+            "ratio_median": float(np.median(ratios)),
+            "ratio_10th_percentile": float(np.percentile(ratios, 10))}
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workspace", type=Path, default=WORKSPACE)
@@ -240,6 +280,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--limit-bounds", type=float, nargs=2, default=[0.0, 2.0],
                     help="pyhf's initial toms748 bracket (the AGC POI's bounds [0, 10] make "
                          "pyhf's fits at 10 return NaN)")
+    ap.add_argument("--interleaved-pairs", type=int, default=100,
+                    help="calls of each fit for fit_interleaved (0: skip; needs jax)")
     ap.add_argument("--json", type=Path, help="also write the JSON here")
     args = ap.parse_args(argv)
 
@@ -261,6 +303,8 @@ def main(argv: list[str] | None = None) -> dict:
         item: min(out["pyhf"][b]["seconds"][item] for b in args.backends
                   if item in out["pyhf"][b]["seconds"]) / ours[item]
         for item in items} if args.backends else {}
+    if "jax" in args.backends and args.interleaved_pairs:
+        out["fit_interleaved"] = interleaved_fit(workspace, args.interleaved_pairs)
     text = json.dumps(out, indent=2)
     print(text)
     if args.json:

@@ -49,8 +49,11 @@ from diffana.stats.model import Model, Templates
 
 __all__ = [
     "BAND_SIGMAS",
+    "COLD",
     "Fits",
     "Hypotest",
+    "IMPACT",
+    "WARM",
     "cls_values",
     "hypotest",
     "prefit_uncertainties",
@@ -61,6 +64,15 @@ __all__ = [
 #: The background-only test statistics of the expected band, in pyhf's order: ``n = +2``
 #: gives the lowest ``CLs`` (the ``-2σ`` entry of ``[-2σ, -1σ, median, +1σ, +2σ]``).
 BAND_SIGMAS = (2.0, 1.0, 0.0, -1.0, -2.0)
+
+#: The first damping of a fit's Newton steps (:func:`~diffana.stats.newton.projected_newton`):
+#: ``COLD`` for a start away from the minimum (pyhf's init, another hypothesis's best fit),
+#: ``WARM`` for one predicted from the neighbouring points of a scan, ``IMPACT`` for the
+#: impacts' fits. On the AGC, against 1e-3 for all: the fit 14 -> 12 Newton iterations, the
+#: CLs band 114 -> 84, the upper limits 665 -> 659, the scan 51 -> 45. The impacts keep 1e-3:
+#: with 1e-4 one of them (me_variation held 1 below its best fit) ends in a local minimum of
+#: -2 ln L 2.3 above the one it finds now, its impact -0.21 instead of -0.32.
+COLD, WARM, IMPACT = 1e-2, 1e-4, 1e-3
 
 
 class FitBatch(NamedTuple):
@@ -75,16 +87,18 @@ class FitBatch(NamedTuple):
     n_iter: np.ndarray  # Newton iterations taken
 
 
-def _one(model: Model, templates: Templates, data, init, lower, upper):
+def _one(model: Model, templates: Templates, data, init, lower, upper, damping):
     """One box fit: its result, and the Hessian, the POI's gradient and the expected data at
     the best fit."""
-    result, hessian, gradient = fit_in_box(model, data, templates, init, lower, upper)
+    result, hessian, gradient = fit_in_box(model, data, templates, init, lower, upper,
+                                           damping=damping)
     poi = model.poi_index if model.poi_index is not None else 0
     return result, hessian, gradient[poi], model.expected_data(result.bestfit, templates)
 
 
-def _batched(model: Model, templates: Templates, data, init, lower, upper):
-    return jax.vmap(lambda *row: _one(model, templates, *row))(data, init, lower, upper)
+def _batched(model: Model, templates: Templates, data, init, lower, upper, damping):
+    return jax.vmap(lambda *row: _one(model, templates, *row))(data, init, lower, upper,
+                                                               damping)
 
 
 # One function compiled per model: the fit, which also gives the Asimov data at its best fit
@@ -131,12 +145,14 @@ class Fits:
         self.free = np.flatnonzero(~fixed)
 
     def run(self, data: np.ndarray, init: np.ndarray, lower: np.ndarray,
-            upper: np.ndarray) -> FitBatch:
+            upper: np.ndarray, damping: float = COLD) -> FitBatch:
         """Fits of ``data[k]`` from ``init[k]`` in the box ``[lower[k], upper[k]]``.
 
         Args:
             data: Shape ``(k, n_bins + n_aux)`` (or one row, broadcast to every fit).
             init, lower, upper: Shape ``(k, n_pars)``.
+            damping: :data:`COLD`, :data:`WARM` or :data:`IMPACT` (the first damping of
+                Newton's steps).
 
         Returns:
             A :class:`FitBatch` of ``k`` rows.
@@ -147,9 +163,10 @@ class Fits:
         data = np.broadcast_to(np.atleast_2d(np.asarray(data, dtype=np.float64)),
                                (k, self.model.n_bins + self.model.n_aux))
         parts = []
+        first_damping = np.float64(damping)  # an array, not a Python float: compiled once
         if self.batch == 1:
             for row in zip(data, init, lower, upper, strict=True):
-                result, *more = self._one(*row)
+                result, *more = self._one(*row, first_damping)
                 parts.append([np.asarray(x)[None] for x in (
                     result.bestfit, result.twice_nll, result.converged, *more, result.n_iter)])
             return FitBatch(*(np.concatenate(column) for column in zip(*parts, strict=True)))
@@ -159,7 +176,7 @@ class Fits:
             if n < self.batch:  # pad with copies of the last fit
                 rows = [np.concatenate([x, np.repeat(x[-1:], self.batch - n, axis=0)])
                         for x in rows]
-            result, *more = self._batched(*rows)
+            result, *more = self._batched(*rows, np.full(self.batch, first_damping))
             parts.append([np.asarray(x)[:n] for x in (result.bestfit, result.twice_nll,
                                                        result.converged, *more, result.n_iter)])
         return FitBatch(*(np.concatenate(column) for column in zip(*parts, strict=True)))
@@ -171,8 +188,8 @@ class Fits:
             lower[index] = upper[index] = value
         return lower, upper
 
-    def fixed_poi(self, data: np.ndarray, poi_values, init: np.ndarray | None = None
-                  ) -> FitBatch:
+    def fixed_poi(self, data: np.ndarray, poi_values, init: np.ndarray | None = None,
+                  damping: float = COLD) -> FitBatch:
         """Fits of ``data`` (one row or one per value) with the POI held at each value."""
         poi_values = np.atleast_1d(np.asarray(poi_values, dtype=np.float64))
         k, poi = poi_values.size, self.model.poi_index
@@ -180,7 +197,7 @@ class Fits:
         lower = np.repeat(self.lower[None], k, axis=0)
         upper = np.repeat(self.upper[None], k, axis=0)
         lower[:, poi] = upper[:, poi] = init[:, poi] = poi_values
-        return self.run(data, init, lower, upper)
+        return self.run(data, init, lower, upper, damping)
 
     def profile(self, data: np.ndarray, poi_values, start: np.ndarray) -> FitBatch:
         """Fits of ``data`` with the POI held at each of ``poi_values`` (a profile scan).
@@ -199,7 +216,7 @@ class Fits:
         """
         values = np.atleast_1d(np.asarray(poi_values, dtype=np.float64))
         if self.batch > 1:
-            return self.fixed_poi(data, values, init=start)
+            return self.fixed_poi(data, values, init=start, damping=WARM)
         poi = self.model.poi_index
         rows: list = [None] * values.size
         for order in (np.flatnonzero(values >= start[poi]),
@@ -213,7 +230,7 @@ class Fits:
                     if v1 != v0:
                         init = x1 + (x1 - x0) * (values[i] - v1) / (v1 - v0)
                         init = np.clip(init, self.lower, self.upper)
-                result = self.fixed_poi(data, values[i], init=init)
+                result = self.fixed_poi(data, values[i], init=init, damping=WARM)
                 rows[i] = result
                 path.append((float(values[i]), result.bestfit[0]))
         return FitBatch(*(np.concatenate(column) for column in zip(*rows, strict=True)))

@@ -217,6 +217,7 @@ def fit_in_box(
     *,
     tolerance: float = TOLERANCE,
     max_iterations: int = MAX_ITERATIONS,
+    damping: float | jax.Array = 1e-3,
 ) -> tuple[FitResult, jax.Array]:
     """Maximum-likelihood fit of all parameters in a box that may be traced (and batched).
 
@@ -239,6 +240,8 @@ def fit_in_box(
         upper: Upper bounds, shape ``(n_pars,)``.
         tolerance: As in :func:`fit`.
         max_iterations: As in :func:`fit`.
+        damping: The first Levenberg-Marquardt damping
+            (:func:`~diffana.stats.newton.projected_newton`; may be traced).
 
     Returns:
         ``(result, hessian, gradient)``: the :class:`FitResult`, and the Hessian and the
@@ -255,7 +258,7 @@ def fit_in_box(
         twice_nll, jnp.asarray(init, dtype=jnp.float64), jnp.asarray(lower, dtype=jnp.float64),
         jnp.asarray(upper, dtype=jnp.float64), tolerance, max_iterations, noise=1e-11,
         with_gradient=True,
-        derivatives=lambda x: model.twice_nll_derivatives(x, data, prepared))
+        derivatives=lambda x: model.twice_nll_derivatives(x, data, prepared), damping=damping)
     result = FitResult(bestfit=x, twice_nll=f, converged=pgrad <= 1e-6,
                        n_iter=n_iter.astype(jnp.int32))
     return result, hessian, gradient

@@ -46,7 +46,7 @@ def _step(objective, x, target, lower, upper):
 
 
 def projected_newton(objective, x0, lower, upper, tolerance, max_iterations, noise=1e-13,
-                     with_gradient=False, derivatives=None):
+                     with_gradient=False, derivatives=None, damping=1e-3):
     """Minimise ``objective`` in the box ``[lower, upper]`` by damped projected Newton.
 
     Each iteration computes the active set (parameters on a bound with the gradient pushing
@@ -58,6 +58,9 @@ def projected_newton(objective, x0, lower, upper, tolerance, max_iterations, noi
     scaled gradient step that the projection cannot spoil (``noise``: the relative round-off
     allowed). Accepted steps shrink ``lam``
     tenfold, so the iteration ends in pure Newton steps with quadratic convergence.
+
+    ``damping`` is the first ``lam``: larger for a start far from the minimum (fewer steps
+    rejected), smaller for one next to it (fewer damped steps).
 
     ``derivatives``, a function of ``x``, gives the gradient and Hessian of ``objective``
     (cheaper than automatic differentiation's, :meth:`diffana.stats.Model.twice_nll_derivatives`);
@@ -100,7 +103,7 @@ def projected_newton(objective, x0, lower, upper, tolerance, max_iterations, noi
         g=jnp.zeros(n, dtype=jnp.float64),
         hessian=jnp.eye(n, dtype=jnp.float64),
         refresh=jnp.asarray(True),
-        lam=jnp.asarray(1e-3, dtype=jnp.float64),
+        lam=jnp.asarray(damping, dtype=jnp.float64),
         n_iter=jnp.asarray(0),
         pgrad=jnp.asarray(jnp.inf, dtype=jnp.float64),
         stop=jnp.asarray(False),

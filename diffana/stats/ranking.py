@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from diffana.stats.hypotest import FitBatch, Fits, prefit_uncertainties
+from diffana.stats.hypotest import IMPACT, FitBatch, Fits, prefit_uncertainties
 
 
 def impacts(fits: Fits, data: np.ndarray, free: FitBatch, postfit: np.ndarray
@@ -57,7 +57,7 @@ def impacts(fits: Fits, data: np.ndarray, free: FitBatch, postfit: np.ndarray
             init[row, free_index] = np.clip(bestfit[free_index] + response,
                                             fits.lower[free_index], fits.upper[free_index])
         init[row, index] = lower[row, index] = upper[row, index] = value
-    result = fits.run(data, init, lower, upper)
+    result = fits.run(data, init, lower, upper, IMPACT)
     for row, (index, column, _) in enumerate(jobs):
         out[index, column] = result.bestfit[row, poi] - bestfit[poi]
     return out, bool(result.converged.all())
