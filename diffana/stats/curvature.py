@@ -16,9 +16,10 @@ The rates have a structure that makes the exact Hessian much cheaper:
 Then ``H = J^T diag(l'') J + sum_sb l'_b d^2 r_sb``: the Gauss-Newton part from the
 Jacobian ``J = d nu / d pars``, and the rates' own curvature, whose terms (pairs of slots
 at one rate, a slot's second derivative, a slot with a shift, a shift's second derivative)
-are summed into the matrix by one scatter with indices fixed at construction. On the AGC
-workspace: 0.13-0.15 ms against 0.59 ms, equal to ``jax.hessian`` to round-off (the test
-suite holds it to 1e-12 relative on workspaces with every modifier type and code).
+are summed into the matrix by one scatter with indices fixed at construction; the
+gradient is ``J^T l'``. On the AGC workspace: 0.09 ms against 0.59-0.70 ms, equal to
+``jax.hessian`` to round-off (the test suite holds the gradient and the Hessian to 1e-12 of
+their largest entry on workspaces with every modifier type and code).
 
 Hand-written because no library differentiates a HistFactory likelihood this way (pyhf and
 cabinetry take the Hessian by automatic differentiation or finite differences).
