@@ -65,12 +65,10 @@ class Curvature:
         self.slot_k, self.slot_rate = np.nonzero(slot_par >= 0)
         self.slot_par = slot_par[self.slot_k, self.slot_rate]
         # Every pair of slots k < l at a rate, both with a parameter.
-        pairs = [(k, m, np.flatnonzero((slot_par[k] >= 0) & (slot_par[m] >= 0)))
-                 for k in range(depth) for m in range(k + 1, depth)]
-        self.pair_k, self.pair_l, self.pair_rate = (
-            np.concatenate([np.zeros(0, dtype=np.int64)]
-                           + [np.broadcast_to(np.asarray(p[i], dtype=np.int64), p[2].shape)
-                              for p in pairs]) for i in range(3))
+        with_par = slot_par >= 0
+        self.pair_k, self.pair_l, self.pair_rate = np.nonzero(
+            np.triu(np.ones((depth, depth), dtype=bool), 1)[:, :, None]
+            & with_par[:, None, :] & with_par[None, :, :])
         self.affordable = self.pair_k.size * depth <= MAX_PRODUCTS
         # Which slots each product takes: the others at a slot's rate, the remaining ones at
         # a pair's.
@@ -78,10 +76,9 @@ class Curvature:
         self.others = depth_range != self.slot_k[:, None]
         self.remaining = (depth_range != self.pair_k[:, None]) & (
             depth_range != self.pair_l[:, None])
-        self.shift_par, self.shift_rate = (
-            np.concatenate([np.zeros(0, dtype=np.int64)]
-                           + [getattr(a, name).astype(np.int64) for a in main.shifts])
-            for name in ("alpha", "positions"))
+        none = [np.zeros(0, dtype=np.int64)]  # a model without shifts
+        self.shift_par = np.concatenate(none + [a.alpha for a in main.shifts])
+        self.shift_rate = np.concatenate(none + [a.positions for a in main.shifts])
         # Where each second-order term lands in the flattened (n_pars, n_pars) matrix: slot
         # pairs, each slot's own second derivative, each shift's (the transpose is added).
         rows = np.concatenate([slot_par[self.pair_k, self.pair_rate], self.slot_par,

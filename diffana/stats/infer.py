@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffana.stats.model import Model, Templates
-from diffana.stats.newton import projected_newton
+from diffana.stats.newton import DAMPING, projected_newton
 
 __all__ = [
     "FitResult",
@@ -217,7 +217,7 @@ def fit_in_box(
     *,
     tolerance: float = TOLERANCE,
     max_iterations: int = MAX_ITERATIONS,
-    damping: float | jax.Array = 1e-3,
+    damping: float | jax.Array = DAMPING,
 ) -> tuple[FitResult, jax.Array]:
     """Maximum-likelihood fit of all parameters in a box that may be traced (and batched).
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-__all__ = ["SHORT_OF_BOUND", "projected_newton"]
+__all__ = ["DAMPING", "SHORT_OF_BOUND", "projected_newton"]
 
 #: A step that would cross a bound is also tried stopping short of it, this fraction of the
 #: way from the bound to where it starts (see ``_step``).
@@ -45,8 +45,29 @@ def _step(objective, x, target, lower, upper):
     return jax.lax.cond(jnp.any(below | above), shorter, lambda: (projected, f_projected))
 
 
+#: The first Levenberg-Marquardt damping of :func:`projected_newton` by default.
+DAMPING = 1e-3
+
+
+def _gradient_and_hessian(objective):
+    """``x -> (gradient, Hessian)`` of ``objective`` by automatic differentiation, its
+    reverse pass traced once (``jax.jacfwd`` of the gradient, the gradient as its aux: not
+    ``jax.grad`` and ``jax.hessian``, which trace it twice)."""
+    gradient = jax.grad(objective)
+
+    def gradient_twice(y):  # the gradient, and the same array as jacfwd's aux
+        g = gradient(y)
+        return g, g
+
+    def derivatives(x):
+        matrix, g = jax.jacfwd(gradient_twice, has_aux=True)(x)
+        return g, matrix
+
+    return derivatives
+
+
 def projected_newton(objective, x0, lower, upper, tolerance, max_iterations, noise=1e-13,
-                     with_gradient=False, derivatives=None, damping=1e-3):
+                     with_gradient=False, derivatives=None, damping=DAMPING):
     """Minimise ``objective`` in the box ``[lower, upper]`` by damped projected Newton.
 
     Each iteration computes the active set (parameters on a bound with the gradient pushing
@@ -64,7 +85,7 @@ def projected_newton(objective, x0, lower, upper, tolerance, max_iterations, noi
 
     ``derivatives``, a function of ``x``, gives the gradient and Hessian of ``objective``
     (cheaper than automatic differentiation's, :meth:`diffana.stats.Model.twice_nll_derivatives`);
-    without it, they are ``jax.grad`` and its ``jax.jacfwd``.
+    without it, ``_gradient_and_hessian``'s (automatic differentiation).
 
     The loop stops right after the gradient and Hessian were refreshed, when the scaled
     projected gradient is below ``tolerance``, when ``max_iterations`` steps were tried, or
@@ -76,17 +97,8 @@ def projected_newton(objective, x0, lower, upper, tolerance, max_iterations, noi
         with ``with_gradient`` the gradient there.
     """
     tiny = jnp.finfo(jnp.float64).tiny
-    gradient = jax.grad(objective)
 
-    def gradient_twice(y):  # the gradient, and the same array as jacfwd's aux
-        g = gradient(y)
-        return g, g
-
-    def grad_and_hessian(x):  # one reverse pass traced (not two: a quarter of the program)
-        if derivatives is not None:
-            return derivatives(x)
-        matrix, g = jax.jacfwd(gradient_twice, has_aux=True)(x)
-        return g, matrix
+    grad_and_hessian = derivatives or _gradient_and_hessian(objective)
 
     def active_set(x, g):  # a parameter whose box is a point is always held
         return ((x <= lower) & (g > 0.0)) | ((x >= upper) & (g < 0.0)) | (lower >= upper)
