@@ -297,6 +297,28 @@ def test_derivatives_of_a_large_layout_are_differentiated(monkeypatch):
     np.testing.assert_array_equal(np.asarray(got[1]), np.asarray(expected[1]))
 
 
+@pytest.mark.parametrize("large", [False, True], ids=["layout", "large-layout"])
+def test_jacobian_equals_forward_differentiation(model, large, monkeypatch):
+    """The expected yields' Jacobian that the Fisher matrix of poi_uncertainty reads, from
+    the layout of the rates (or, beyond MAX_PRODUCTS, by jax.jacfwd itself), is jax.jacfwd's
+    of expected_actualdata to round-off, with every modifier type; the yields are the same."""
+    if large:
+        monkeypatch.setattr("diffana.stats.curvature.MAX_PRODUCTS", 0)
+        model = Model(model.spec)
+    templates = model.templates()
+    prepared = model.prepare(templates)
+    structured = jax.jit(model.expected_and_jacobian)
+    automatic = jax.jit(lambda p: (model.expected_actualdata(p, templates),
+                                   jax.jacfwd(model.expected_actualdata)(p, templates)))
+    for pars in _hessian_points(model, seed=13):
+        for got, expected in zip(structured(jnp.asarray(pars), prepared),
+                                 automatic(jnp.asarray(pars)), strict=True):
+            got, expected = np.asarray(got), np.asarray(expected)
+            assert got.shape == expected.shape and np.all(np.isfinite(got))
+            np.testing.assert_allclose(got, expected, rtol=0,
+                                       atol=1e-12 * np.max(np.abs(expected)))
+
+
 def test_workspace_spec_uses_measurement():
     spec = copy.deepcopy(SPECS["all"])
     workspace = {

@@ -27,6 +27,8 @@ cabinetry take the Hessian by automatic differentiation or finite differences).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -42,6 +44,25 @@ __all__ = ["Curvature"]
 #: AGC's are 49 k). Beyond it, :meth:`diffana.stats.Model.twice_nll_derivatives`
 #: differentiates.
 MAX_PRODUCTS = 1 << 23
+
+
+class _Rates(NamedTuple):
+    """The rates' layout at a point (:meth:`Curvature._rates`): slot derivatives
+    (first, second: ``(depth, rates)``), the shifts' second derivatives, the nominal plus
+    shifts ``A``, the slot products, the expected yields, the rates' Jacobian by slot and by
+    shift ``(rates, pars)``, and the expected yields' Jacobian ``J`` ``(bins, pars)``."""
+
+    slots_1: jax.Array
+    slots_2: jax.Array
+    shift_2: jax.Array
+    additive: jax.Array
+    product: jax.Array
+    all_but_one: jax.Array
+    all_but_two: jax.Array
+    expected: jax.Array
+    by_slot: jax.Array
+    by_shift: jax.Array
+    jacobian: jax.Array
 
 
 class Curvature:
@@ -112,16 +133,8 @@ class Curvature:
         return (jnp.prod(slots, axis=0), jnp.prod(jnp.where(self.others, at_slots, 1.0), axis=1),
                 jnp.prod(jnp.where(self.remaining, at_pairs, 1.0), axis=1))
 
-    def derivatives(self, pars: jax.Array, main_data: jax.Array, numbers: MainNumbers
-                    ) -> tuple[jax.Array, jax.Array]:
-        """The gradient and the Hessian of ``-2 ln L_main`` at ``pars``, shapes ``(n_pars,)``
-        and ``(n_pars, n_pars)`` (the gradient is ``J^T l'``: no reverse pass).
-
-        Args:
-            pars: float64 parameter values, pyhf order.
-            main_data: The main measurement's data, shape ``(n_bins,)``.
-            numbers: The main term's numbers (:meth:`~diffana.stats.main.MainModel.numbers`).
-        """
+    def _rates(self, pars: jax.Array, numbers: MainNumbers) -> _Rates:
+        """The rates' layout at ``pars``, with their first and second derivatives."""
         main, n_pars, n_rates = self.main, self.n_pars, self.n_rates
         (factor, shift), (factor_1, shift_1), (factor_2, shift_2) = self._values(pars, numbers)
         index = main.factor_index.reshape(self.depth, n_rates)
@@ -129,14 +142,6 @@ class Curvature:
         additive = numbers.nominal.at[self.shift_rate].add(shift)
         product, all_but_one, all_but_two = self._products(slots)
         expected = jnp.sum((additive * product).reshape(-1, main.n_bins), axis=0)
-
-        def twice_nll(nu):
-            return -2.0 * jnp.sum(poisson_logpdf(main_data, nu))
-
-        # l' and l'' per bin (the main term is a sum over bins)
-        bin_slope, curvature = jax.jvp(jax.grad(twice_nll), (expected,),
-                                       (jnp.ones_like(expected),))
-        slope = bin_slope[self.bin_of_rate]
 
         # d r / d pars per rate: the factor slots' part (times A) and the shifts' (times F)
         k, rate = self.slot_k, self.slot_rate
@@ -147,9 +152,40 @@ class Curvature:
             shift_1).reshape(n_rates, n_pars)
         rates_jacobian = additive[:, None] * by_slot + product[:, None] * by_shift
         jacobian = jnp.sum(rates_jacobian.reshape(-1, main.n_bins, n_pars), axis=0)
+        return _Rates(slots_1, slots_2, shift_2, additive, product, all_but_one, all_but_two,
+                      expected, by_slot, by_shift, jacobian)
+
+    def jacobian(self, pars: jax.Array, numbers: MainNumbers) -> tuple[jax.Array, jax.Array]:
+        """The expected main yields at ``pars`` and their Jacobian ``J``, shapes
+        ``(n_bins,)`` and ``(n_bins, n_pars)``, with no tangent per parameter: what a Fisher
+        matrix needs (under ``jit``, what only the Hessian needs is not computed)."""
+        rates = self._rates(pars, numbers)
+        return rates.expected, rates.jacobian
+
+    def derivatives(self, pars: jax.Array, main_data: jax.Array, numbers: MainNumbers
+                    ) -> tuple[jax.Array, jax.Array]:
+        """The gradient and the Hessian of ``-2 ln L_main`` at ``pars``, shapes ``(n_pars,)``
+        and ``(n_pars, n_pars)`` (the gradient is ``J^T l'``: no reverse pass).
+
+        Args:
+            pars: float64 parameter values, pyhf order.
+            main_data: The main measurement's data, shape ``(n_bins,)``.
+            numbers: The main term's numbers (:meth:`~diffana.stats.main.MainModel.numbers`).
+        """
+        (slots_1, slots_2, shift_2, additive, product, all_but_one, all_but_two, expected,
+         by_slot, by_shift, jacobian) = self._rates(pars, numbers)
+
+        def twice_nll(nu):
+            return -2.0 * jnp.sum(poisson_logpdf(main_data, nu))
+
+        # l' and l'' per bin (the main term is a sum over bins)
+        bin_slope, curvature = jax.jvp(jax.grad(twice_nll), (expected,),
+                                       (jnp.ones_like(expected),))
+        slope = bin_slope[self.bin_of_rate]
 
         # the rates' curvature: pairs of slots, each slot twice, each shift twice (half of
         # each diagonal term, as the transpose is added), and slots with shifts (a product)
+        n_pars, k, rate = self.n_pars, self.slot_k, self.slot_rate
         pk, pl, pr = self.pair_k, self.pair_l, self.pair_rate
         weighted = slope * additive
         terms = jnp.concatenate([

