@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-from diffana import guards, inference, plot, report, tables
+from diffana import guards, inference, plot, plot_inference, report, tables
 from diffana.exceptions import DiffanaError
+from diffana.figure_process import FigureProcess
 from diffana.log import logger
 
 #: The pyhf workspace of the final cuts with hard cuts (what ``inference.json`` is of).
@@ -20,18 +21,29 @@ SCREEN_LINES = 30
 
 
 class Drawing:
-    """Figures drawn one after another in one thread (matplotlib's style is global state),
-    while the caller computes; and the inference computed meanwhile (``inference``: its
-    future, ``None`` when the configuration has ``inference: false``)."""
+    """Figures drawn while the caller computes, and the inference computed meanwhile
+    (``inference``: its future, ``None`` when the configuration has ``inference: false``).
 
-    def __init__(self, pool: ThreadPoolExecutor):
-        self._pool, self._drawn = pool, []
+    Each lane draws its figures one after another (matplotlib's style is global state): a
+    lane is a thread of ``pools`` and, where it can call the function, a figure process of
+    ``processes`` (:mod:`diffana.figure_process`: drawing there does not hold this
+    process's GIL), else that thread itself. Without processes there is one lane."""
+
+    def __init__(self, pools: list[ThreadPoolExecutor],
+                 processes: list[FigureProcess] | tuple = ()):
+        self._lanes = list(zip(pools, [*processes, *[None] * len(pools)], strict=False))
+        self._drawn: list[Future] = []
         self.inference: Future | None = None
         self.data: dict = {}  # {stage: pseudodata histograms or None}, once for every file
 
-    def submit(self, draw, *args) -> None:
-        """Draw ``draw(*args)`` after the figures submitted before it."""
-        self._drawn.append(self._pool.submit(draw, *args))
+    def submit(self, draw, *args, lane: int = 0) -> None:
+        """Draw ``draw(*args)`` after the figures submitted to the same ``lane`` before it
+        (beside the other lane's, where there are two)."""
+        pool, process = self._lanes[lane % len(self._lanes)]
+        if process is not None and process.takes(draw):
+            self._drawn.append(pool.submit(process.call, draw, *args))
+        else:
+            self._drawn.append(pool.submit(draw, *args))
 
     def wait(self) -> None:
         """Wait for every figure; re-raise what drawing one raised."""
@@ -40,11 +52,13 @@ class Drawing:
 
 
 @contextmanager
-def drawing(ana, out_dir: Path, hists: dict, params: dict):
-    """Start drawing ``objective_history.png`` and ``histograms.png`` (with their PDFs) in a
-    thread while the block runs (e.g. the sensitivity: XLA compiles and computes without the
-    GIL); the block's end waits for them, and re-raises what drawing raised. Yields the
-    :class:`Drawing`, for the figures the block can only draw later (the sensitivity).
+def drawing(ana, out_dir: Path, hists: dict, params: dict,
+            processes: list[FigureProcess] | tuple = ()):
+    """Start drawing ``objective_history.png`` and ``histograms.png`` (with their PDFs) while
+    the block runs (e.g. the sensitivity), in ``processes`` (one lane each,
+    :class:`~diffana.figure_process.FigureProcess`; none: in one thread); the block's end
+    waits for them, and re-raises what drawing raised. Yields the :class:`Drawing`, for the
+    figures the block can only draw later (the sensitivity).
 
     Before that, write ``workspace_hard.json`` (:func:`hard_workspace` of the final cuts) and,
     with ``inference.enabled``, start its inference in a thread of its own
@@ -56,15 +70,18 @@ def drawing(ana, out_dir: Path, hists: dict, params: dict):
             ``final``).
         params: ``{stage: parameters}``.
     """
-    with (ThreadPoolExecutor(1, thread_name_prefix="diffana-figures") as pool,
-          ThreadPoolExecutor(1, thread_name_prefix="diffana-inference") as computing):
-        figures = Drawing(pool)
+    with ExitStack() as stack:
+        pools = [stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="diffana-figures"))
+                 for _ in range(max(1, len(processes)))]
+        computing = stack.enter_context(
+            ThreadPoolExecutor(1, thread_name_prefix="diffana-inference"))
+        figures = Drawing(pools, processes)
         figures.data = {stage: ana.pseudodata(h) for stage, h in hists.items()}
         workspace = hard_workspace(ana, hists["final"], params["final"], figures.data["final"])
         report.write_json(out_dir / HARD_WORKSPACE, workspace)
         if ana.cfg.inference.enabled:  # compiles and fits while the sensitivity is computed
             figures.inference = computing.submit(_infer, ana.cfg, workspace, out_dir)
-        figures.submit(_figures, ana, out_dir, hists, params, figures.data)
+        _submit_figures(figures, ana, out_dir, hists, params, workspace)
         yield figures
         figures.wait()
 
@@ -100,7 +117,7 @@ def add_inference(results: dict, ana, out_dir: Path, figures: Drawing) -> None:
         found = [guards.Flag("inference-failed", f"no inference.json: {err}", HARD_WORKSPACE)]
     else:
         if ana.cfg.inference.plots:
-            figures.submit(inference.figures, result, details, out_dir)
+            figures.submit(plot_inference.all_figures, result, details, out_dir)
         results["inference"] = {**inference.digest(result), "workspace": HARD_WORKSPACE,
                                 "seconds": seconds}
         ana.phases.seconds["inference_s"] = seconds
@@ -110,17 +127,23 @@ def add_inference(results: dict, ana, out_dir: Path, figures: Drawing) -> None:
     results["warnings"] += [flag._asdict() for flag in found]
 
 
-def _figures(ana, out_dir: Path, hists: dict, params: dict, data: dict) -> None:
+def _submit_figures(figures: Drawing, ana, out_dir: Path, hists: dict, params: dict,
+                    final_workspace: dict) -> None:
+    """Have ``figures`` draw the history and the templates (their numbers gathered here:
+    the figures' functions take no :class:`~diffana.analysis.Analysis`)."""
     cfg = ana.cfg
-    plot.history(report.read_history(out_dir / "history.csv"), cfg.objective.kind,
-                 out_dir / "objective_history.png",
-                 {n: cfg.parameters[n].bounds for n in ana.trainable}, plot.parameter_units(cfg))
+    figures.submit(plot.history, report.read_history(out_dir / "history.csv"),
+                   cfg.objective.kind, out_dir / "objective_history.png",
+                   {n: cfg.parameters[n].bounds for n in ana.trainable}, plot.parameter_units(cfg))
     nominal = {stage: {r: {s: h for s, h in hs.items() if s in cfg.nominal_samples}
                        for r, hs in regions.items()} for stage, regions in hists.items()}
-    band = {stage: plot.systematic_band(ana.workspace(ana.hard_yields(p, hists[stage])))
-            for stage, p in params.items()}  # the hard templates'
-    plot.templates(nominal, out_dir / "histograms.png", cfg,
-                   data if data["final"] is not None else None, band)
+    workspaces = {stage: final_workspace if stage == "final"  # the observations: no matter
+                  else ana.workspace(ana.hard_yields(p, hists[stage]))
+                  for stage, p in params.items()}
+    band = {stage: plot.systematic_band(w) for stage, w in workspaces.items()}  # hard templates'
+    data = figures.data
+    figures.submit(plot.templates, nominal, out_dir / "histograms.png", cfg,
+                   data if data["final"] is not None else None, band, lane=1)
 
 
 def write(ana, out_dir: Path, hists: dict, flows: dict, final_yields: dict,
@@ -141,7 +164,7 @@ def write(ana, out_dir: Path, hists: dict, flows: dict, final_yields: dict,
     """
     cfg = ana.cfg
     if sensitivity:
-        figures.submit(plot.sensitivity, sensitivity, out_dir / "sensitivity.png", cfg)
+        figures.submit(plot.sensitivity, sensitivity, out_dir / "sensitivity.png", cfg, lane=1)
     data = figures.data
     observations = ({r: h.values() for r, h in data["final"].items()}
                     if data["final"] is not None else None)

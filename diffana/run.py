@@ -27,6 +27,7 @@ from diffana.analysis import Analysis
 from diffana.diagnose import non_finite_stage
 from diffana.events import changed_input
 from diffana.exceptions import DiffanaError, InputChanged, NumericalError, ResumableError
+from diffana.figure_process import FigureProcess
 from diffana.log import Phases, logger
 from diffana.optimise import Interrupted, Resume, group_settings, optimise
 from diffana.plan import ParameterSpace
@@ -218,6 +219,7 @@ def _optimise_and_write(ana: Analysis, cfg, out_dir: Path, config_file: Path | s
             logger.warning(guards.line(flag))
 
     initial = Initial(ana, p0)  # meanwhile, in a thread where the executor allows it
+    painters = FigureProcess.start_lanes()  # their imports meanwhile, too
     steps_start = time.perf_counter()
     try:
         res = optimise(
@@ -238,6 +240,7 @@ def _optimise_and_write(ana: Analysis, cfg, out_dir: Path, config_file: Path | s
         )
     except BaseException:  # a signal or an error: the thread stops after its current call
         initial.stop()
+        FigureProcess.close_all(painters)
         raise
     finally:
         history.close()
@@ -246,13 +249,15 @@ def _optimise_and_write(ana: Analysis, cfg, out_dir: Path, config_file: Path | s
     try:
         with signals.deferred():
             results = _evaluate_and_write(ana, cfg, res, out_dir, config_file, meta, start, p0,
-                                          sign, signals.check, initial)
+                                          sign, signals.check, initial, painters)
         signals.check()
     except KeyboardInterrupt as err:
         raise Interrupted(res.resume, getattr(err, "signum", signal.SIGINT)) from None
     except ResumableError as err:
         err.resume = res.resume
         raise
+    finally:
+        FigureProcess.close_all(painters)
     return res, results
 
 
@@ -268,10 +273,12 @@ def _check_inputs(ana: Analysis, meta: dict) -> None:
 
 def _evaluate_and_write(ana: Analysis, cfg, res, out_dir: Path, config_file: Path | str,
                         meta: dict, start: float, p0: dict, sign: float,
-                        stop_here=lambda: None, initial: Initial | None = None) -> dict:
+                        stop_here=lambda: None, initial: Initial | None = None,
+                        painters: list[FigureProcess] | tuple = ()) -> dict:
     """The hard-cut evaluation and the run directory's files, ``results.json`` last;
     ``stop_here()`` raises ``KeyboardInterrupt`` where stopping for a signal is safe;
-    ``initial``: the evaluations at the initial cuts, if under way."""
+    ``initial``: the evaluations at the initial cuts, if under way; ``painters``: the
+    processes that draw the figures (none: a thread)."""
     p_final = ana.from_unit(res.params, p0)
     phases = ana.phases
 
@@ -286,7 +293,8 @@ def _evaluate_and_write(ana: Analysis, cfg, res, out_dir: Path, config_file: Pat
         held_out = learned.held_out(ana, p0, p_final)  # hard_train beside hard, with split:
         flows = {"initial": before["cutflow"], "final": tables.cutflow(ana, p_final)}
     # the history and template figures are drawn meanwhile
-    with outputs.drawing(ana, out_dir, hists, {"initial": p0, "final": p_final}) as figures:
+    with outputs.drawing(ana, out_dir, hists, {"initial": p0, "final": p_final},
+                         painters) as figures:
         with phases("sensitivity_s", "final yields and sensitivity"):
             # the final yields and their Jacobian: one evaluation for both uses (none for a
             # classifier's loss: it is not a function of the yields)

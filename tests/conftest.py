@@ -36,9 +36,13 @@ def pytest_configure(config):
 
 @pytest.fixture(scope="session", autouse=True)
 def _event_cache(tmp_path_factory):
-    """Generated events go to a private cache, never the user's."""
+    """Generated events go to a private cache, never the user's. Figures are drawn in a
+    thread of the run's process: each figure process costs ~2 s of the two cores to start,
+    and the suite makes a hundred runs (tests/test_figure_process.py and the inference run
+    of tests/test_inference_run.py draw in processes, as a run does by default)."""
     mp = pytest.MonkeyPatch()
     mp.setenv("DIFFANA_CACHE", str(tmp_path_factory.mktemp("cache")))
+    mp.setenv("DIFFANA_FIGURES", "thread")
     yield
     mp.undo()
 

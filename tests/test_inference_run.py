@@ -17,6 +17,7 @@ from test_inference import KEYS
 from diffana import cli, outputs
 from diffana.config import INTERPOLATION_CODES, Interpolation, load_dict
 from diffana.exceptions import ConfigError, DiffanaError
+from diffana.figure_process import MODE
 from diffana.plot_inference import FIGURES
 from diffana.run import run
 from diffana.stats.modifiers import MODIFIERS
@@ -26,14 +27,16 @@ from diffana.stats.spec import build, to_json
 
 @pytest.fixture(scope="module")
 def inference_run(tmp_path_factory):
-    """A run of the default analysis (5000 events, 1 step) with its inference:
-    ``(run directory, results, printed summary)``."""
+    """A run of the default analysis (5000 events, 1 step) with its inference, its figures
+    drawn in figure processes as by default: ``(run directory, results, printed summary)``."""
     folder = tmp_path_factory.mktemp("inference-run")
     data = default_config_dict(5_000)
     del data["inference"]  # the default: on
     printed: list[str] = []
-    results = run(write_config(folder / "small.yaml", data), steps=1, out=folder / "run",
-                  progress=False, echo=printed.append)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(MODE, "process")
+        results = run(write_config(folder / "small.yaml", data), steps=1, out=folder / "run",
+                      progress=False, echo=printed.append)
     return folder / "run", results, "\n".join(printed)
 
 
@@ -91,7 +94,7 @@ def test_inference_warnings_reach_the_run(tmp_path, caplog):
               "warnings": ["the fit with mu = 0 did not converge"]}
     future: Future = Future()
     future.set_result((result, {}, 1.5))
-    figures = outputs.Drawing(None)
+    figures = outputs.Drawing([])
     figures.inference = future
     results = {"warnings": []}
     with caplog.at_level(logging.WARNING, logger="diffana"):
