@@ -46,6 +46,16 @@ __all__ = ["Curvature"]
 MAX_PRODUCTS = 1 << 23
 
 
+def _product(rows: jax.Array) -> jax.Array:
+    """The product over the first axis, written out (the few, static factor slots):
+    ``jnp.prod``'s derivative rule guards against zeros and made the gradient of the Fisher
+    matrix with respect to the templates (poi_uncertainty's) slow to compile."""
+    product = rows[0]
+    for k in range(1, rows.shape[0]):
+        product = product * rows[k]
+    return product
+
+
 class _Rates(NamedTuple):
     """The rates' layout at a point (:meth:`Curvature._rates`): slot derivatives
     (first, second: ``(depth, rates)``), the shifts' second derivatives, the nominal plus
@@ -128,10 +138,10 @@ class Curvature:
         at its rate (``E1``); per pair of slots at a rate, that of the remaining ones
         (``E2``). Products of the slots masked to 1, not quotients: a slot may be 0 (a
         normfactor on its bound)."""
-        at_slots = slots[:, self.slot_rate].T  # (n_slots, depth)
-        at_pairs = slots[:, self.pair_rate].T  # (n_pairs, depth)
-        return (jnp.prod(slots, axis=0), jnp.prod(jnp.where(self.others, at_slots, 1.0), axis=1),
-                jnp.prod(jnp.where(self.remaining, at_pairs, 1.0), axis=1))
+        at_slots = slots[:, self.slot_rate]  # (depth, n_slots)
+        at_pairs = slots[:, self.pair_rate]  # (depth, n_pairs)
+        return (_product(slots), _product(jnp.where(self.others.T, at_slots, 1.0)),
+                _product(jnp.where(self.remaining.T, at_pairs, 1.0)))
 
     def _rates(self, pars: jax.Array, numbers: MainNumbers) -> _Rates:
         """The rates' layout at ``pars``, with their first and second derivatives."""
