@@ -269,6 +269,9 @@ def test_a_signal_swallowed_in_a_callback_is_raised_at_the_next_check(capfd):
     class Owner:
         pass
 
+    # as in a terminal: a runner started in the background (`cmd &`, nohup) has SIGINT
+    # ignored, and Signals leaves an ignored signal ignored
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
     signals = Signals()
     with signals.installed():
         owner = Owner()
@@ -278,4 +281,5 @@ def test_a_signal_swallowed_in_a_callback_is_raised_at_the_next_check(capfd):
         with pytest.raises(Interrupted) as err:
             signals.check()
         assert err.value.signum == signal.SIGINT
+    signal.signal(signal.SIGINT, before)
     assert capfd.readouterr().err == ""
