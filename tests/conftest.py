@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import os
 from pathlib import Path
 
 import jax
@@ -20,14 +19,14 @@ DEFAULT_CONFIG = ROOT / "configs" / "ttbar_vs_wjets.yaml"
 @pytest.hookimpl(trylast=True)  # after pytest's cache (config.cache) is set up
 def pytest_configure(config):
     """Compiled functions persist across test sessions (JAX's compilation cache under
-    .pytest_cache); diffana keeps a directory set for JAX itself. Each pytest-xdist worker has
-    its own directory: JAX writes an entry in place (no rename), so a worker could read one
-    the other is still writing (it would compile anew, with a warning that is not an error
-    here); and no executable passes between processes that run at the same time."""
+    .pytest_cache); diffana keeps a directory set for JAX itself. The pytest-xdist workers
+    share one directory, so a program one worker compiled the other loads (in a run from an
+    empty cache, XLA's compilation is about half the suite's time, and the workers compile
+    many of the same programs). JAX writes an entry in place (no rename): a worker that reads
+    one the other is still writing fails to decompress it, warns (not an error here) and
+    compiles for itself, with the same numbers."""
     if jax.config.jax_compilation_cache_dir is None and getattr(config, "cache", None):
-        worker = os.environ.get("PYTEST_XDIST_WORKER")
-        name = f"jax-compilation-{worker}" if worker else "jax-compilation"
-        jax.config.update("jax_compilation_cache_dir", str(config.cache.mkdir(name)))
+        jax.config.update("jax_compilation_cache_dir", str(config.cache.mkdir("jax-compilation")))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
     config.addinivalue_line("filterwarnings",
