@@ -33,17 +33,22 @@ def rows(run_dir) -> int:
         return 0
 
 
-@pytest.mark.parametrize(("signum", "delay"), [(signal.SIGINT, 0.0), (signal.SIGTERM, 1.5)],
-                         ids=["SIGINT-at-once", "SIGTERM-later"])
-def test_signal_after_the_last_step(tmp_path, env, signum, delay):
+@pytest.mark.parametrize(("signum", "delay", "figures"), [
+    (signal.SIGINT, 0.0, "thread"), (signal.SIGTERM, 1.5, "thread"),
+    pytest.param(signal.SIGINT, 1.5, "process", marks=pytest.mark.long)],
+    ids=["SIGINT-at-once", "SIGTERM-later", "SIGINT-figure-processes"])
+def test_signal_after_the_last_step(tmp_path, env, signum, delay, figures):
     """A signal once the last history.csv row is written (the hard histograms, the sensitivity,
     the plots and files follow): exit 128 + signal with one line, never a segmentation fault,
-    and a run directory that is finished or resumable (checkpoint.npz, no results.json)."""
+    and a run directory that is finished or resumable (checkpoint.npz, no results.json).
+    The same with the figures drawn in processes (a run's default); ``communicate`` returns
+    once no process holds the run's standard error, the figure processes included."""
     cfg = write_config(tmp_path / "small.yaml", default_config_dict(EVENTS))
     out = tmp_path / "run"
     proc = subprocess.Popen(
         [sys.executable, "-c", CLI, "run", str(cfg), "--out", str(out), "--steps", "1",
-         "--quiet"], env=env, cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+         "--quiet"], env={**env, "DIFFANA_FIGURES": figures},
+        cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 300
     while rows(out) < 2 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.002)
