@@ -57,7 +57,7 @@ def _product(rows: jax.Array) -> jax.Array:
 
 
 class _Rates(NamedTuple):
-    """The rates' layout at a point (:meth:`Curvature._rates`): slot derivatives
+    """The rates' layout at a point, what the Jacobian and the Hessian share: slot derivatives
     (first, second: ``(depth, rates)``), the shifts' second derivatives, the nominal plus
     shifts ``A``, the slot products, the expected yields, the rates' Jacobian by slot and by
     shift ``(rates, pars)``, and the expected yields' Jacobian ``J`` ``(bins, pars)``."""
