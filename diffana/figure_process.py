@@ -43,6 +43,11 @@ CLOSE_TIMEOUT = 60.0
 _LENGTH = 8  # bytes of an answer's length
 
 
+class ProcessGone(DiffanaError):
+    """The figure process is gone (killed, out of memory, could not start) or its answer
+    cannot be read."""
+
+
 class FigureProcess:
     """A child interpreter that calls functions of diffana's modules, one at a time.
 
@@ -50,8 +55,11 @@ class FigureProcess:
     """
 
     def __init__(self) -> None:
+        # the child imports the diffana this process runs, wherever it was found
+        path = os.pathsep.join(p for p in sys.path if p)
         self._child = subprocess.Popen([sys.executable, "-m", __name__],
-                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                       env={**os.environ, "PYTHONPATH": path})
 
     @classmethod
     def start(cls) -> FigureProcess | None:
@@ -98,8 +106,7 @@ class FigureProcess:
         """``draw(*args)`` in the child: its result, or what it raised, raised here.
 
         Raises:
-            DiffanaError: the child is gone (killed, out of memory) or its answer cannot be
-                read.
+            ProcessGone: the child is gone or its answer cannot be read.
         """
         request = pickle.dumps((draw.__module__, draw.__qualname__, args),
                                protocol=pickle.HIGHEST_PROTOCOL)
@@ -109,8 +116,8 @@ class FigureProcess:
             size = int.from_bytes(_read(self._child.stdout, _LENGTH), "little")
             ok, value = pickle.loads(_read(self._child.stdout, size))
         except (OSError, EOFError, pickle.UnpicklingError) as err:
-            raise DiffanaError(f"the figure process stopped while drawing {draw.__qualname__} "
-                               f"(exit code {self._child.poll()}): {err}") from None
+            raise ProcessGone(f"the figure process stopped while drawing {draw.__qualname__} "
+                              f"(exit code {self._child.poll()}): {err}") from None
         if not ok:
             raise value
         return value

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from diffana import guards, inference, plot, plot_inference, report, tables
 from diffana.exceptions import DiffanaError
-from diffana.figure_process import FigureProcess
+from diffana.figure_process import FigureProcess, ProcessGone
 from diffana.log import logger
 
 #: The pyhf workspace of the final cuts with hard cuts (what ``inference.json`` is of).
@@ -41,7 +41,7 @@ class Drawing:
         (beside the other lane's, where there are two)."""
         pool, process = self._lanes[lane % len(self._lanes)]
         if process is not None and process.takes(draw):
-            self._drawn.append(pool.submit(process.call, draw, *args))
+            self._drawn.append(pool.submit(_in_process, process, draw, *args))
         else:
             self._drawn.append(pool.submit(draw, *args))
 
@@ -49,6 +49,16 @@ class Drawing:
         """Wait for every figure; re-raise what drawing one raised."""
         for future in self._drawn:
             future.result()
+
+
+def _in_process(process: FigureProcess, draw, *args) -> None:
+    """``draw(*args)`` in ``process``; here, in the lane's thread, once the process is gone
+    (the figures are drawn either way)."""
+    try:
+        process.call(draw, *args)
+    except ProcessGone as err:
+        logger.debug("%s; drawn in this process instead", err)
+        draw(*args)
 
 
 @contextmanager

@@ -95,3 +95,23 @@ def test_a_run_draws_in_its_figure_processes_lane_by_lane():
         figures.submit(here.append, "threaded", lane=1)
         figures.wait()
     assert here == ["stand-in", "threaded"]
+
+
+def test_once_the_process_is_gone_the_lane_draws_itself(tmp_path):
+    """A figure process that died (killed, out of memory) costs no figure: its lane's thread
+    draws what was sent to it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from diffana import report
+    from diffana.outputs import Drawing
+
+    process = FigureProcess()
+    os.kill(process.pid, signal.SIGKILL)
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            figures = Drawing([pool], [process])
+            figures.submit(report.write_json, tmp_path / "drawn.json", {"a": 1})
+            figures.wait()
+    finally:
+        process.close()
+    assert (tmp_path / "drawn.json").read_text().startswith("{")
