@@ -27,6 +27,8 @@ import pickle
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from diffana.exceptions import DiffanaError
@@ -76,17 +78,16 @@ class FigureProcess:
             return None
 
     @classmethod
-    def start_lanes(cls) -> list[FigureProcess]:
-        """The figure processes of a run: :data:`LANES` of them, or none where figures are
-        drawn in a thread (:meth:`start`)."""
-        started = [cls.start() for _ in range(LANES)]
-        return [p for p in started if p is not None]
-
-    @staticmethod
-    def close_all(processes: list[FigureProcess]) -> None:
-        """:meth:`close` each of ``processes``."""
-        for process in processes:
-            process.close()
+    @contextmanager
+    def lanes(cls) -> Iterator[list[FigureProcess]]:
+        """The figure processes of a run, closed at the block's end however it ends:
+        :data:`LANES` of them, or none where figures are drawn in a thread (:meth:`start`)."""
+        started = [p for p in (cls.start() for _ in range(LANES)) if p is not None]
+        try:
+            yield started
+        finally:
+            for process in started:
+                process.close()
 
     @property
     def pid(self) -> int:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
+from itertools import zip_longest
 from pathlib import Path
 
 from diffana import guards, inference, plot, plot_inference, report, tables
@@ -31,7 +32,7 @@ class Drawing:
 
     def __init__(self, pools: list[ThreadPoolExecutor],
                  processes: list[FigureProcess] | tuple = ()):
-        self._lanes = list(zip(pools, [*processes, *[None] * len(pools)], strict=False))
+        self._lanes = list(zip_longest(pools, processes))  # as many pools as processes, or one
         self._drawn: list[Future] = []
         self.inference: Future | None = None
         self.data: dict = {}  # {stage: pseudodata histograms or None}, once for every file

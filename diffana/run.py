@@ -219,45 +219,43 @@ def _optimise_and_write(ana: Analysis, cfg, out_dir: Path, config_file: Path | s
             logger.warning(guards.line(flag))
 
     initial = Initial(ana, p0)  # meanwhile, in a thread where the executor allows it
-    painters = FigureProcess.start_lanes()  # their imports meanwhile, too
-    steps_start = time.perf_counter()
-    try:
-        res = optimise(
-            lambda u: ana.loss_and_grad(u, p0),
-            ana.to_unit(p0),
-            cfg.optimiser.name,
-            cfg.optimiser.options,
-            steps=cfg.optimiser.steps,
-            tolerance=cfg.optimiser.tolerance,
-            progress=progress,
-            on_step=lambda step, loss, u: (history.row(*row(step, loss, u)), signals.check()),
-            describe=lambda v: f"{sign * v:.5g}",
-            names=ana.space.unit_names,
-            resume=checkpoint,
-            box=ana.space.unit_box() if ana.space.groups else None,
-            groups=group_settings(ana.space.group_slices(), cfg.optimiser),
-            on_first_gradient=first_gradient if ana.trainable else None,
-        )
-    except BaseException:  # a signal or an error: the thread stops after its current call
-        initial.stop()
-        FigureProcess.close_all(painters)
-        raise
-    finally:
-        history.close()
-    ana.phases.seconds["compile_s"] = res.first_call_seconds
-    ana.phases.seconds["steps_s"] = time.perf_counter() - steps_start - res.first_call_seconds
-    try:
-        with signals.deferred():
-            results = _evaluate_and_write(ana, cfg, res, out_dir, config_file, meta, start, p0,
-                                          sign, signals.check, initial, painters)
-        signals.check()
-    except KeyboardInterrupt as err:
-        raise Interrupted(res.resume, getattr(err, "signum", signal.SIGINT)) from None
-    except ResumableError as err:
-        err.resume = res.resume
-        raise
-    finally:
-        FigureProcess.close_all(painters)
+    # the figure processes: their imports meanwhile, too; closed however the run ends
+    with FigureProcess.lanes() as painters:
+        steps_start = time.perf_counter()
+        try:
+            res = optimise(
+                lambda u: ana.loss_and_grad(u, p0),
+                ana.to_unit(p0),
+                cfg.optimiser.name,
+                cfg.optimiser.options,
+                steps=cfg.optimiser.steps,
+                tolerance=cfg.optimiser.tolerance,
+                progress=progress,
+                on_step=lambda step, loss, u: (history.row(*row(step, loss, u)), signals.check()),
+                describe=lambda v: f"{sign * v:.5g}",
+                names=ana.space.unit_names,
+                resume=checkpoint,
+                box=ana.space.unit_box() if ana.space.groups else None,
+                groups=group_settings(ana.space.group_slices(), cfg.optimiser),
+                on_first_gradient=first_gradient if ana.trainable else None,
+            )
+        except BaseException:  # a signal or an error: the thread stops after its current call
+            initial.stop()
+            raise
+        finally:
+            history.close()
+        ana.phases.seconds["compile_s"] = res.first_call_seconds
+        ana.phases.seconds["steps_s"] = time.perf_counter() - steps_start - res.first_call_seconds
+        try:
+            with signals.deferred():
+                results = _evaluate_and_write(ana, cfg, res, out_dir, config_file, meta, start, p0,
+                                              sign, signals.check, initial, painters)
+            signals.check()
+        except KeyboardInterrupt as err:
+            raise Interrupted(res.resume, getattr(err, "signum", signal.SIGINT)) from None
+        except ResumableError as err:
+            err.resume = res.resume
+            raise
     return res, results
 
 

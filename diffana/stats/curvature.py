@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffana.stats.densities import poisson_logpdf
-from diffana.stats.main import MainModel, MainNumbers
+from diffana.stats.main import MainModel, MainNumbers, product_over_slots
 
 __all__ = ["Curvature"]
 
@@ -44,16 +44,6 @@ __all__ = ["Curvature"]
 #: AGC's are 49 k). Beyond it, :meth:`diffana.stats.Model.twice_nll_derivatives`
 #: differentiates.
 MAX_PRODUCTS = 1 << 23
-
-
-def _product(rows: jax.Array) -> jax.Array:
-    """The product over the first axis, written out (the few, static factor slots):
-    ``jnp.prod``'s derivative rule guards against zeros and made the gradient of the Fisher
-    matrix with respect to the templates (poi_uncertainty's) slow to compile."""
-    product = rows[0]
-    for k in range(1, rows.shape[0]):
-        product = product * rows[k]
-    return product
 
 
 class _Rates(NamedTuple):
@@ -140,8 +130,9 @@ class Curvature:
         normfactor on its bound)."""
         at_slots = slots[:, self.slot_rate]  # (depth, n_slots)
         at_pairs = slots[:, self.pair_rate]  # (depth, n_pairs)
-        return (_product(slots), _product(jnp.where(self.others.T, at_slots, 1.0)),
-                _product(jnp.where(self.remaining.T, at_pairs, 1.0)))
+        return (product_over_slots(slots),
+                product_over_slots(jnp.where(self.others.T, at_slots, 1.0)),
+                product_over_slots(jnp.where(self.remaining.T, at_pairs, 1.0)))
 
     def _rates(self, pars: jax.Array, numbers: MainNumbers) -> _Rates:
         """The rates' layout at ``pars``, with their first and second derivatives."""
@@ -168,7 +159,14 @@ class Curvature:
     def jacobian(self, pars: jax.Array, numbers: MainNumbers) -> tuple[jax.Array, jax.Array]:
         """The expected main yields at ``pars`` and their Jacobian ``J``, shapes
         ``(n_bins,)`` and ``(n_bins, n_pars)``, with no tangent per parameter: what a Fisher
-        matrix needs (under ``jit``, what only the Hessian needs is not computed)."""
+        matrix needs (under ``jit``, what only the Hessian needs is not computed). A layout
+        too large (not :attr:`affordable`) is differentiated (``jax.jacfwd``)."""
+        if not self.affordable:
+
+            def expected(p):
+                return self.main.expected(p, numbers)
+
+            return expected(pars), jax.jacfwd(expected)(pars)
         rates = self._rates(pars, numbers)
         return rates.expected, rates.jacobian
 

@@ -33,7 +33,18 @@ from diffana.stats.densities import poisson_logpdf
 from diffana.stats.modifiers import MODIFIERS, Interpolation, ModifierType, interpolation
 from diffana.stats.structure import Structure
 
-__all__ = ["MainModel", "MainNumbers"]
+__all__ = ["MainModel", "MainNumbers", "product_over_slots"]
+
+
+def product_over_slots(rows: jax.Array) -> jax.Array:
+    """The product over the first axis (the few, static factor slots), written out:
+    ``jnp.prod``'s derivative rule guards against zeros, which makes second derivatives
+    (Newton's Hessian) and the gradient of a Fisher matrix in the templates costly to
+    compile."""
+    product = rows[0]
+    for k in range(1, rows.shape[0]):
+        product = product * rows[k]
+    return product
 
 
 class MainNumbers(NamedTuple):
@@ -173,12 +184,7 @@ class MainModel:
         flat = numbers.nominal
         for applied, shift in zip(self.shifts, self.shift_values(pars, numbers), strict=True):
             flat = flat.at[applied.positions].add(shift)
-        gathered = self.factor_values(pars, numbers)[self.factor_index]
-        # An explicit product over the (few, static) factor slots: jnp.prod's derivative rule
-        # guards against zeros and makes second derivatives (Newton's Hessian) costly to compile.
-        factors = gathered[0]
-        for k in range(1, gathered.shape[0]):
-            factors = factors * gathered[k]
+        factors = product_over_slots(self.factor_values(pars, numbers)[self.factor_index])
         return factors * flat.reshape(self.n_samples, self.n_bins)
 
     def expected(self, pars: jax.Array, numbers: MainNumbers) -> jax.Array:

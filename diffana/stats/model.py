@@ -313,24 +313,11 @@ class Model:
 
     def expected_and_jacobian(self, pars: jax.Array, prepared: Prepared
                               ) -> tuple[jax.Array, jax.Array]:
-        """The expected main yields at ``pars`` and their Jacobian with respect to
-        ``pars``, shapes ``(n_bins,)`` and ``(n_bins, n_pars)``: from the layout of the rates
-        (:meth:`~diffana.stats.curvature.Curvature.jacobian`), or by forward-mode automatic
-        differentiation where the layout is too large for it. Equal to
-        :meth:`expected_actualdata` and its ``jax.jacfwd`` to round-off.
-
-        Args:
-            pars: Parameter values, shape ``(n_pars,)``, pyhf order.
-            prepared: The templates, prepared (:meth:`prepare`).
-        """
-        pars = f64(pars)
-        if not self._curvature.affordable:
-
-            def expected(p):
-                return self._main.expected(p, prepared.main)
-
-            return expected(pars), jax.jacfwd(expected)(pars)
-        return self._curvature.jacobian(pars, prepared.main)
+        """The expected main yields at ``pars`` and their Jacobian with respect to ``pars``
+        (:meth:`~diffana.stats.curvature.Curvature.jacobian`), shapes ``(n_bins,)`` and
+        ``(n_bins, n_pars)``: :meth:`expected_actualdata` and its ``jax.jacfwd`` to
+        round-off, ``prepared`` by :meth:`prepare`."""
+        return self._curvature.jacobian(f64(pars), prepared.main)
 
     def twice_nll_derivatives(self, pars: jax.Array, data: jax.Array, prepared: Prepared
                               ) -> tuple[jax.Array, jax.Array]:
