@@ -36,10 +36,9 @@ from diffana.exceptions import DiffanaError
 #: The environment variable that chooses where figures are drawn: ``process`` (default) or
 #: ``thread``.
 MODE = "DIFFANA_FIGURES"
-#: Figure processes a run starts: the templates and the sensitivity are drawn in one, the
-#: history and the inference's figures in the other (on the AGC the figures take ~7 s of
-#: drawing, the sensitivity and the inference beside them ~2 s).
-LANES = 2
+#: Figure processes a run starts; each figure is drawn by the next one free (on the AGC the
+#: seven figures take ~5 s of drawing, the sensitivity and the inference beside them ~2 s).
+PROCESSES = 2
 #: Seconds :meth:`FigureProcess.close` gives the child to finish its figure and exit.
 CLOSE_TIMEOUT = 60.0
 _LENGTH = 8  # bytes of an answer's length
@@ -79,10 +78,11 @@ class FigureProcess:
 
     @classmethod
     @contextmanager
-    def lanes(cls) -> Iterator[list[FigureProcess]]:
+    def started(cls) -> Iterator[list[FigureProcess]]:
         """The figure processes of a run, closed at the block's end however it ends:
-        :data:`LANES` of them, or none where figures are drawn in a thread (:meth:`start`)."""
-        started = [p for p in (cls.start() for _ in range(LANES)) if p is not None]
+        :data:`PROCESSES` of them, or none where figures are drawn in a thread
+        (:meth:`start`)."""
+        started = [p for p in (cls.start() for _ in range(PROCESSES)) if p is not None]
         try:
             yield started
         finally:
@@ -176,6 +176,6 @@ if __name__ == "__main__":
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     answers = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # what a library prints goes to the run's standard error, not the answers
-    importlib.import_module("diffana.plot")  # while the run optimises
-    importlib.import_module("diffana.plot_inference")
+    importlib.import_module("diffana.plot_inference")  # while the run optimises
+    importlib.import_module("diffana.plot").warm_up()
     _serve(sys.stdin.buffer, answers)

@@ -4,11 +4,12 @@ of the final hard-cut workspace (``inference.json``, computed in a thread of its
 
 from __future__ import annotations
 
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
-from itertools import zip_longest
 from pathlib import Path
+from queue import SimpleQueue
 
 from diffana import guards, inference, plot, plot_inference, report, tables
 from diffana.exceptions import DiffanaError
@@ -25,26 +26,40 @@ class Drawing:
     """Figures drawn while the caller computes, and the inference computed meanwhile
     (``inference``: its future, ``None`` when the configuration has ``inference: false``).
 
-    Each lane draws its figures one after another (matplotlib's style is global state): a
-    lane is a thread of ``pools`` and, where it can call the function, a figure process of
-    ``processes`` (:mod:`diffana.figure_process`: drawing there does not hold this
-    process's GIL), else that thread itself. Without processes there is one lane."""
+    ``pool`` has a thread per process of ``processes`` (or one, without processes). The
+    figures are taken in the order they were submitted, each by the next thread free, and
+    drawn in a process free at that moment (:mod:`diffana.figure_process`: drawing there does
+    not hold this process's GIL) where it can call the function, else here; here, one figure
+    at a time (matplotlib's style is global state)."""
 
-    def __init__(self, pools: list[ThreadPoolExecutor],
-                 processes: list[FigureProcess] | tuple = ()):
-        self._lanes = list(zip_longest(pools, processes))  # as many pools as processes, or one
+    def __init__(self, pool: ThreadPoolExecutor, processes: list[FigureProcess] | tuple = ()):
+        self._pool = pool
+        self._free: SimpleQueue = SimpleQueue()  # as many as the pool has threads, or none
+        for process in processes:
+            self._free.put(process)
+        self._processes = len(processes)
         self._drawn: list[Future] = []
         self.inference: Future | None = None
         self.data: dict = {}  # {stage: pseudodata histograms or None}, once for every file
 
-    def submit(self, draw, *args, lane: int = 0) -> None:
-        """Draw ``draw(*args)`` after the figures submitted to the same ``lane`` before it
-        (beside the other lane's, where there are two)."""
-        pool, process = self._lanes[lane % len(self._lanes)]
-        if process is not None and process.takes(draw):
-            self._drawn.append(pool.submit(_in_process, process, draw, *args))
-        else:
-            self._drawn.append(pool.submit(draw, *args))
+    def submit(self, draw, *args) -> None:
+        """Draw ``draw(*args)`` once a thread is free (beside the others' figures)."""
+        self._drawn.append(self._pool.submit(self._draw, draw, *args))
+
+    def _draw(self, draw, *args) -> None:
+        process = self._free.get() if self._processes else None  # one free per thread
+        try:
+            if process is not None and process.takes(draw):
+                try:
+                    process.call(draw, *args)
+                    return
+                except ProcessGone as err:  # drawn here instead: the figure is not lost
+                    logger.debug("%s; drawn in this process instead", err)
+            with _HERE:
+                draw(*args)
+        finally:
+            if process is not None:
+                self._free.put(process)
 
     def wait(self) -> None:
         """Wait for every figure; re-raise what drawing one raised."""
@@ -52,21 +67,15 @@ class Drawing:
             future.result()
 
 
-def _in_process(process: FigureProcess, draw, *args) -> None:
-    """``draw(*args)`` in ``process``; here, in the lane's thread, once the process is gone
-    (the figures are drawn either way)."""
-    try:
-        process.call(draw, *args)
-    except ProcessGone as err:
-        logger.debug("%s; drawn in this process instead", err)
-        draw(*args)
+#: Held while a figure is drawn in this process.
+_HERE = threading.Lock()
 
 
 @contextmanager
 def drawing(ana, out_dir: Path, hists: dict, params: dict,
             processes: list[FigureProcess] | tuple = ()):
     """Start drawing ``objective_history.png`` and ``histograms.png`` (with their PDFs) while
-    the block runs (e.g. the sensitivity), in ``processes`` (one lane each,
+    the block runs (e.g. the sensitivity), in ``processes`` (one figure at a time each,
     :class:`~diffana.figure_process.FigureProcess`; none: in one thread); the block's end
     waits for them, and re-raises what drawing raised. Yields the :class:`Drawing`, for the
     figures the block can only draw later (the sensitivity).
@@ -82,11 +91,11 @@ def drawing(ana, out_dir: Path, hists: dict, params: dict,
         params: ``{stage: parameters}``.
     """
     with ExitStack() as stack:
-        pools = [stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="diffana-figures"))
-                 for _ in range(max(1, len(processes)))]
+        pool = stack.enter_context(ThreadPoolExecutor(max(1, len(processes)),
+                                                      thread_name_prefix="diffana-figures"))
         computing = stack.enter_context(
             ThreadPoolExecutor(1, thread_name_prefix="diffana-inference"))
-        figures = Drawing(pools, processes)
+        figures = Drawing(pool, processes)
         figures.data = {stage: ana.pseudodata(h) for stage, h in hists.items()}
         workspace = hard_workspace(ana, hists["final"], params["final"], figures.data["final"])
         report.write_json(out_dir / HARD_WORKSPACE, workspace)
@@ -127,8 +136,9 @@ def add_inference(results: dict, ana, out_dir: Path, figures: Drawing) -> None:
     except (DiffanaError, ValueError, ArithmeticError) as err:  # the run's results stand
         found = [guards.Flag("inference-failed", f"no inference.json: {err}", HARD_WORKSPACE)]
     else:
-        if ana.cfg.inference.plots:
-            figures.submit(plot_inference.all_figures, result, details, out_dir)
+        if ana.cfg.inference.plots:  # each by the next figure process free
+            for draw, *args in plot_inference.drawings(result, details, out_dir):
+                figures.submit(draw, *args)
         results["inference"] = {**inference.digest(result), "workspace": HARD_WORKSPACE,
                                 "seconds": seconds}
         ana.phases.seconds["inference_s"] = seconds
@@ -154,7 +164,7 @@ def _submit_figures(figures: Drawing, ana, out_dir: Path, hists: dict, params: d
     band = {stage: plot.systematic_band(w) for stage, w in workspaces.items()}  # hard templates'
     data = figures.data
     figures.submit(plot.templates, nominal, out_dir / "histograms.png", cfg,
-                   data if data["final"] is not None else None, band, lane=1)
+                   data if data["final"] is not None else None, band)
 
 
 def write(ana, out_dir: Path, hists: dict, flows: dict, final_yields: dict,
@@ -175,7 +185,7 @@ def write(ana, out_dir: Path, hists: dict, flows: dict, final_yields: dict,
     """
     cfg = ana.cfg
     if sensitivity:
-        figures.submit(plot.sensitivity, sensitivity, out_dir / "sensitivity.png", cfg, lane=1)
+        figures.submit(plot.sensitivity, sensitivity, out_dir / "sensitivity.png", cfg)
     data = figures.data
     observations = ({r: h.values() for r, h in data["final"].items()}
                     if data["final"] is not None else None)

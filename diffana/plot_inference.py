@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["FIGURES", "all_figures", "cls_scan", "correlation", "likelihood_scan", "ranking"]
+__all__ = ["FIGURES", "all_figures", "cls_scan", "correlation", "drawings", "likelihood_scan",
+           "ranking"]
 
 #: The figures (each as PNG and PDF); the first two only where there is something to show.
 FIGURES = ("cls_scan", "ranking", "likelihood_scan", "correlation")
@@ -175,19 +176,27 @@ def correlation(corr: dict, path: Path) -> None:
         save(fig, path)
 
 
-def all_figures(result: dict, details: dict, out_dir: Path) -> list[Path]:
-    """Every figure of ``inference.json`` into ``out_dir``; returns the PNG paths."""
+def drawings(result: dict, details: dict, out_dir: Path) -> list[tuple]:
+    """Every figure of ``inference.json`` as ``(function, *arguments)``, the correlation
+    matrix (the longest to draw) first; each writes its PNG (the last argument) and PDF."""
     poi = result["poi"]
     out_dir = Path(out_dir)
-    written = []
+    calls = [(correlation, result["correlation"], out_dir / "correlation.png"),
+             (likelihood_scan, poi, result["scan"], result["bestfit"][poi],
+              out_dir / "likelihood_scan.png")]
+    if result["ranking"]:
+        calls.append((ranking, poi, result["ranking"], out_dir / "ranking.png"))
     if "cls_scan" in details and result["upper_limit"]["observed"] is not None:
         grid, observed, expected = details["cls_scan"]
-        cls_scan(poi, grid, observed, expected, result["upper_limit"], out_dir / "cls_scan.png")
-        written.append(out_dir / "cls_scan.png")
-    if result["ranking"]:
-        ranking(poi, result["ranking"], out_dir / "ranking.png")
-        written.append(out_dir / "ranking.png")
-    likelihood_scan(poi, result["scan"], result["bestfit"][poi], out_dir / "likelihood_scan.png")
-    correlation(result["correlation"], out_dir / "correlation.png")
-    written += [out_dir / "likelihood_scan.png", out_dir / "correlation.png"]
-    return written
+        calls.append((cls_scan, poi, grid, observed, expected, result["upper_limit"],
+                      out_dir / "cls_scan.png"))
+    return calls
+
+
+def all_figures(result: dict, details: dict, out_dir: Path) -> list[Path]:
+    """Every figure of ``inference.json`` into ``out_dir``; returns the PNG paths (in the
+    order of :data:`FIGURES`)."""
+    calls = drawings(result, details, out_dir)
+    for draw, *args in calls:
+        draw(*args)
+    return sorted((args[-1] for _, *args in calls), key=lambda png: FIGURES.index(png.stem))

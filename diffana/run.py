@@ -220,7 +220,7 @@ def _optimise_and_write(ana: Analysis, cfg, out_dir: Path, config_file: Path | s
 
     initial = Initial(ana, p0)  # meanwhile, in a thread where the executor allows it
     # the figure processes: their imports meanwhile, too; closed however the run ends
-    with FigureProcess.lanes() as painters:
+    with FigureProcess.started() as painters:
         steps_start = time.perf_counter()
         try:
             res = optimise(

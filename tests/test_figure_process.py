@@ -63,12 +63,16 @@ def test_the_mode_is_chosen_by_the_environment(monkeypatch):
         FigureProcess.start()
 
 
-def test_a_run_draws_in_its_figure_processes_lane_by_lane():
-    """Drawing sends each figure to its lane's process where the process takes it, and
-    draws the others (a stand-in, or without processes) in the lane's own thread."""
+def test_a_run_draws_each_figure_in_the_next_free_figure_process():
+    """Drawing sends each figure to a figure process free at that moment, the two at once,
+    where the process takes it, and draws the others (a stand-in, or without processes) in
+    the run's own process."""
+    import threading
     from concurrent.futures import ThreadPoolExecutor
 
     from diffana.outputs import Drawing
+
+    both = threading.Barrier(2, timeout=30)  # broken (an error) unless two draw at once
 
     class Recording:
         def __init__(self):
@@ -78,28 +82,29 @@ def test_a_run_draws_in_its_figure_processes_lane_by_lane():
 
         def call(self, draw, *args):
             self.calls.append(draw.__qualname__)
+            both.wait()
             return draw(*args)
 
-    lanes = [Recording(), Recording()]
+    processes = [Recording(), Recording()]
     here = []
-    with ThreadPoolExecutor(1) as first, ThreadPoolExecutor(1) as second:
-        figures = Drawing([first, second], lanes)
+    with ThreadPoolExecutor(2) as pool:
+        figures = Drawing(pool, processes)
         figures.submit(plot.ratio_range, [1.0], [0.0], [0.0])
-        figures.submit(plot.ratio_range, [1.0], [0.0], [0.0], lane=1)
-        figures.submit(here.append, "stand-in", lane=1)
+        figures.submit(plot.ratio_range, [1.0], [0.0], [0.0])
+        figures.submit(here.append, "stand-in")
         figures.wait()
-    assert [lane.calls for lane in lanes] == [["ratio_range"], ["ratio_range"]]
+    assert [p.calls for p in processes] == [["ratio_range"], ["ratio_range"]]
     assert here == ["stand-in"]
     with ThreadPoolExecutor(1) as only:
-        figures = Drawing([only])  # DIFFANA_FIGURES=thread: every lane is this thread
-        figures.submit(here.append, "threaded", lane=1)
+        figures = Drawing(only)  # DIFFANA_FIGURES=thread: every figure in this thread
+        figures.submit(here.append, "threaded")
         figures.wait()
     assert here == ["stand-in", "threaded"]
 
 
-def test_once_the_process_is_gone_the_lane_draws_itself(tmp_path):
-    """A figure process that died (killed, out of memory) costs no figure: its lane's thread
-    draws what was sent to it."""
+def test_once_the_process_is_gone_the_figure_is_drawn_here(tmp_path):
+    """A figure process that died (killed, out of memory) costs no figure: what was sent to
+    it is drawn in the run's own process."""
     from concurrent.futures import ThreadPoolExecutor
 
     from diffana import report
@@ -109,7 +114,7 @@ def test_once_the_process_is_gone_the_lane_draws_itself(tmp_path):
     os.kill(process.pid, signal.SIGKILL)
     try:
         with ThreadPoolExecutor(1) as pool:
-            figures = Drawing([pool], [process])
+            figures = Drawing(pool, [process])
             figures.submit(report.write_json, tmp_path / "drawn.json", {"a": 1})
             figures.wait()
     finally:

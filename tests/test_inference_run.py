@@ -94,7 +94,7 @@ def test_inference_warnings_reach_the_run(tmp_path, caplog):
               "warnings": ["the fit with mu = 0 did not converge"]}
     future: Future = Future()
     future.set_result((result, {}, 1.5))
-    figures = outputs.Drawing([])
+    figures = outputs.Drawing(None)  # draws nothing: plots: false
     figures.inference = future
     results = {"warnings": []}
     with caplog.at_level(logging.WARNING, logger="diffana"):
