@@ -20,16 +20,17 @@ EDGES = jnp.linspace(0.0, 1000.0, 11)
 
 
 def test_kde_gradients():
-    check_grads(lambda x, w: kde_histogram(x, w, EDGES, 40.0), (X[:50], W[:50]), order=2,
-                modes=("fwd", "rev"))
-    check_grads(lambda h: kde_histogram(X, W, EDGES, h), (jnp.asarray(40.0),), order=1)
+    # compiled whole (as the engines use it): op by op, each small operation compiles alone
+    check_grads(jax.jit(lambda x, w: kde_histogram(x, w, EDGES, 40.0)), (X[:50], W[:50]),
+                order=2, modes=("fwd", "rev"))
+    check_grads(jax.jit(lambda h: kde_histogram(X, W, EDGES, h)), (jnp.asarray(40.0),), order=1)
 
 
 def test_kde_with_slots_and_weight_sets_gradients():
     slots = jnp.asarray(RNG.integers(0, 3, 64))  # 2 is out of range for num_slots=2: dropped
     w = jnp.stack([W[:64], 0.5 * W[:64] ** 2])
-    check_grads(lambda x, w: kde_histogram(x, w, EDGES, 40.0, slots, 2, 16), (X[:64], w),
-                order=2, modes=("fwd", "rev"))
+    check_grads(jax.jit(lambda x, w: kde_histogram(x, w, EDGES, 40.0, slots, 2, 16)),
+                (X[:64], w), order=2, modes=("fwd", "rev"))
 
 
 @pytest.mark.parametrize("slotted", [False, True])
@@ -45,8 +46,8 @@ def test_kde_rule_equals_autodiff_through_the_kernel(slotted):
         return kde_histogram(x, w, EDGES, h, *args)
 
     ours, theirs = (lambda t: hist(t, 40.0)), (lambda t: hist(t, jnp.asarray(40.0)))
-    for a, b in zip(jax.tree.leaves(jax.jacfwd(ours)(theta)),
-                    jax.tree.leaves(jax.jacfwd(theirs)(theta)), strict=True):
+    for a, b in zip(jax.tree.leaves(jax.jit(jax.jacfwd(ours))(theta)),
+                    jax.tree.leaves(jax.jit(jax.jacfwd(theirs))(theta)), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12 * float(jnp.max(jnp.abs(b))))
     y, pull = jax.vjp(ours, theta)
     _, pull_ref = jax.vjp(theirs, theta)
@@ -175,7 +176,7 @@ def test_kde_equals_the_previous_evaluation(slotted, bandwidth):
         return jax.grad(lambda x: jnp.sum(jnp.cos(jax.grad(
             lambda x: jnp.sum(jnp.sin(f(x, w)[0])))(x))))
 
-    _assert_equal_to_reference(second(ours)(WIDE_X), second(theirs)(WIDE_X))
+    _assert_equal_to_reference(jax.jit(second(ours))(WIDE_X), jax.jit(second(theirs))(WIDE_X))
 
 
 def test_kde_with_array_bandwidth_equals_the_previous_evaluation_in_edges_and_bandwidth():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import awkward as ak
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -163,8 +164,9 @@ def test_nth_selected_hard_and_soft(run):
     starts = np.zeros(counts.sum(), dtype=bool)
     starts[np.concatenate([[0], np.cumsum(counts)[:-1]])[counts > 0]] = True
     mask = rng.random(counts.sum()) < 0.6
-    p = np.asarray(soft.nth_selected(jnp.asarray(mask, dtype=float), jnp.asarray(starts), 4,
-                                       max_run))
+    # compiled whole: op by op, the scan's many small operations compile one by one (~8 s)
+    nth_selected = jax.jit(soft.nth_selected, static_argnums=(2, 3))
+    p = np.asarray(nth_selected(jnp.asarray(mask, dtype=float), jnp.asarray(starts), 4, max_run))
     offsets = np.concatenate([[0], np.cumsum(counts)])
     for e in range(len(counts)):
         chosen = np.flatnonzero(mask[offsets[e]:offsets[e + 1]]) + offsets[e]
@@ -176,7 +178,7 @@ def test_nth_selected_hard_and_soft(run):
                                           expected[offsets[e]:offsets[e + 1]])
     # soft: for each event, Σ_c p[c, i] = P(at least i+1 selected); check against brute force
     w = jnp.asarray(rng.uniform(0.05, 0.95, 5))
-    p = soft.nth_selected(w, jnp.array([1, 0, 0, 0, 0]), 3, 5 if run else None)
+    p = nth_selected(w, jnp.array([1, 0, 0, 0, 0]), 3, 5 if run else None)
     import itertools
 
     brute = np.zeros((5, 3))
@@ -185,7 +187,8 @@ def test_nth_selected_hard_and_soft(run):
         for rank, c in enumerate(np.flatnonzero(bits)[:3]):
             brute[c, rank] += prob
     np.testing.assert_allclose(p, brute, rtol=1e-12)
-    check_grads(lambda w: soft.nth_selected(w, jnp.array([1, 0, 0, 1, 0]), 3, 3 if run else None),
+    check_grads(jax.jit(lambda w: soft.nth_selected(w, jnp.array([1, 0, 0, 1, 0]), 3,
+                                                    3 if run else None)),
                 (w,), order=1,
                 modes=("fwd", "rev"))
 
@@ -232,10 +235,12 @@ def test_nth_selected_dense_equals_the_elementwise_product(seed):
             return jnp.sum(soft.nth_selected_dense(w, segments, 4, 9) * x)
 
     def table(w):  # the real objects' p[c, i]; padding objects are dropped by every sum
-        return np.asarray(soft.nth_selected_dense(w, segments, 4, 9))[:n_real]
+        return np.asarray(jax.jit(soft.nth_selected_dense, static_argnums=(2, 3))(
+            w, segments, 4, 9))[:n_real]
 
     def elementwise(w):
-        return np.asarray(soft.nth_selected(w, jnp.asarray(starts), 4, 9))[:n_real]
+        return np.asarray(jax.jit(soft.nth_selected, static_argnums=(2, 3))(
+            w, jnp.asarray(starts), 4, 9))[:n_real]
 
     np.testing.assert_allclose(table(w), elementwise(w), rtol=1e-14, atol=1e-16)
     expected = np.asarray(jax.grad(old)(w))
