@@ -21,6 +21,7 @@ child can be started).
 
 from __future__ import annotations
 
+import gc
 import importlib
 import os
 import pickle
@@ -178,4 +179,8 @@ if __name__ == "__main__":
     os.dup2(2, 1)  # what a library prints goes to the run's standard error, not the answers
     importlib.import_module("diffana.plot_inference")  # while the run optimises
     importlib.import_module("diffana.plot").warm_up()
+    # what is loaded now lives as long as this process: out of the garbage collector's sight,
+    # its full collections (which a figure's many short-lived objects set off) walk only
+    # what the figures made (the seven AGC figures ~5 % faster)
+    gc.freeze()
     _serve(sys.stdin.buffer, answers)
