@@ -12,6 +12,7 @@ from collections import deque
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from diffana.executors.setup import Setup
 from diffana.exported import persistent
@@ -119,10 +120,14 @@ class ChunkedExecutor:
         # with a network, the Jacobian in the cuts only (a tangent per weight is too many)
         y, jac = self.map_reduce("cut_jacobian" if space.groups else "jacobian",
                                  (space.to_unit(params), params))
+        # sorted by sample in NumPy (products, each rounded once as in JAX: the same numbers)
+        # and divided by the box's widths in one JAX operation per template (JAX's division
+        # and NumPy's differ in the last bit), instead of hundreds of small operations each
+        # dispatched alone (~0.2 ms)
+        jac = by_sample(self.kernel, jax.tree_util.tree_map(np.asarray, jac), floor=False)
         scale = jnp.asarray(space.upper_bounds - space.lower_bounds)
-        jac = by_sample(self.kernel, jac, floor=False)
-        out = {r: {s: {k: {n: jac[r][s][k][..., i] / scale[i]
-                           for i, n in enumerate(space.trainable)}
+        out = {r: {s: {k: dict(zip(space.trainable,
+                                   np.moveaxis(np.asarray(jac[r][s][k] / scale), -1, 0)))
                        for k in ("nominal", "sumw2")} for s in jac[r]} for r in jac}
         return by_sample(self.kernel, y), out
 
