@@ -131,7 +131,6 @@ def save(fig, path: Path) -> None:
             fig.set_layout_engine(None)
 
 
-
 def warm_up() -> None:
     """Draw a small labelled figure in the figures' style to PNG and PDF, in memory: the
     fonts, mathtext and both backends are loaded before the first figure (a figure process
@@ -146,6 +145,7 @@ def warm_up() -> None:
                          scilocator_adjust=False)
         for fmt in ("png", "pdf"):
             fig.savefig(io.BytesIO(), format=fmt, dpi=DPI)
+
 
 def history(hist: dict[str, np.ndarray], objective: str, path: Path,
             bounds: dict[str, tuple[float, float]] | None = None,
