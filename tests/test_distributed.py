@@ -83,6 +83,9 @@ def test_lost_worker_is_recovered(cluster, local, caplog, streaming):
             loss, u = steps(ana, on_step=kill)
     finally:
         ana.close()
+        # the nanny starts the killed worker again: the cluster as the module's other tests
+        # expect it (two workers), not one while the new worker is still starting
+        client.wait_for_workers(2, timeout=60)
         client.close()
     np.testing.assert_allclose(loss, local[0], rtol=1e-9)
     np.testing.assert_allclose(u, local[1], rtol=1e-9)
