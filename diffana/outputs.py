@@ -136,8 +136,9 @@ def add_inference(results: dict, ana, out_dir: Path, figures: Drawing) -> None:
     except (DiffanaError, ValueError, ArithmeticError) as err:  # the run's results stand
         found = [guards.Flag("inference-failed", f"no inference.json: {err}", HARD_WORKSPACE)]
     else:
-        if ana.cfg.inference.plots:  # each by the next figure process free
-            for draw, *args in plot_inference.drawings(result, details, out_dir):
+        if ana.cfg.inference.plots:  # each by the next figure process free, the correlation
+            # matrix (the longest to draw) first
+            for draw, *args in reversed(plot_inference.drawings(result, details, out_dir)):
                 figures.submit(draw, *args)
         results["inference"] = {**inference.digest(result), "workspace": HARD_WORKSPACE,
                                 "seconds": seconds}

@@ -177,26 +177,26 @@ def correlation(corr: dict, path: Path) -> None:
 
 
 def drawings(result: dict, details: dict, out_dir: Path) -> list[tuple]:
-    """Every figure of ``inference.json`` as ``(function, *arguments)``, the correlation
-    matrix (the longest to draw) first; each writes its PNG (the last argument) and PDF."""
+    """Every figure of ``inference.json`` as ``(function, *arguments)``, in the order of
+    :data:`FIGURES`; each writes its PNG (the last argument) and PDF."""
     poi = result["poi"]
     out_dir = Path(out_dir)
-    calls = [(correlation, result["correlation"], out_dir / "correlation.png"),
-             (likelihood_scan, poi, result["scan"], result["bestfit"][poi],
-              out_dir / "likelihood_scan.png")]
-    if result["ranking"]:
-        calls.append((ranking, poi, result["ranking"], out_dir / "ranking.png"))
+    calls = []
     if "cls_scan" in details and result["upper_limit"]["observed"] is not None:
         grid, observed, expected = details["cls_scan"]
         calls.append((cls_scan, poi, grid, observed, expected, result["upper_limit"],
                       out_dir / "cls_scan.png"))
+    if result["ranking"]:
+        calls.append((ranking, poi, result["ranking"], out_dir / "ranking.png"))
+    calls.append((likelihood_scan, poi, result["scan"], result["bestfit"][poi],
+                  out_dir / "likelihood_scan.png"))
+    calls.append((correlation, result["correlation"], out_dir / "correlation.png"))
     return calls
 
 
 def all_figures(result: dict, details: dict, out_dir: Path) -> list[Path]:
-    """Every figure of ``inference.json`` into ``out_dir``; returns the PNG paths (in the
-    order of :data:`FIGURES`)."""
+    """Every figure of ``inference.json`` into ``out_dir``; returns the PNG paths."""
     calls = drawings(result, details, out_dir)
     for draw, *args in calls:
         draw(*args)
-    return sorted((args[-1] for _, *args in calls), key=lambda png: FIGURES.index(png.stem))
+    return [args[-1] for _, *args in calls]
