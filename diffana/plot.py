@@ -114,21 +114,25 @@ DPI = 120
 
 def save(fig, path: Path) -> None:
     """``path`` (PNG) and the same figure as PDF beside it, laid out once: a figure with a
-    layout engine (constrained) is laid out for the PNG and keeps that layout for the PDF;
-    one without gets its tight bounding box measured once, for both files (where
-    ``bbox_inches="tight"`` draws each file twice: once to measure, once to write). Call it
-    inside the figure's style context (``savefig.pad_inches``)."""
+    layout engine (constrained) is laid out once, for both files; one without gets its tight
+    bounding box measured once, for both files (where ``bbox_inches="tight"`` draws each
+    file twice: once to measure, once to write). Call it inside the figure's style context
+    (``savefig.pad_inches``)."""
     bbox, fig.dpi = None, DPI  # measured at the PNG's resolution: its pixels are as before
-    if fig.get_layout_engine() is None:
+    engine = fig.get_layout_engine()
+    if engine is None:
         fig.draw_without_rendering()
         bbox = fig.get_tightbbox().padded(rcParams["savefig.pad_inches"])
+    else:
+        # laid out here, and then no engine: with one, savefig would lay the figure out and
+        # also walk it whole, drawing disabled, before each file (a placeholder engine,
+        # "none", still has it walk the figure)
+        engine.execute(fig)
+        with rc_context({"figure.autolayout": False, "figure.constrained_layout.use": False}):
+            fig.set_layout_engine(None)
     for target in (path, path.with_suffix(".pdf")):
         with files.replacing(target) as tmp:
             fig.savefig(tmp, dpi=DPI, bbox_inches=bbox, format=target.suffix[1:])
-        # laid out: no engine for the PDF (a placeholder engine, "none", would still have
-        # savefig draw the whole figure once more before writing it, for nothing)
-        with rc_context({"figure.autolayout": False, "figure.constrained_layout.use": False}):
-            fig.set_layout_engine(None)
 
 
 def warm_up() -> None:
@@ -277,8 +281,11 @@ def templates(stages: dict[str, dict], path: Path, cfg, data: dict[str, dict] | 
                 ax.legend(fontsize=12, ncols=2, title=f"{region}, {stage} cuts",
                           title_fontsize=13, loc="upper right")
                 labelled.append(ax)
-        fig.draw_without_rendering()  # the layout and tick labels once, for every label
+        # laid out, and each y axis's ticks at its place: the labels are placed in fractions
+        # of the laid-out axes and clear an offset text (``×10³``) if there is one
+        fig.get_layout_engine().execute(fig)
         for ax in labelled:
+            ax.yaxis.get_tightbbox()
             experiment_label(ax, cfg, offset=bool(ax.yaxis.get_offset_text().get_text()))
         save(fig, path)
 
