@@ -13,7 +13,8 @@ from jax.test_util import check_grads
 
 from diffana.analysis import Analysis
 from diffana.exceptions import ConfigError
-from diffana.executors.held import jit_fused
+from diffana.executors import held
+from diffana.executors.held import jit_fused, same_parameters
 
 
 @pytest.mark.long  # 25 s: the awkward engine (.ci/run runs it)
@@ -140,6 +141,46 @@ def test_sensitivity_sums_to_gradient(compiled_small):
     for n in ana.trainable:
         assert set(sens[n]) == {"signal_region/ttbar", "signal_region/wjets"}
         assert sum(sens[n].values()) == pytest.approx(float(g[n]), rel=1e-8, abs=1e-12)
+
+
+def test_sensitivity_takes_the_last_steps_gradient_in_yields(compiled_small, monkeypatch):
+    """At the last step's parameters (the final cuts), ∂loss/∂yields is that step's, bit for
+    bit (no step more); elsewhere it is computed."""
+    ana = compiled_small
+    ex, p0 = ana.executor, ana.initial_params()
+    u = ana.to_unit(p0) * 0.75
+
+    def step_at(v):  # what a step at v computes
+        return jit_fused(ex.kernel, ana.objective_spec, v, p0, ex.chunks.stacked)[2]
+
+    calls = []
+    monkeypatch.setattr(held, "jit_fused", lambda *a: calls.append(a) or jit_fused(*a))
+    ana.loss_and_grad(u, p0)
+    reused = ex.loss_gradient_in_yields(ana.from_unit(u, p0))
+    assert len(calls) == 1  # the step's only
+    flat, tree = jax.tree_util.tree_flatten(reused)
+    expected, expected_tree = jax.tree_util.tree_flatten(step_at(u))
+    assert tree == expected_tree
+    for a, b in zip(flat, expected, strict=True):
+        assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
+    other = ana.from_unit(u * 0.5, p0)
+    computed = jax.tree_util.tree_leaves(ex.loss_gradient_in_yields(other))
+    assert len(calls) == 2
+    for a, b in zip(computed, jax.tree_util.tree_leaves(step_at(ana.to_unit(other))),
+                    strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_same_parameters_is_bitwise(compiled_small):
+    p0 = compiled_small.initial_params()
+    name = compiled_small.trainable[0]
+    assert same_parameters(p0, dict(p0))
+    assert same_parameters(p0, {k: jnp.array(v) for k, v in p0.items()})
+    assert not same_parameters(p0, dict(p0, **{name: p0[name] + 1e-12}))
+    assert not same_parameters(dict(p0, **{name: jnp.float64(0.0)}),
+                               dict(p0, **{name: -jnp.float64(0.0)}))  # -0.0 is not 0.0
+    assert not same_parameters(p0, dict(p0, **{name: float(p0[name])}))  # a type of its own
+    assert not same_parameters(p0, {k: v for k, v in p0.items() if k != name})
 
 
 def test_device_option(small_config):
