@@ -281,7 +281,9 @@ def _observed_and_fits(workspace: dict, model: Model) -> tuple[np.ndarray, ht.Fi
     ``model``."""
     import pyhf
 
-    data = np.asarray(pyhf.Workspace(workspace).data(model.pyhf_model), dtype=np.float64)
+    # validated: by the caller, and by the model built from it
+    data = np.asarray(pyhf.Workspace(workspace, validate=False).data(model.pyhf_model),
+                      dtype=np.float64)
     return data, ht.Fits(model, model.templates())
 
 

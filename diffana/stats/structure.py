@@ -72,7 +72,9 @@ class Structure:
                 settings["measurement_name"] = measurement
             if poi_name is not None:
                 settings["poi_name"] = poi_name
-            self.pyhf_model = workspace.model(**settings)
+            # the model's spec is the workspace's channels and measurement parameters, both
+            # validated with the workspace
+            self.pyhf_model = workspace.model(**{**settings, "validate": False})
         else:
             self.pyhf_model = pyhf.Model(
                 spec, poi_name="mu" if poi_name is None else poi_name, **settings
