@@ -10,12 +10,14 @@ from diffana.log import logger
 
 
 def at_initial_cuts(ana, p0: dict) -> dict:
-    """``{"hists", "objective", "cutflow"}``: the hard histograms, the hard objective and
-    the cutflow at the initial cuts ``p0`` (in :class:`Initial`'s thread, or after the last
-    step where it gave nothing)."""
+    """``{"hists", "objective", "cutflow", "workspace"}``: the hard histograms, the hard
+    objective, the cutflow and the hard-cut workspace (:func:`~diffana.outputs.hard_workspace`)
+    at the initial cuts ``p0`` (in :class:`Initial`'s thread, or after the last step where it
+    gave nothing)."""
     hists = ana.hard_histograms(p0)
     return {"hists": hists, "objective": ana.hard_objective(p0, hists),
-            "cutflow": tables.cutflow(ana, p0)}
+            "cutflow": tables.cutflow(ana, p0),
+            "workspace": outputs.hard_workspace(ana, hists, p0, ana.pseudodata(hists))}
 
 
 class Initial:
@@ -44,12 +46,10 @@ class Initial:
     def _evaluate(self, ana, p0: dict) -> None:
         try:
             self.values = at_initial_cuts(ana, p0)
-            hists = self.values["hists"]
             if ana.trainable and not ana.objective_spec.of_events and not self._stopped:
                 ana.sensitivity(p0)  # compiled now for the final cuts'
             if ana.cfg.inference.enabled and not self._stopped:  # and the inference's fit
-                workspace = outputs.hard_workspace(ana, hists, p0, ana.pseudodata(hists))
-                inference.prepare(workspace, **inference.settings(ana.cfg))
+                inference.prepare(self.values["workspace"], **inference.settings(ana.cfg))
         except Exception as err:  # noqa: BLE001 - the main thread evaluates what is missing
             logger.debug("evaluation at the initial cuts in a thread failed: %s", err)
 

@@ -72,15 +72,15 @@ _HERE = threading.Lock()
 
 
 @contextmanager
-def drawing(ana, out_dir: Path, hists: dict, params: dict,
+def drawing(ana, out_dir: Path, hists: dict, params: dict, initial_workspace: dict,
             processes: list[FigureProcess] | tuple = ()):
-    """Start drawing ``objective_history.png`` and ``histograms.png`` (with their PDFs) while
+    """Start drawing ``histograms.png`` and ``objective_history.png`` (with their PDFs) while
     the block runs (e.g. the sensitivity), in ``processes`` (one figure at a time each,
     :class:`~diffana.figure_process.FigureProcess`; none: in one thread); the block's end
     waits for them, and re-raises what drawing raised. Yields the :class:`Drawing`, for the
     figures the block can only draw later (the sensitivity).
 
-    Before that, write ``workspace_hard.json`` (:func:`hard_workspace` of the final cuts) and,
+    Meanwhile, write ``workspace_hard.json`` (:func:`hard_workspace` of the final cuts) and,
     with ``inference.enabled``, start its inference in a thread of its own
     (:func:`add_inference` waits for it). Its numbers do not depend on the threads.
 
@@ -89,6 +89,8 @@ def drawing(ana, out_dir: Path, hists: dict, params: dict,
         hists: ``{stage: {region: {sample: hist.Hist}}}``, the hard histograms (``initial``,
             ``final``).
         params: ``{stage: parameters}``.
+        initial_workspace: :func:`hard_workspace` at the initial cuts (its templates'
+            systematic band).
     """
     with ExitStack() as stack:
         pool = stack.enter_context(ThreadPoolExecutor(max(1, len(processes)),
@@ -98,10 +100,16 @@ def drawing(ana, out_dir: Path, hists: dict, params: dict,
         figures = Drawing(pool, processes)
         figures.data = {stage: ana.pseudodata(h) for stage, h in hists.items()}
         workspace = hard_workspace(ana, hists["final"], params["final"], figures.data["final"])
-        report.write_json(out_dir / HARD_WORKSPACE, workspace)
+        # the templates first: the figure that takes longest
+        _submit_templates(figures, ana.cfg, out_dir, hists,
+                          {"initial": initial_workspace, "final": workspace})
         if ana.cfg.inference.enabled:  # compiles and fits while the sensitivity is computed
             figures.inference = computing.submit(_infer, ana.cfg, workspace, out_dir)
-        _submit_figures(figures, ana, out_dir, hists, params, workspace)
+        report.write_json(out_dir / HARD_WORKSPACE, workspace)
+        figures.submit(plot.history, report.read_history(out_dir / "history.csv"),
+                       ana.cfg.objective.kind, out_dir / "objective_history.png",
+                       {n: ana.cfg.parameters[n].bounds for n in ana.trainable},
+                       plot.parameter_units(ana.cfg))
         yield figures
         figures.wait()
 
@@ -149,20 +157,14 @@ def add_inference(results: dict, ana, out_dir: Path, figures: Drawing) -> None:
     results["warnings"] += [flag._asdict() for flag in found]
 
 
-def _submit_figures(figures: Drawing, ana, out_dir: Path, hists: dict, params: dict,
-                    final_workspace: dict) -> None:
-    """Have ``figures`` draw the history and the templates (their numbers gathered here:
-    the figures' functions take no :class:`~diffana.analysis.Analysis`)."""
-    cfg = ana.cfg
-    figures.submit(plot.history, report.read_history(out_dir / "history.csv"),
-                   cfg.objective.kind, out_dir / "objective_history.png",
-                   {n: cfg.parameters[n].bounds for n in ana.trainable}, plot.parameter_units(cfg))
+def _submit_templates(figures: Drawing, cfg, out_dir: Path, hists: dict,
+                      workspaces: dict) -> None:
+    """Have ``figures`` draw the templates of the nominal samples, with the systematic band
+    of the hard-cut ``workspaces`` (``{stage: workspace}``; their observations do not
+    matter)."""
     nominal = {stage: {r: {s: h for s, h in hs.items() if s in cfg.nominal_samples}
                        for r, hs in regions.items()} for stage, regions in hists.items()}
-    workspaces = {stage: final_workspace if stage == "final"  # the observations: no matter
-                  else ana.workspace(ana.hard_yields(p, hists[stage]))
-                  for stage, p in params.items()}
-    band = {stage: plot.systematic_band(w) for stage, w in workspaces.items()}  # hard templates'
+    band = {stage: plot.systematic_band(workspaces[stage]) for stage in hists}
     data = figures.data
     figures.submit(plot.templates, nominal, out_dir / "histograms.png", cfg,
                    data if data["final"] is not None else None, band)

@@ -292,7 +292,7 @@ def _evaluate_and_write(ana: Analysis, cfg, res, out_dir: Path, config_file: Pat
         flows = {"initial": before["cutflow"], "final": tables.cutflow(ana, p_final)}
     # the history and template figures are drawn meanwhile
     with outputs.drawing(ana, out_dir, hists, {"initial": p0, "final": p_final},
-                         painters) as figures:
+                         before["workspace"], painters) as figures:
         with phases("sensitivity_s", "final yields and sensitivity"):
             # the final yields and their Jacobian: one evaluation for both uses (none for a
             # classifier's loss: it is not a function of the yields)
