@@ -121,7 +121,6 @@ def save(fig, path: Path) -> None:
     bbox, fig.dpi = None, DPI  # measured at the PNG's resolution: its pixels are as before
     engine = fig.get_layout_engine()
     if engine is None:
-        fig.draw_without_rendering()
         bbox = fig.get_tightbbox().padded(rcParams["savefig.pad_inches"])
     else:
         # laid out here, and then no engine: with one, savefig would lay the figure out and
