@@ -160,7 +160,7 @@ def correlation(corr: dict, path: Path) -> None:
     with _context():
         fig = Figure(figsize=(size + 1.5, size))
         ax = fig.subplots()
-        image = ax.imshow(matrix, cmap="RdBu_r", vmin=-1, vmax=1)
+        image = ax.imshow(matrix, cmap="RdBu_r", vmin=-1, vmax=1, interpolation="none")
         fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="correlation")
         fontsize = max(6, min(12, int(300 / n)))
         ax.set_xticks(range(len(names)), names, rotation=90, fontsize=fontsize)
