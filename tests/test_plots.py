@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 
+import mplhep
 import numpy as np
 import pytest
 import uproot
+from matplotlib import style
 from conftest import default_config_dict, write_config
 
 from diffana import plot, report
@@ -58,6 +60,38 @@ def test_figures_for_any_number_of_rows(small_config, tmp_path):
     band = {stage: {"signal_region": np.full(len(edges) - 1, 3.0)} for stage in hists}
     plot.templates(hists, tmp_path / "histograms.png", small_config, data, band)
     assert (tmp_path / "histograms.pdf").read_bytes().startswith(b"%PDF")
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e7])  # 1e7: the y axes have an offset text
+def test_template_labels_are_placed_on_the_laid_out_axes(small_config, tmp_path, monkeypatch,
+                                                          scale):
+    """The experiment's label is where mplhep puts it on the figure as laid out (its parts
+    placed in fractions of the axes' final size, past an offset text), inside the figure."""
+    drawn = []
+    monkeypatch.setattr(plot, "save", lambda fig, path, **kw: drawn.append(fig))
+    edges = small_config.regions["signal_region"].binning.edges
+    rng = np.random.default_rng(1)
+    hists = {stage: {"signal_region": {s: hard_histogram(rng.uniform(0, 1500, 500),
+                                                          np.full(500, scale), edges)
+                                       for s in ("ttbar", "wjets")}} for stage in ("a", "b")}
+    plot.templates(hists, tmp_path / "histograms.png", small_config)
+    (fig,) = drawn
+    assert fig.get_layout_engine() is None  # laid out once, as it is saved
+    inside = fig.bbox.padded(1.0)
+    for ax in fig.axes:
+        placed = {type(t).__name__: (t.get_position(), t.get_window_extent()) for t in ax.texts}
+        assert set(placed) == {"ExpLabel", "ExpText", "LumiText"}
+        for _, box in placed.values():
+            assert inside.contains(box.x0, box.y0) and inside.contains(box.x1, box.y1)
+        offset = bool(ax.yaxis.get_offset_text().get_text())
+        assert offset == (scale > 1)
+        for text in list(ax.texts):
+            text.remove()
+        with style.context(mplhep.style.CMS):  # mplhep's spacing reads the style's font size
+            plot.experiment_label(ax, small_config, offset=offset)
+        again = {type(t).__name__: t.get_position() for t in ax.texts}
+        for name, (position, _) in placed.items():
+            assert again[name] == pytest.approx(position, abs=1e-9), name
 
 
 @pytest.fixture(scope="module")
