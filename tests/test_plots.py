@@ -8,8 +8,8 @@ import mplhep
 import numpy as np
 import pytest
 import uproot
-from matplotlib import style
 from conftest import default_config_dict, write_config
+from matplotlib import style
 
 from diffana import plot, report
 from diffana.config import load_dict

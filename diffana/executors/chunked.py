@@ -127,7 +127,8 @@ class ChunkedExecutor:
         jac = by_sample(self.kernel, jax.tree_util.tree_map(np.asarray, jac), floor=False)
         scale = jnp.asarray(space.upper_bounds - space.lower_bounds)
         out = {r: {s: {k: dict(zip(space.trainable,
-                                   np.moveaxis(np.asarray(jac[r][s][k] / scale), -1, 0)))
+                                   np.moveaxis(np.asarray(jac[r][s][k] / scale), -1, 0),
+                                   strict=True))
                        for k in ("nominal", "sumw2")} for s in jac[r]} for r in jac}
         return by_sample(self.kernel, y), out
 

@@ -83,7 +83,7 @@ def same_parameters(a: dict, b: dict) -> bool:
     return ta == tb and all(
         type(x) is type(y) and np.asarray(x).dtype == np.asarray(y).dtype
         and np.shape(x) == np.shape(y) and np.asarray(x).tobytes() == np.asarray(y).tobytes()
-        for x, y in zip(la, lb))
+        for x, y in zip(la, lb, strict=True))
 
 
 class HeldExecutor(ChunkedExecutor):
