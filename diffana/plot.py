@@ -119,18 +119,16 @@ def save(fig, path: Path, laid_out: bool = False) -> None:
     file twice: once to measure, once to write); ``laid_out``: the figure is saved as it is.
     Call it inside the figure's style context (``savefig.pad_inches``)."""
     bbox, fig.dpi = None, DPI  # measured at the PNG's resolution: its pixels are as before
-    engine = fig.get_layout_engine()
-    if laid_out:
-        pass
-    elif engine is None:
-        bbox = fig.get_tightbbox().padded(rcParams["savefig.pad_inches"])
-    else:
+    engine = None if laid_out else fig.get_layout_engine()
+    if engine is not None:
         # laid out here, and then no engine: with one, savefig would lay the figure out and
         # also walk it whole, drawing disabled, before each file (a placeholder engine,
         # "none", still has it walk the figure)
         engine.execute(fig)
         with rc_context({"figure.autolayout": False, "figure.constrained_layout.use": False}):
             fig.set_layout_engine(None)
+    elif not laid_out:
+        bbox = fig.get_tightbbox().padded(rcParams["savefig.pad_inches"])
     for target in (path, path.with_suffix(".pdf")):
         with files.replacing(target) as tmp:
             fig.savefig(tmp, dpi=DPI, bbox_inches=bbox, format=target.suffix[1:])
