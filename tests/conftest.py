@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 from pathlib import Path
 
@@ -14,7 +15,10 @@ from pathlib import Path
 # computed with the flags the suite was given, in a process of their own
 # (tests/test_golden.py). Whoever sets XLA_FLAGS tests with those (XLA_FLAGS= : XLA's
 # defaults throughout).
-GIVEN_XLA_FLAGS = os.environ.get("XLA_FLAGS")
+# (what the first process was given: pytest-xdist's workers inherit the flags set here)
+_GIVEN = "DIFFANA_TESTS_GIVEN_XLA_FLAGS"
+os.environ.setdefault(_GIVEN, json.dumps(os.environ.get("XLA_FLAGS")))
+GIVEN_XLA_FLAGS = json.loads(os.environ[_GIVEN])
 os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
 
 import jax  # noqa: E402 - after XLA_FLAGS: the backend reads them once

@@ -144,11 +144,13 @@ def test_sensitivity_sums_to_gradient(compiled_small):
 
 
 def test_sensitivity_takes_the_last_steps_gradient_in_yields(compiled_small, monkeypatch):
-    """At the last step's parameters (the final cuts), ∂loss/∂yields is that step's, bit for
-    bit (no step more); elsewhere it is computed."""
+    """At the last step's inputs (the final cuts, where their unit-box coordinates map back
+    to themselves), ∂loss/∂yields is that step's, bit for bit (no step more); elsewhere it
+    is computed."""
     ana = compiled_small
     ex, p0 = ana.executor, ana.initial_params()
-    u = ana.to_unit(p0) * 0.75
+    u = ana.to_unit(ana.from_unit(ana.to_unit(p0) * 0.75, p0))  # maps back to itself
+    assert np.asarray(ana.to_unit(ana.from_unit(u, p0))).tobytes() == np.asarray(u).tobytes()
 
     def step_at(v):  # what a step at v computes
         return jit_fused(ex.kernel, ana.objective_spec, v, p0, ex.chunks.stacked)[2]

@@ -151,14 +151,14 @@ class HeldExecutor(ChunkedExecutor):
         if self.gradient_mode != "fused":
             return super().loss_gradient_in_yields(params)
         space = self.kernel.space
-        # the last step's where it was at these parameters: the final cuts are the last good
-        # step's, and their sensitivity is then of the same evaluation as the final objective
-        # and gradient (no step more; where the unit box's coordinates do not map back to
-        # themselves bit for bit, a step at ``to_unit(params)`` may differ in the last bit)
-        last = self._last_step
-        if last is not None and same_parameters(space.from_unit(last[0], last[1]), params):
-            return last[2]
         u = space.to_unit(params)
+        # the last step's where it had these inputs (the final cuts are the last good step's,
+        # where their unit-box coordinates map back to themselves bit for bit): the same
+        # numbers, one step less
+        last = self._last_step
+        if last is not None and same_parameters((last[0], space.from_unit(last[0], last[1])),
+                                                (u, space.from_unit(u, params))):
+            return last[2]
         return jit_fused(self.kernel, self.objective_spec, u, params, self.chunks.stacked)[2]
 
     def event_parts(self, params: dict, hard: bool, part: str | None = None):
