@@ -72,7 +72,7 @@ _HERE = threading.Lock()
 
 
 @contextmanager
-def drawing(ana, out_dir: Path, hists: dict, params: dict, initial_workspace: dict,
+def drawing(ana, out_dir: Path, hists: dict, final_params: dict, initial_workspace: dict,
             processes: list[FigureProcess] | tuple = ()):
     """Start drawing ``histograms.png`` and ``objective_history.png`` (with their PDFs) while
     the block runs (e.g. the sensitivity), in ``processes`` (one figure at a time each,
@@ -88,7 +88,7 @@ def drawing(ana, out_dir: Path, hists: dict, params: dict, initial_workspace: di
         ana: the :class:`~diffana.analysis.Analysis` of the run.
         hists: ``{stage: {region: {sample: hist.Hist}}}``, the hard histograms (``initial``,
             ``final``).
-        params: ``{stage: parameters}``.
+        final_params: the parameters of the final cuts.
         initial_workspace: :func:`hard_workspace` at the initial cuts (its templates'
             systematic band).
     """
@@ -99,7 +99,7 @@ def drawing(ana, out_dir: Path, hists: dict, params: dict, initial_workspace: di
             ThreadPoolExecutor(1, thread_name_prefix="diffana-inference"))
         figures = Drawing(pool, processes)
         figures.data = {stage: ana.pseudodata(h) for stage, h in hists.items()}
-        workspace = hard_workspace(ana, hists["final"], params["final"], figures.data["final"])
+        workspace = hard_workspace(ana, hists["final"], final_params, figures.data["final"])
         # the templates first: the figure that takes longest
         _submit_templates(figures, ana.cfg, out_dir, hists,
                           {"initial": initial_workspace, "final": workspace})

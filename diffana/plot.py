@@ -119,19 +119,24 @@ def save(fig, path: Path, laid_out: bool = False) -> None:
     file twice: once to measure, once to write); ``laid_out``: the figure is saved as it is.
     Call it inside the figure's style context (``savefig.pad_inches``)."""
     bbox, fig.dpi = None, DPI  # measured at the PNG's resolution: its pixels are as before
-    engine = None if laid_out else fig.get_layout_engine()
-    if engine is not None:
-        # laid out here, and then no engine: with one, savefig would lay the figure out and
-        # also walk it whole, drawing disabled, before each file (a placeholder engine,
-        # "none", still has it walk the figure)
-        engine.execute(fig)
-        with rc_context({"figure.autolayout": False, "figure.constrained_layout.use": False}):
-            fig.set_layout_engine(None)
+    if fig.get_layout_engine() is not None:
+        _lay_out(fig)
     elif not laid_out:
         bbox = fig.get_tightbbox().padded(rcParams["savefig.pad_inches"])
     for target in (path, path.with_suffix(".pdf")):
         with files.replacing(target) as tmp:
             fig.savefig(tmp, dpi=DPI, bbox_inches=bbox, format=target.suffix[1:])
+
+
+def _lay_out(fig) -> None:
+    """Lay ``fig`` out once with its layout engine, at the PNG's resolution, and keep that
+    layout: no engine after it (with one, savefig would lay the figure out and also walk it
+    whole, drawing disabled, before each file; a placeholder engine, "none", still has it
+    walk the figure)."""
+    fig.dpi = DPI
+    fig.get_layout_engine().execute(fig)
+    with rc_context({"figure.autolayout": False, "figure.constrained_layout.use": False}):
+        fig.set_layout_engine(None)
 
 
 def warm_up() -> None:
@@ -293,13 +298,11 @@ def _label_laid_out(fig, labelled: list, cfg) -> None:
     first put in at the axes' size before the layout (the layout leaves them room: their
     size does not depend on where the axes are), then put in again on the laid-out axes,
     instead of laying the figure out a second time (0.25 s of the AGC's templates)."""
-    fig.dpi = DPI  # laid out at the PNG's resolution (:func:`save`)
+    fig.dpi = DPI  # the labels measured at the PNG's resolution, as the layout (:func:`save`)
     first = {ax: len(ax.texts) for ax in labelled}
     for ax in labelled:
         experiment_label(ax, cfg, offset=False)
-    fig.get_layout_engine().execute(fig)
-    with rc_context({"figure.autolayout": False, "figure.constrained_layout.use": False}):
-        fig.set_layout_engine(None)  # laid out (mplhep may draw the figure to measure)
+    _lay_out(fig)  # and no engine: mplhep may draw the figure to measure an offset text
     for ax in labelled:
         for text in ax.texts[first[ax]:]:
             text.remove()

@@ -291,8 +291,8 @@ def _evaluate_and_write(ana: Analysis, cfg, res, out_dir: Path, config_file: Pat
         held_out = learned.held_out(ana, p0, p_final)  # hard_train beside hard, with split:
         flows = {"initial": before["cutflow"], "final": tables.cutflow(ana, p_final)}
     # the history and template figures are drawn meanwhile
-    with outputs.drawing(ana, out_dir, hists, {"initial": p0, "final": p_final},
-                         before["workspace"], painters) as figures:
+    with outputs.drawing(ana, out_dir, hists, p_final, before["workspace"],
+                         painters) as figures:
         with phases("sensitivity_s", "final yields and sensitivity"):
             # the final yields and their Jacobian: one evaluation for both uses (none for a
             # classifier's loss: it is not a function of the yields)
